@@ -1,0 +1,119 @@
+"""The `merino-mobile` command: a thin typer layer over the Python API, rendered with rich.
+
+Each command parses its options, calls the API, and prints either a rich table or (with --json)
+one JSON object on stdout. Expected failures raise UserError and end as one red line on stderr
+with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from merino_mobile import accounting
+from merino_mobile.card import Card, load_card
+from merino_mobile.entropy import EntropySettings, effectiveness, entropy
+from merino_mobile.errors import UserError
+from merino_mobile.units import human_bytes, human_count
+from merino_mobile.workspace import Workspace
+
+app = typer.Typer(
+    help="Design small generative language models for a device, and prove them on it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+WorkspaceOpt = typer.Option(
+    None, "--workspace", help="Folder holding devices/, search/ and models/ "
+    "(default: $MERINO_MOBILE_HOME, else the current directory).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables.")
+
+
+@app.callback()
+def _root() -> None:
+    """Design small generative language models for a device, and prove them on it."""
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON object on stdout (plain print: rich would wrap long lines)."""
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def resolve_card(ws: Workspace, name: str) -> tuple[Card, Path]:
+    """A card given as a path or a name under models/ (workspace first, then shipped)."""
+    path = ws.find("models", name, ".json")
+    return load_card(path), path
+
+
+def card_summary(card: Card, context: int, settings: EntropySettings = EntropySettings()) -> dict:
+    """The accounting numbers every command reports about a card."""
+    return {
+        "name": card.name,
+        "params": accounting.params(card),
+        "decoder_params": accounting.decoder_params(card),
+        "flops_per_token": accounting.flops_per_token(card, context),
+        "kv_cache_bytes": accounting.kv_cache_bytes(card, context),
+        "weight_bytes": {q: accounting.weight_bytes(card, q) for q in accounting.QUANT_BITS},
+        "entropy": entropy(card, settings),
+        "rho": effectiveness(card),
+        "depth": card.depth,
+        "context": context,
+    }
+
+
+def blocks_table(card: Card, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("block", "width", "ffn ratio", "heads", "depth", "shared"):
+        table.add_column(col, justify="right")
+    for i, b in enumerate(card.blocks):
+        table.add_row(str(i), str(b.width), f"{b.ffn_ratio:g}", str(b.heads), str(b.depth),
+                      "yes" if b.shared else "no")
+    return table
+
+
+def totals_table(summary: dict) -> Table:
+    table = Table(show_header=False, box=None)
+    table.add_row("parameters", human_count(summary["params"]))
+    table.add_row(f"FLOPs/token @ {summary['context']}", human_count(summary["flops_per_token"]))
+    table.add_row(f"KV cache @ {summary['context']} (fp32)", human_bytes(summary["kv_cache_bytes"]))
+    table.add_row("weights int8 / fp32", f"{human_bytes(summary['weight_bytes']['int8'])} / "
+                  f"{human_bytes(summary['weight_bytes']['fp32'])}")
+    table.add_row("entropy", f"{summary['entropy']:.2f}")
+    table.add_row("rho (depth / mean width)", f"{summary['rho']:.4f}")
+    return table
+
+
+@app.command()
+def info(
+    card: str = typer.Argument(..., help="Card file, or a name under models/ (e.g. opt-350m)."),
+    context: int = typer.Option(512, "--context", help="Context length for FLOPs and KV cache."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Print the exact accounting of a card: parameters, FLOPs, KV cache, entropy, rho."""
+    ws = Workspace.resolve(workspace)
+    c, path = resolve_card(ws, card)
+    summary = card_summary(c, context) | {"card": str(path)}
+    if as_json:
+        emit_json(summary)
+        return
+    console.print(blocks_table(c, f"{c.name} ({path})"))
+    console.print(totals_table(summary))
+
+
+def main() -> None:
+    """Console-script entry point: runs the app, turning UserError into one clear line."""
+    try:
+        app()
+    except UserError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
