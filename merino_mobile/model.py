@@ -1,0 +1,275 @@
+"""The torch decoder of an architecture card: adaptive blocks, weight sharing, static KV cache.
+
+Data flows top to bottom in the order of this file:
+
+    tokens -> token embedding (embed_width) -> projection in -> + learned positions
+           -> block 0: depth x DecoderLayer (one shared layer run depth times, or depth layers)
+           -> projection -> block 1 ... -> final LayerNorm -> projection out -> head -> logits
+
+Every layer is pre-LN (x + attn(ln(x)), x + ffn(ln(x))). The parameter layout follows the card's
+accounting exactly (`merino_mobile.accounting`), so `sum(p.numel())` equals `accounting.params`.
+
+The KV cache is static: one pair of [1, heads, cache_len, head_dim] fp32 buffers per *executed*
+layer (a shared block reuses its weights, but each of its depth positions sees different inputs
+and so keeps its own cache). `forward(tokens, start)` writes the keys and values of positions
+start..start+T-1 and attends causally over the whole buffer with a mask, so one function with a
+dynamic T serves both prefill (T = prompt length) and decode (T = 1) and exports as such: the
+caches become ExecuTorch mutable buffers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from merino_mobile.card import Block, Card
+from merino_mobile.errors import UserError
+
+ROPE_BASE = 10000.0
+
+
+class KVCache(nn.Module):
+    """Keys and values of one executed layer. Non-persistent: never part of a checkpoint."""
+
+    def __init__(self, heads: int, cache_len: int, head_dim: int) -> None:
+        super().__init__()
+        shape = (1, heads, cache_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape), persistent=False)
+        self.register_buffer("v", torch.zeros(shape), persistent=False)
+
+    def update(self, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # index_put_ with a position tensor (not a slice) keeps T dynamic under torch.export;
+        # ExecuTorch's own static cache writes the same way.
+        self.k[:, :, pos] = k
+        self.v[:, :, pos] = v
+        return self.k, self.v
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding (GPT-NeoX half-split layout) of x [1, heads, T, head_dim]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int, bias: bool) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.q = nn.Linear(width, width, bias=bias)
+        self.k = nn.Linear(width, width, bias=bias)
+        self.v = nn.Linear(width, width, bias=bias)
+        self.o = nn.Linear(width, width, bias=bias)
+
+    def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor,
+                rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        b, t, e = x.shape
+        split = (b, t, self.heads, self.head_dim)
+        q = self.q(x).view(split).transpose(1, 2)  # [1, heads, T, head_dim]
+        k = self.k(x).view(split).transpose(1, 2)
+        v = self.v(x).view(split).transpose(1, 2)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        keys, values = cache.update(pos, k, v)
+        # the whole static cache is attended; the mask hides future and never-written positions
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self.o(y.transpose(1, 2).reshape(b, t, e))
+
+
+class FFN(nn.Module):
+    def __init__(self, width: int, hidden: int, bias: bool) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, hidden, bias=bias)
+        self.down = nn.Linear(hidden, width, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class DecoderLayer(nn.Module):
+    """One pre-LN decoder layer: x + attention(ln1(x)), then x + ffn(ln2(x))."""
+
+    def __init__(self, width: int, ffn_hidden: int, heads: int, bias: bool = True) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads, bias)
+        self.ln2 = nn.LayerNorm(width)
+        self.ffn = FFN(width, ffn_hidden, bias)
+
+    def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor,
+                rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.ln1(x), cache, pos, mask, rope)
+        return x + self.ffn(self.ln2(x))
+
+
+class AdaptiveBlock(nn.Module):
+    """`depth` layers of one width; with `shared`, one layer's weights run `depth` times."""
+
+    def __init__(self, block: Block, bias: bool) -> None:
+        super().__init__()
+        copies = 1 if block.shared else block.depth
+        self.layers = nn.ModuleList(
+            DecoderLayer(block.width, block.ffn_hidden, block.heads, bias) for _ in range(copies))
+        self.depth = block.depth
+
+    def schedule(self) -> list[DecoderLayer]:
+        """The layer run at each depth position (the same module repeated when shared)."""
+        return [self.layers[i % len(self.layers)] for i in range(self.depth)]
+
+
+def rope_tables(length: int, head_dim: int) -> tuple[Tensor, Tensor]:
+    """cos and sin [length, head_dim] of the rotary angles of positions 0..length-1."""
+    inv = ROPE_BASE ** (-torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(length).float(), inv).repeat(1, 2)
+    return angles.cos(), angles.sin()
+
+
+def projection(width_in: int, width_out: int) -> nn.Module:
+    return nn.Identity() if width_in == width_out else nn.Linear(width_in, width_out, bias=False)
+
+
+class Decoder(nn.Module):
+    """A decoder-only transformer built from a card, with a static KV cache of `cache_len`."""
+
+    def __init__(self, card: Card, cache_len: int | None = None) -> None:
+        super().__init__()
+        self.card = card
+        self.cache_len = cache_len or card.context
+        if not 1 <= self.cache_len <= card.context:
+            raise UserError(f"cache_len {self.cache_len} must be between 1 and the card's "
+                            f"context {card.context}")
+        e, first, last = card.embedding_width, card.blocks[0].width, card.blocks[-1].width
+        self.embed = nn.Embedding(card.vocab, e)
+        self.proj_in = projection(e, first)
+        if card.positions == "learned":
+            self.pos_embed = nn.Embedding(card.context + card.pos_offset, first)
+        elif card.head_dim % 2:
+            raise UserError(f"rope positions need an even head_dim, got {card.head_dim}")
+        else:
+            cos, sin = rope_tables(self.cache_len, card.head_dim)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.blocks = nn.ModuleList(AdaptiveBlock(b, card.bias) for b in card.blocks)
+        self.joins = nn.ModuleList(projection(a.width, b.width)
+                                   for a, b in zip(card.blocks, card.blocks[1:], strict=False))
+        self.norm = nn.LayerNorm(last) if card.final_norm else nn.Identity()
+        self.proj_out = projection(last, e)
+        self.head = None if card.tied_head else nn.Linear(e, card.vocab, bias=False)
+        self.caches = nn.ModuleList(KVCache(b.heads, self.cache_len, card.head_dim)
+                                    for b in card.blocks for _ in range(b.depth))
+
+    def forward(self, tokens: Tensor, start: Tensor) -> Tensor:
+        """Logits [1, vocab] of the last of `tokens` [1, T], placed at positions start..start+T-1.
+
+        Writes their keys and values into the cache; start + T must not exceed cache_len.
+        """
+        t = tokens.shape[1]
+        pos = start + torch.arange(t, dtype=torch.long)  # [T]
+        # query i (at pos[i]) sees cache slot j when j <= pos[i]
+        mask = torch.arange(self.cache_len, dtype=torch.long)[None, :] <= pos[:, None]
+        x = self.proj_in(self.embed(tokens))
+        rope = None
+        if self.card.positions == "learned":
+            x = x + self.pos_embed(pos + self.card.pos_offset)
+        else:
+            rope = (self.rope_cos[pos], self.rope_sin[pos])
+        caches = iter(self.caches)
+        for i, block in enumerate(self.blocks):
+            if i:
+                x = self.joins[i - 1](x)
+            for layer in block.schedule():
+                x = layer(x, next(caches), pos, mask, rope)
+        x = self.proj_out(self.norm(x[:, -1, :]))
+        return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+
+    def reset_cache(self) -> None:
+        """Forget every cached key and value (a new conversation)."""
+        for cache in self.caches:
+            cache.k.zero_()
+            cache.v.zero_()
+
+
+def init_weights(model: Decoder, seed: int = 0) -> None:
+    """GPT-2 style random init (normal 0.02, zero biases, unit norms), reproducible by seed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():  # modules() visits a shared layer once
+            if isinstance(m, nn.LayerNorm):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+            elif isinstance(m, (nn.Linear, nn.Embedding)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.02)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+
+
+def load_checkpoint(model: Decoder, path: Path) -> None:
+    """Load a safetensors file whose names and shapes match the module's state_dict exactly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint at {path}") from None
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a readable safetensors file: {e}") from None
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in tensors:
+            raise UserError(f"checkpoint {path} has no tensor {name!r} (expected shape "
+                            f"{list(tensor.shape)}); it was not saved from this card")
+        if tensors[name].shape != tensor.shape:
+            raise UserError(f"checkpoint {path} does not match card {model.card.name!r}: tensor "
+                            f"{name!r} expected shape {list(tensor.shape)}, found "
+                            f"{list(tensors[name].shape)}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise UserError(f"checkpoint {path} has tensors the card does not: {extra[:5]}")
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+
+
+def build_decoder(card: Card, *, cache_len: int | None = None, seed: int = 0,
+                  checkpoint: Path | None = None) -> Decoder:
+    """The decoder of `card` in eval mode: random weights from `seed`, or a safetensors file."""
+    model = Decoder(card, cache_len)
+    if checkpoint is None:
+        init_weights(model, seed)
+    else:
+        load_checkpoint(model, Path(checkpoint))
+    return model.eval()
+
+
+@torch.no_grad()
+def generate(model: Decoder, prompt: list[int], max_new_tokens: int, *, top_k: int | None = None,
+             seed: int = 0) -> list[int]:
+    """Prefill `prompt`, then decode `max_new_tokens` ids one at a time (greedy unless top_k)."""
+    if not prompt:
+        raise UserError("the prompt is empty; give at least one token")
+    if len(prompt) + max_new_tokens > model.cache_len:
+        raise UserError(f"prompt ({len(prompt)}) + new tokens ({max_new_tokens}) exceed the KV "
+                        f"cache of {model.cache_len} positions; shorten them or raise cache_len")
+    bad = [t for t in prompt if not 0 <= t < model.card.vocab]
+    if bad:
+        raise UserError(f"token ids {bad[:5]} are outside the vocabulary of {model.card.vocab}")
+    gen = torch.Generator().manual_seed(seed)
+    model.reset_cache()
+    logits = model(torch.tensor([prompt]), torch.tensor([0]))
+    out: list[int] = []
+    for step in range(max_new_tokens):
+        out.append(pick(logits[0], top_k, gen))
+        if step + 1 < max_new_tokens:
+            logits = model(torch.tensor([[out[-1]]]), torch.tensor([len(prompt) + step]))
+    return out
+
+
+def pick(logits: Tensor, top_k: int | None, gen: torch.Generator) -> int:
+    """Greedy argmax, or a sample from the softmax over the top_k logits."""
+    if top_k is None:
+        return int(logits.argmax())
+    values, ids = logits.topk(min(top_k, logits.numel()))
+    probs = F.softmax(values, dim=-1)
+    return int(ids[torch.multinomial(probs, 1, generator=gen)])
+

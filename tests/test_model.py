@@ -1,0 +1,173 @@
+"""The torch decoder: parameter layout equals the accounting, the KV cache is exact, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from merino_mobile import accounting
+from merino_mobile.card import Block, Card, load_card
+from merino_mobile.errors import UserError
+from merino_mobile.model import Decoder, DecoderLayer, build_decoder, generate
+from merino_mobile.tokenizer import Tokenizer
+from merino_mobile.workspace import BUILTIN
+
+
+def tiny(**kw) -> Card:
+    fields = dict(name="tiny", vocab=256, context=64, head_dim=16,
+                  blocks=(Block(64, 4.0, 4, 2, shared=False),))
+    return Card(**(fields | kw))
+
+
+CARDS = {
+    "plain": tiny(),
+    "shared": tiny(blocks=(Block(64, 4.0, 4, 3, shared=True),)),
+    "two-widths": tiny(blocks=(Block(64, 4.0, 4, 1), Block(128, 2.0, 8, 2, shared=True))),
+    "embed-width-untied": tiny(embed_width=32, tied_head=False, final_norm=False, pos_offset=2),
+    "rope-no-bias": tiny(positions="rope", bias=False,
+                         blocks=(Block(128, 3.0, 8, 2, shared=True), Block(64, 4.0, 4, 1))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CARDS))
+def test_param_count_equals_accounting(name):
+    card = CARDS[name]
+    model = build_decoder(card)
+    assert sum(p.numel() for p in model.parameters()) == accounting.params(card)
+    assert len(model.caches) == card.depth  # one cache per executed layer, shared or not
+
+
+@pytest.mark.parametrize("name", ["opt-350m", "opt-125m", "gpt2"])
+def test_param_count_of_shipped_cards_on_meta_device(name):
+    card = load_card(BUILTIN / "models" / f"{name}.json")
+    with torch.device("meta"):
+        model = Decoder(card, cache_len=16)
+    assert sum(p.numel() for p in model.parameters()) == accounting.params(card)
+    if name == "opt-350m":
+        assert accounting.params(card) == 331_196_416  # transformers' OPTForCausalLM count
+
+
+def test_shared_block_runs_one_layer_depth_times():
+    model = build_decoder(CARDS["shared"])
+    schedule = model.blocks[0].schedule()
+    assert len(schedule) == 3 and all(layer is schedule[0] for layer in schedule)
+    assert isinstance(schedule[0], DecoderLayer)
+
+
+@pytest.mark.parametrize("name", sorted(CARDS))
+def test_incremental_decode_equals_full_recompute(name):
+    """Prefill + one-token steps through the cache give the logits of recomputing from scratch."""
+    model = build_decoder(CARDS[name], seed=1)
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.reset_cache()
+        steps = [model(ids[:, :7], torch.tensor([0]))]
+        steps += [model(ids[:, i:i + 1], torch.tensor([i])) for i in range(7, 12)]
+        for i, got in zip(range(7, 13), steps, strict=True):
+            model.reset_cache()
+            want = model(ids[:, :i], torch.tensor([0]))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_positions_change_logits():
+    """The same token at another position gives other logits (positions are really used)."""
+    for name in ("plain", "rope-no-bias"):
+        model = build_decoder(CARDS[name])
+        with torch.no_grad():
+            a = model(torch.tensor([[7]]), torch.tensor([0]))
+            model.reset_cache()
+            b = model(torch.tensor([[7]]), torch.tensor([5]))
+        assert not torch.allclose(a, b)
+
+
+def test_seed_controls_weights():
+    a, b, c = (build_decoder(CARDS["plain"], seed=s) for s in (0, 0, 1))
+    assert torch.equal(a.embed.weight, b.embed.weight)
+    assert not torch.equal(a.embed.weight, c.embed.weight)
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    card = CARDS["two-widths"]
+    src = build_decoder(card, seed=3)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    loaded = build_decoder(card, seed=0, checkpoint=path)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, torch.tensor([0])), src(ids, torch.tensor([0])))
+
+
+def test_checkpoint_shape_mismatch_names_the_tensor(tmp_path):
+    other = build_decoder(tiny(blocks=(Block(64, 2.0, 4, 2),)))  # smaller FFN
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    with pytest.raises(UserError, match=r"'blocks\.0\.layers\.0\.ffn\.up\.weight' expected shape "
+                       r"\[256, 64\], found \[128, 64\]"):
+        build_decoder(CARDS["plain"], checkpoint=path)
+
+
+def test_checkpoint_missing_or_garbage(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        build_decoder(CARDS["plain"], checkpoint=tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable safetensors"):
+        build_decoder(CARDS["plain"], checkpoint=bad)
+
+
+def test_generate_greedy_and_top_k():
+    model = build_decoder(CARDS["shared"])
+    greedy = generate(model, [1, 2, 3], 6)
+    assert greedy == generate(model, [1, 2, 3], 6)
+    # greedy equals argmax of recomputed logits at every step
+    ids = [1, 2, 3]
+    for tok in greedy:
+        model.reset_cache()
+        with torch.no_grad():
+            assert int(model(torch.tensor([ids]), torch.tensor([0])).argmax()) == tok
+        ids.append(tok)
+    sampled = [generate(model, [1, 2, 3], 6, top_k=50, seed=s) for s in range(4)]
+    assert sampled[0] == generate(model, [1, 2, 3], 6, top_k=50, seed=0)
+    assert len({tuple(s) for s in sampled}) > 1
+    assert generate(model, [1, 2, 3], 6, top_k=1) == greedy
+
+
+def test_generate_refuses_overflowing_cache():
+    model = build_decoder(CARDS["plain"], cache_len=8)
+    with pytest.raises(UserError, match="exceed the KV cache of 8"):
+        generate(model, [1] * 5, 4)
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        generate(model, [300], 1)
+    with pytest.raises(UserError, match="cache_len 100"):
+        build_decoder(CARDS["plain"], cache_len=100)
+
+
+def test_byte_tokenizer_roundtrip():
+    tok = Tokenizer()
+    ids = tok.encode("héllo")
+    assert ids == list("héllo".encode()) and tok.vocab == 256
+    assert tok.decode(ids) == "héllo"
+    tok.check_fits(256)
+    with pytest.raises(UserError, match="vocabulary is 100"):
+        tok.check_fits(100)
+
+
+def test_local_tokenizer_json(tmp_path):
+    from tokenizers import Tokenizer as HF
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    hf = HF(WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    hf.pre_tokenizer = Whitespace()
+    path = tmp_path / "tokenizer.json"
+    hf.save(str(path))
+    tok = Tokenizer(path)
+    assert tok.vocab == 3
+    assert tok.encode("hello world nope") == [1, 2, 0]
+    assert tok.decode([1, 2]) == "hello world"
+    with pytest.raises(UserError, match="no tokenizer file"):
+        Tokenizer(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UserError, match="not a valid tokenizer.json"):
+        Tokenizer(tmp_path / "bad.json")
