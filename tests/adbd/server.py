@@ -7,8 +7,9 @@ runs commands on this host inside a PhoneSandbox. It binds 127.0.0.1 on a free p
 is bounded, and it stops by itself after `lifetime_s`.
 
 Faults a phone produces, on demand: the connection drops after N commands (`drop_after_commands`,
-the cable pulled), the next K pushed files land corrupted (`corrupt_pushes`), and the user never
-accepts this computer's key (`auth="reject"`).
+the cable pulled), the next K pushed files land corrupted (`corrupt_pushes`), the user never
+accepts this computer's key (`auth="reject"`), and directory listings carry names that would
+escape a pull target (`hostile_names`). `port` reuses a port: the same phone coming back.
 """
 
 from __future__ import annotations
@@ -203,7 +204,11 @@ class Connection:
         elif command == p.CLSE:
             stream = self.streams.pop(arg1, None)
             if stream:
+                # adbd answers a host's CLSE with its own (local_socket_close -> peer close).
+                closed_here = stream.closed
                 stream.remote_closed()
+                if not closed_here:
+                    self.send(p.CLSE, arg1, arg0)
 
     def open(self, remote_id: int, service: str) -> None:
         if service.startswith(("shell:", "exec:")):
@@ -312,6 +317,9 @@ class Connection:
                 raw = name.encode("utf-8", "surrogateescape")
                 out += b"DENT" + struct.pack("<4I", st.st_mode, st.st_size & 0xFFFFFFFF,
                                              int(st.st_mtime), len(raw)) + raw
+            for name in self.server.hostile_names:
+                raw = name.encode()
+                out += b"DENT" + struct.pack("<4I", stat.S_IFREG | 0o644, 5, 0, len(raw)) + raw
         stream.write(bytes(out) + b"DONE" + bytes(16))
 
     def sync_send(self, stream: Stream, spec: str) -> None:
@@ -361,7 +369,8 @@ class LoopbackAdbd:
 
     def __init__(self, root: Path, *, auth: str = "accept", authorized_keys: tuple = (),
                  drop_after_commands: int | None = None, corrupt_pushes: int = 0,
-                 lifetime_s: float = 170.0, sandbox: PhoneSandbox | None = None) -> None:
+                 lifetime_s: float = 170.0, sandbox: PhoneSandbox | None = None,
+                 port: int = 0, hostile_names: tuple[str, ...] = ()) -> None:
         if auth not in ("accept", "reject"):
             raise ValueError("auth is 'accept' (the user taps Allow) or 'reject'")
         self.sandbox = sandbox or PhoneSandbox(Path(root))
@@ -369,6 +378,8 @@ class LoopbackAdbd:
         self.authorized_keys: list[bytes] = [k.split(b"\0")[0] for k in authorized_keys]
         self.drop_after_commands = drop_after_commands
         self.corrupt_pushes = corrupt_pushes
+        # Names a compromised adbd could list (a real one cannot: they are not file names).
+        self.hostile_names = hostile_names
         self.lifetime_s = lifetime_s
         self.commands: list[str] = []
         self.procs: list[subprocess.Popen] = []
@@ -378,7 +389,7 @@ class LoopbackAdbd:
         self._commands_since_drop = 0
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind(("127.0.0.1", port))
         self.port = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 

@@ -1,0 +1,282 @@
+"""The ADB backend against the loopback adbd (tests/adbd), over a real socket.
+
+The loopback adbd stands for a phone (this machine has none); everything on our side is the
+real code: adb-shell, our transport, our device, the real ExecuTorch runtime behind the runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from merino_mobile.device import runners
+from merino_mobile.device.adb import (
+    AdbTransport,
+    DeviceGone,
+    big_cores,
+    cpu_mask,
+    ensure_adb_key,
+    parse_cpu_max_freq,
+    parse_getprop,
+    parse_thermal,
+    safe_child,
+)
+from merino_mobile.errors import UserError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from adbd import LoopbackAdbd  # noqa: E402
+from adbd.protocol import parse_adb_public_key  # noqa: E402
+
+
+@pytest.fixture
+def key(tmp_path) -> Path:
+    return ensure_adb_key(tmp_path / "android" / "adbkey")
+
+
+@pytest.fixture
+def phone(tmp_path):
+    with LoopbackAdbd(tmp_path / "phone") as d:
+        yield d
+
+
+@pytest.fixture
+def adb(phone, key):
+    t = AdbTransport(address=phone.address, key=key)
+    yield t
+    t.close()
+
+
+# -- keys and authorization -------------------------------------------------------------------
+
+def test_key_is_created_in_adb_format_with_mode_0600(tmp_path):
+    path = ensure_adb_key(tmp_path / "fresh" / ".android" / "adbkey")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    pub = Path(f"{path}.pub").read_bytes()
+    assert parse_adb_public_key(pub).key_size == 2048  # the blob adbd stores in adb_keys
+    before = path.read_bytes()
+    assert ensure_adb_key(path).read_bytes() == before  # an existing key is never replaced
+
+
+def test_known_key_signs_the_token(tmp_path, key):
+    pub = Path(f"{key}.pub").read_bytes()
+    with LoopbackAdbd(tmp_path / "p", auth="reject", authorized_keys=(pub,)) as d:
+        t = AdbTransport(address=d.address, key=key, auth_timeout_s=1)
+        assert t.check(["getprop", "ro.product.model"], "getprop") == "Pixel 7\n"
+        t.close()
+
+
+def test_unaccepted_key_is_a_clear_error(tmp_path, key):
+    with LoopbackAdbd(tmp_path / "p", auth="reject") as d:
+        t = AdbTransport(address=d.address, key=key, auth_timeout_s=1)
+        with pytest.raises(UserError, match="did not accept this computer's key.*Allow USB"):
+            t.run(["true"])
+
+
+def test_nothing_listening_is_a_clear_error(key):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = AdbTransport(address=f"127.0.0.1:{port}", key=key, reconnects=0)
+    with pytest.raises(DeviceGone, match="cannot reach adbd.*Wireless debugging"):
+        t.run(["true"])
+
+
+def test_usb_without_libusb_says_what_to_install(key):
+    try:
+        import usb1  # noqa: F401
+        pytest.fail("libusb1 is installed here; this test covers the message when it is not")
+    except ImportError:
+        pass
+    with pytest.raises(UserError, match=r"adb-shell\[usb\]"):
+        AdbTransport(serial="28201FDH2000XY", key=key).run(["true"])
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+HOSTILE = ["; touch /tmp/pwned", "$(touch pwned2)", "`touch pwned3`", "a'b\"c\\d",
+           "x\ntouch pwned4", "&& touch pwned5 #", "*"]
+
+
+def test_every_argument_is_quoted(adb, phone):
+    r = adb.run(["echo", *HOSTILE])
+    assert r.ok and r.stdout == " ".join(HOSTILE) + "\n"
+    r = adb.run(["sh", "-c", 'printf "%s|" "$@"', "sh", *HOSTILE])
+    assert r.stdout == "".join(a + "|" for a in HOSTILE)
+    root = phone.sandbox.root
+    for name in ("tmp/pwned", "pwned2", "pwned3", "pwned4", "pwned5"):
+        assert not (root / name).exists(), name
+    assert not any(p.name.startswith("pwned") for p in root.rglob("*"))
+
+
+def test_exit_code_stderr_and_stdin(adb):
+    r = adb.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (r.returncode, r.stdout, r.stderr, r.timed_out) == (3, "out\n", "err\n", False)
+    assert adb.run(["sh", "-c", "printf x"]).stdout == "x"  # no newline added or lost
+    assert adb.run(["cat"], stdin="line 1\n; rm -rf /\n").stdout == "line 1\n; rm -rf /\n"
+
+
+def test_a_hung_command_is_killed_on_the_phone(adb, phone):
+    r = adb.run(["sleep", "30"], timeout=1)
+    assert r.timed_out and not r.ok
+    assert all(p.poll() is not None for p in phone.procs)
+
+
+# -- files ------------------------------------------------------------------------------------
+
+def test_push_is_verified_and_pull_returns_the_bytes(adb, phone, tmp_path):
+    data = os.urandom(200_000)
+    src = tmp_path / "model.pte"
+    src.write_bytes(data)
+    adb.push(src, "/data/local/tmp/merino-mobile/x/model.pte")
+    assert phone.sandbox.host_path("/data/local/tmp/merino-mobile/x/model.pte").read_bytes() == data
+    assert adb.sha256("/data/local/tmp/merino-mobile/x/model.pte") == \
+        hashlib.sha256(data).hexdigest()
+    assert adb.sha256("/data/local/tmp/nope") is None
+    adb.pull("/data/local/tmp/merino-mobile/x/model.pte", tmp_path / "back" / "model.pte")
+    assert (tmp_path / "back" / "model.pte").read_bytes() == data
+    with pytest.raises(UserError, match="cannot pull /data/local/tmp/nope"):
+        adb.pull("/data/local/tmp/nope", tmp_path / "nope")
+
+
+def test_corrupted_push_is_retried_then_fails_clearly(tmp_path, key):
+    src = tmp_path / "model.pte"
+    src.write_bytes(os.urandom(50_000))
+    with LoopbackAdbd(tmp_path / "p1", corrupt_pushes=1) as d:
+        t = AdbTransport(address=d.address, key=key)
+        t.push(src, "/data/local/tmp/a/model.pte")  # first copy corrupted, second one good
+        assert d.sandbox.host_path("/data/local/tmp/a/model.pte").read_bytes() == \
+            src.read_bytes()
+        t.close()
+    with LoopbackAdbd(tmp_path / "p2", corrupt_pushes=2) as d:
+        t = AdbTransport(address=d.address, key=key)
+        with pytest.raises(UserError, match="twice.*sha256.*corrupted"):
+            t.push(src, "/data/local/tmp/a/model.pte")
+        assert not d.sandbox.host_path("/data/local/tmp/a/model.pte").exists()
+        t.close()
+
+
+def test_pulled_files_never_escape_the_target(tmp_path, key):
+    hostile = ("../escaped.txt", "..", "/tmp/abs.txt", "a\\b", "sub/inner.txt", "")
+    with LoopbackAdbd(tmp_path / "p", hostile_names=hostile) as d:
+        out = d.sandbox.host_path("/data/local/tmp/out")
+        out.mkdir(parents=True)
+        (out / "output-0.bin").write_bytes(b"\x01\x02")
+        (d.sandbox.root / "escaped.txt").write_text("phone file")
+        t = AdbTransport(address=d.address, key=key)
+        target = tmp_path / "pulled" / "here"
+        pulled, refused = t.pull_tree("/data/local/tmp/out", target)
+        t.close()
+    assert pulled == [target.resolve() / "output-0.bin"]
+    assert set(refused) == {"../escaped.txt", "/tmp/abs.txt", "a\\b", "sub/inner.txt", ""}
+    assert sorted(p.name for p in (tmp_path / "pulled").rglob("*")) == ["here", "output-0.bin"]
+    assert safe_child(target, "ok.bin") == target.resolve() / "ok.bin"
+    for bad in ("..", ".", "../x", "/etc/passwd", "a/b", "a\0b", "x\n"):
+        assert safe_child(target, bad) is None, bad
+
+
+# -- faults: the phone goes away ----------------------------------------------------------------
+
+def test_a_dropped_connection_is_reconnected_once(tmp_path, key):
+    with LoopbackAdbd(tmp_path / "p", drop_after_commands=1) as d:
+        t = AdbTransport(address=d.address, key=key)
+        assert t.run(["echo", "one"]).stdout == "one\n"
+        assert t.run(["echo", "two"]).stdout == "two\n"  # the drop happened here
+        assert len(d.connections) == 2
+        t.close()
+
+
+def test_a_phone_that_stays_gone_is_device_gone(tmp_path, key):
+    d = LoopbackAdbd(tmp_path / "p").start()
+    t = AdbTransport(address=d.address, key=key)
+    assert t.run(["true"]).ok
+    d.stop()
+    with pytest.raises(DeviceGone, match="rerun the same command"):
+        t.run(["true"])
+    t.close()
+
+
+# -- what the phone says about itself -----------------------------------------------------------
+
+def test_facts_parsers_on_pixel7_output(adb):
+    props = parse_getprop(adb.check(["getprop"], "getprop"))
+    assert props["ro.soc.model"] == "Tensor G2" and props["ro.product.cpu.abi"] == "arm64-v8a"
+    from merino_mobile.device.adb import CPU_FREQ_SCRIPT, THERMAL_SCRIPT
+
+    freq = parse_cpu_max_freq(adb.check(["sh", "-c", CPU_FREQ_SCRIPT], "freq"))
+    assert len(freq) == 8 and big_cores(freq) == (6, 7) and cpu_mask(big_cores(freq)) == "c0"
+    temps = parse_thermal(adb.check(["sh", "-c", THERMAL_SCRIPT], "thermal"))
+    assert temps["BIG"] == 41.0 and temps["battery"] == 31.0
+    assert parse_thermal("cpu\t-273000\nskin\t0\nsoc\t52\ncpu\t48500\n") == \
+        {"soc": 52.0, "cpu": 48.5}
+
+
+# -- runner output formats ----------------------------------------------------------------------
+
+# executor_runner as of ExecuTorch 0.4-1.0: no per-iteration lines (posix PAL log format).
+OLD_RUNNER = """\
+I 00:00:00.001233 executorch:executor_runner.cpp:73] Model file model.pte is loaded.
+I 00:00:00.001280 executorch:executor_runner.cpp:82] Using method forward
+I 00:00:00.001290 executorch:executor_runner.cpp:129] Setting up planned buffer 0, size 64.
+I 00:00:00.002012 executorch:executor_runner.cpp:152] Method loaded.
+I 00:00:00.002100 executorch:executor_runner.cpp:162] Inputs prepared.
+I 00:00:00.090412 executorch:executor_runner.cpp:171] Model executed successfully 10 time(s) \
+in 88.300000 ms.
+I 00:00:00.090500 executorch:executor_runner.cpp:175] 1 outputs:
+OutputX 0: tensor(sizes=[1, 4], [8., 8., 8., 8.])
+"""
+NEW_RUNNER = """\
+I 00:00:00.000512 executorch:executor_runner.cpp:362] Resetting threadpool with num threads = 2
+I 00:00:00.003001 executorch:executor_runner.cpp:590] Model loaded in 2.481000 ms.
+I 00:00:00.004000 executorch:executor_runner.cpp:787] Iteration 1 of 3: 1.500000 ms
+I 00:00:00.005000 executorch:executor_runner.cpp:787] Iteration 2 of 3: 1.250000 ms
+I 00:00:00.006000 executorch:executor_runner.cpp:787] Iteration 3 of 3: 1.000000 ms
+I 00:00:00.006100 executorch:executor_runner.cpp:799] Model executed successfully 3 time(s) \
+in 3.750000 ms.
+"""
+
+
+def test_parse_executor_runner_both_generations():
+    old = runners.parse_executor_runner(OLD_RUNNER)
+    assert (old.executions, old.total_ms, old.iterations_ms) == (10, 88.3, [])
+    assert old.samples() == [pytest.approx(8.83)]
+    new = runners.parse_executor_runner(NEW_RUNNER)
+    assert new.iterations_ms == [1.5, 1.25, 1.0] and new.samples(skip=1) == [1.25, 1.0]
+    assert (new.threads, new.load_ms, new.total_ms) == (2, 2.481, 3.75)
+    crash = runners.parse_executor_runner(
+        "E 00:00:00.000100 executorch:executor_runner.cpp:461] Failed to parse model file m.pte\n")
+    assert not crash.ok and crash.errors == ["Failed to parse model file m.pte"]
+    argv = runners.executor_runner_argv("/d/r", "/d/m.pte", method="decode", num_executions=5,
+                                        threads=2, inputs=["/d/a.bin", "/d/b.bin"])
+    assert argv == ["/d/r", "--model_path=/d/m.pte", "--num_executions=5", "--print_output=none",
+                    "--method_name=decode", "--cpu_threads=2", "--inputs=/d/a.bin,/d/b.bin"]
+
+
+def test_parse_minibench_and_ort_perf_test():
+    app = ('[{"benchmarkModel":{"name":"tiny","backend":"xnnpack","quantization":"fp32"},'
+           '"metric":"avg_inference_latency(ms)","actualValue":4.5,"targetValue":0.0},'
+           '{"benchmarkModel":{"name":"tiny","backend":"xnnpack","quantization":"fp32"},'
+           '"metric":"trimmean_inference_latency(ms)","actualValue":4.2,"targetValue":0.0},'
+           '{"benchmarkModel":{"name":"tiny","backend":"","quantization":""},'
+           '"metric":"model_load_time(ms)","actualValue":31.0,"targetValue":0.0},'
+           '{"benchmarkModel":{"name":"tiny","backend":"","quantization":""},'
+           '"metric":"load_status","actualValue":0.0,"targetValue":0.0}]')
+    t = runners.parse_minibench(app)
+    assert t.ok and t.samples() == [4.2] and t.load_ms == 31.0 and not t.errors
+    ort = ("Setting intra_op_num_threads to 2\nSession creation time cost: 0.0166 s\n"
+           "First inference time cost: 2 ms\nTotal inference time cost: 0.0453 s\n"
+           "Total inference requests: 100\nAverage inference time cost total: 0.453 ms\n"
+           "Total inference run time: 0.0459 s\nMin Latency: 0.000412 s\n"
+           "P50 Latency: 0.000433 s\nP90 Latency: 0.00049 s\n")
+    t = runners.parse_ort_perf_test(ort)
+    assert t.executions == 100 and t.samples() == [pytest.approx(0.453)]
+    assert t.p50_ms == pytest.approx(0.433) and t.threads == 2
+    assert runners.ort_perf_test_argv("/d/ort", "/d/m.onnx", runs=20, threads=2) == \
+        ["/d/ort", "-e", "cpu", "-m", "times", "-r", "20", "-x", "2", "-I", "/d/m.onnx"]
