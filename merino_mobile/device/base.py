@@ -1,0 +1,343 @@
+"""What a device can do, apart from how bytes reach it.
+
+Two small protocols, in the spirit of adb-shell's device/transport split:
+
+- `Transport` moves bytes and runs commands: a local process (`host`), ADB over TCP or USB
+  (`adb`), an ssh session to a Mac. It knows nothing about models or runtimes.
+- `Device` is what the profiler and `bench` talk to: it reads its `Fingerprint`, lists the runtimes
+  it can run, `prepare`s an exported artifact (push it, verify it), `benchmark`s methods of it under
+  the measurement discipline below, and `cleanup`s what it left on the device.
+
+A backend is one module under `merino_mobile.device` exposing two functions:
+
+    open_device(profile: DeviceProfile) -> Device
+    probe(profile: DeviceProfile) -> Probe        # cheap "is it reachable now?", never raises
+
+`merino_mobile.device.open_device` / `probe` dispatch on the profile's `transport`
+("local" -> host.py, "adb" -> adb.py).
+
+Measurement discipline (shared by every backend so numbers mean the same thing everywhere):
+`warmup` untimed calls, then timed calls until at least `min_repeats` samples exist and the spread
+p90/p10 is at most `target_spread`, or `max_repeats` samples or `max_seconds` of timing are reached
+(`should_stop`). A result keeps every sample; `MethodResult.median/p10/p90` summarize them.
+A method that crashes the runtime, raises, or exceeds `timeout_s` is a failed `MethodResult` with
+the reason, never an exception: one bad micro-benchmark must not end a profiling run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from merino_mobile.device.profiles import DeviceProfile
+
+RUNTIMES = ("executorch", "onnxruntime")
+RUNTIME_SUFFIX = {"executorch": ".pte", "onnxruntime": ".onnx"}
+QUANTS = ("fp32", "int8", "int4")
+
+
+# -- transport -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunResult:
+    """Outcome of one command run through a transport. A negative returncode is -signal."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+class Transport(Protocol):
+    """How bytes and commands reach a device."""
+
+    def run(self, argv: Sequence[str], timeout: float | None = None,
+            stdin: str | None = None) -> RunResult:
+        """Run a command on the device; argv items are quoted by the transport, never joined."""
+        ...
+
+    def push(self, local: Path, remote: str) -> None:
+        """Copy a local file to the device and verify it arrived intact."""
+        ...
+
+    def pull(self, remote: str, local: Path) -> None:
+        """Copy a file from the device."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+# -- fingerprint ---------------------------------------------------------------------------------
+
+# The fields that decide whether a latency table applies: hardware, OS, runtime and how it runs.
+# Quantization is not here: the store and the LUT file name key it separately.
+KEY_FIELDS = ("model", "cpu", "cores", "os", "abi", "runtime", "runtime_version", "threads",
+              "cpus")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Who measured a latency table: device, hardware, OS, runtime, how it ran, and when."""
+
+    device: str
+    model: str
+    cpu: str
+    cores: int
+    os: str
+    abi: str
+    runtime: str
+    runtime_version: str
+    threads: int
+    quant: str
+    cpus: tuple[int, ...] = ()
+    date: str = ""
+
+    @property
+    def key(self) -> str:
+        """Stable hash of the fields that must match for a table to apply (not date/quant)."""
+        d = asdict(self)
+        blob = json.dumps({k: d[k] for k in KEY_FIELDS}, sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        pin = f", pinned to cpus {','.join(map(str, self.cpus))}" if self.cpus else ""
+        return (f"{self.device} ({self.model}; {self.cpu}, {self.cores} cores; {self.os}; "
+                f"{self.runtime} {self.runtime_version}, {self.threads} threads{pin}, "
+                f"{self.quant})")
+
+    def mismatch(self, other: Fingerprint) -> list[str]:
+        """The key fields in which `other` differs, as readable 'field: a != b' strings."""
+        a, b = asdict(self), asdict(other)
+        return [f"{k}: {a[k]!r} != {b[k]!r}" for k in KEY_FIELDS if a[k] != b[k]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"cpus": list(self.cpus), "key": self.key}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Fingerprint:
+        d = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        d["cpus"] = tuple(d.get("cpus") or ())
+        return cls(**d)
+
+
+# -- benchmark requests and results --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input tensor of a method: shape, dtype ("float32" | "int64") and fill.
+
+    `fill` is "randn" (floats), "zeros", or an integer every element takes (token ids, positions).
+    """
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    fill: str | int = "randn"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "fill": self.fill}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> InputSpec:
+        return cls(tuple(d["shape"]), d.get("dtype", "float32"), d.get("fill", "randn"))
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method of a prepared artifact to time; ONNX artifacts have one method, "forward"."""
+
+    name: str
+    inputs: tuple[InputSpec, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "inputs": [i.to_json() for i in self.inputs]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MethodSpec:
+        return cls(d["name"], tuple(InputSpec.from_json(i) for i in d["inputs"]))
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """Which methods to time and how long to keep timing them."""
+
+    runtime: str
+    methods: tuple[MethodSpec, ...]
+    warmup: int = 3
+    min_repeats: int = 5
+    max_repeats: int = 50
+    target_spread: float = 1.15
+    max_seconds: float = 2.0
+    timeout_s: float = 120.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["methods"] = [m.to_json() for m in self.methods]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BenchRequest:
+        d = dict(d)
+        d["methods"] = tuple(MethodSpec.from_json(m) for m in d["methods"])
+        return cls(**d)
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100), numpy's default definition."""
+    if not samples:
+        return math.nan
+    s = sorted(samples)
+    pos = (len(s) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def should_stop(samples: Sequence[float], elapsed_s: float, request: BenchRequest) -> bool:
+    """The shared stopping rule: enough samples and a small spread, or a cap reached."""
+    n = len(samples)
+    if n >= request.max_repeats or (elapsed_s >= request.max_seconds and n >= 1):
+        return True
+    if n < request.min_repeats:
+        return False
+    p10 = percentile(samples, 10)
+    return p10 > 0 and percentile(samples, 90) / p10 <= request.target_spread
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """Timings (ms per call) of one method, or why there are none."""
+
+    name: str
+    samples_ms: tuple[float, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.samples_ms)
+
+    @property
+    def median(self) -> float:
+        return percentile(self.samples_ms, 50)
+
+    @property
+    def p10(self) -> float:
+        return percentile(self.samples_ms, 10)
+
+    @property
+    def p90(self) -> float:
+        return percentile(self.samples_ms, 90)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "samples_ms": list(self.samples_ms), "error": self.error,
+                "median_ms": self.median if self.ok else None}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MethodResult:
+        return cls(d["name"], tuple(d.get("samples_ms") or ()), d.get("error"))
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """All methods of one request, in request order, plus how they were run."""
+
+    results: tuple[MethodResult, ...]
+    threads: int
+    cpus: tuple[int, ...] = ()
+    wall_s: float = 0.0
+
+    def __getitem__(self, name: str) -> MethodResult:
+        for r in self.results:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"results": [r.to_json() for r in self.results], "threads": self.threads,
+                "cpus": list(self.cpus), "wall_s": self.wall_s}
+
+
+@dataclass(frozen=True)
+class Handle:
+    """An artifact made ready on a device: where it lives there, and what it is."""
+
+    local: Path
+    remote: str
+    runtime: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Whether a device can be used right now, and a one-line detail (why not, or what it is)."""
+
+    reachable: bool | None  # None: cannot tell (backend missing)
+    detail: str
+
+
+# Called with ("start" | "done" | "failed", method name, worker pid) while a benchmark runs; the
+# profiler drives its progress bar from it.
+EventHook = Callable[[str, str, int], None]
+
+
+# -- device --------------------------------------------------------------------------------------
+
+class Device(Protocol):
+    """A device the profiler can measure on."""
+
+    name: str
+    profile: DeviceProfile
+
+    def fingerprint(self, runtime: str, quant: str) -> Fingerprint:
+        """Hardware, OS and runtime identity, with the threads and pinning this device uses."""
+        ...
+
+    def runtimes(self) -> list[str]:
+        """Runtimes (of RUNTIMES) this device can run now."""
+        ...
+
+    def prepare(self, artifact: Path) -> Handle:
+        """Put an exported artifact (.pte, .onnx) where the runtime can load it; verify it."""
+        ...
+
+    def benchmark(self, handle: Handle, request: BenchRequest,
+                  on_event: EventHook | None = None) -> BenchResult:
+        """Time the request's methods; failures become failed MethodResults, never exceptions."""
+        ...
+
+    def cleanup(self) -> None:
+        """Remove what prepare() left on the device and close the transport."""
+        ...
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Samples:
+    """Accumulates timings under the stopping rule; used by the host worker and phone runners."""
+
+    request: BenchRequest
+    values: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def add(self, ms: float) -> bool:
+        """Record one timed call; True when timing should stop."""
+        self.values.append(ms)
+        self.elapsed_s += ms / 1000
+        return should_stop(self.values, self.elapsed_s, self.request)

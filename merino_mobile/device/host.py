@@ -1,0 +1,270 @@
+"""The `host` device: this machine, with runtimes in a separate worker process.
+
+Transport "local": commands are local processes and push/pull are file copies. Each benchmark
+starts `python -m merino_mobile.device.worker` with the profile's thread count and CPU pinning; the
+worker reports every method as it starts and finishes, so when it dies (signal, abort, non-zero
+exit) or hangs past `timeout_s`, the method it was running is recorded as failed and a fresh worker
+continues with the rest.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+from merino_mobile.device.base import (
+    RUNTIME_SUFFIX,
+    RUNTIMES,
+    BenchRequest,
+    BenchResult,
+    EventHook,
+    Fingerprint,
+    Handle,
+    MethodResult,
+    Probe,
+    RunResult,
+    file_sha256,
+)
+from merino_mobile.device.profiles import DeviceProfile
+from merino_mobile.errors import UserError
+
+RUNTIME_PACKAGE = {"executorch": "executorch", "onnxruntime": "onnxruntime"}
+# Importing torch and a runtime takes seconds, more on a loaded machine; only a worker that has
+# not said "ready" by then is stuck. Methods get the request's own timeout_s.
+STARTUP_TIMEOUT_S = 180.0
+
+
+class LocalTransport:
+    """Commands are local processes; push and pull copy files."""
+
+    def run(self, argv: Sequence[str], timeout: float | None = None,
+            stdin: str | None = None) -> RunResult:
+        try:
+            p = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            return RunResult(-signal.SIGKILL, _text(e.stdout), _text(e.stderr), timed_out=True)
+        return RunResult(p.returncode, p.stdout, p.stderr)
+
+    def push(self, local: Path, remote: str) -> None:
+        dest = Path(remote)
+        if dest.resolve() != Path(local).resolve():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, dest)
+            if file_sha256(dest) != file_sha256(Path(local)):
+                raise UserError(f"copying {local} to {dest} did not verify (disk full?)")
+
+    def pull(self, remote: str, local: Path) -> None:
+        self.push(Path(remote), str(local))
+
+    def close(self) -> None:
+        pass
+
+
+def _text(b: bytes | str | None) -> str:
+    if b is None:
+        return ""
+    return b if isinstance(b, str) else b.decode(errors="replace")
+
+
+def runtime_version(runtime: str) -> str | None:
+    """Installed version of a runtime's Python package, None when it is not installed."""
+    try:
+        return importlib.metadata.version(RUNTIME_PACKAGE[runtime])
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine_model() -> str:
+    for p in ("/sys/class/dmi/id/product_name", "/sys/firmware/devicetree/base/model"):
+        try:
+            text = Path(p).read_text().strip("\x00\n ")
+            if text:
+                return text
+        except OSError:
+            continue
+    return f"{platform.system()} {platform.machine()} host"
+
+
+class HostDevice:
+    """This machine as a device (see the module docstring)."""
+
+    def __init__(self, profile: DeviceProfile) -> None:
+        self.profile = profile
+        self.name = profile.name
+        self.transport = LocalTransport()
+
+    def fingerprint(self, runtime: str, quant: str) -> Fingerprint:
+        return Fingerprint(
+            device=self.name, model=_machine_model(), cpu=_cpu_model(),
+            cores=os.cpu_count() or 1, os=f"{platform.system()} {platform.release()}",
+            abi=platform.machine(), runtime=runtime,
+            runtime_version=runtime_version(runtime) or "not installed",
+            threads=self.profile.threads, quant=quant, cpus=self.cpus,
+            date=date.today().isoformat(),
+        )
+
+    @property
+    def cpus(self) -> tuple[int, ...]:
+        """Pinned cores: the profile's, limited to the ones this process may use."""
+        if not self.profile.cpus:
+            return ()
+        allowed = os.sched_getaffinity(0)
+        missing = [c for c in self.profile.cpus if c not in allowed]
+        if missing:
+            raise UserError(f"{self.profile.path}: cpus {missing} are not available on this host "
+                            f"(usable: {sorted(allowed)}); edit cpus = [...] in the profile")
+        return tuple(self.profile.cpus)
+
+    def runtimes(self) -> list[str]:
+        return [r for r in self.profile.runtimes if r in RUNTIMES and runtime_version(r)]
+
+    def prepare(self, artifact: Path) -> Handle:
+        artifact = Path(artifact)
+        runtime = next((r for r, s in RUNTIME_SUFFIX.items() if artifact.suffix == s), None)
+        if runtime is None:
+            raise UserError(f"{artifact}: unknown artifact type; expected .pte or .onnx")
+        if not artifact.is_file():
+            raise UserError(f"{artifact}: no such file")
+        # The worker reads the file in place: on the host there is nothing to push.
+        return Handle(artifact, str(artifact.resolve()), runtime, file_sha256(artifact),
+                      artifact.stat().st_size)
+
+    def benchmark(self, handle: Handle, request: BenchRequest,
+                  on_event: EventHook | None = None) -> BenchResult:
+        if request.runtime != handle.runtime:
+            raise UserError(f"{handle.local} is a {handle.runtime} artifact, the request asks for "
+                            f"{request.runtime}")
+        t0 = time.perf_counter()
+        results: dict[str, MethodResult] = {}
+        pending = list(request.methods)
+        threads = self.profile.threads
+        while pending:
+            req = BenchRequest(**{**request.__dict__, "methods": tuple(pending)})
+            done, threads = self._run_worker(handle, req, on_event)
+            results.update({r.name: r for r in done})
+            pending = [m for m in pending if m.name not in results]
+        ordered = tuple(results[m.name] for m in request.methods)
+        return BenchResult(ordered, threads, self.cpus, time.perf_counter() - t0)
+
+    def _run_worker(self, handle: Handle, request: BenchRequest,
+                    on_event: EventHook | None) -> tuple[list[MethodResult], int]:
+        """One worker process; returns what it finished (at least one result: callers progress)."""
+        job = {"artifact": handle.remote, "threads": self.profile.threads, "cpus": list(self.cpus),
+               "request": request.to_json()}
+        with tempfile.TemporaryFile() as errf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "merino_mobile.device.worker"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=errf, text=True, start_new_session=True)
+            lines: queue.Queue[str | None] = queue.Queue()
+
+            def read() -> None:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    lines.put(line)
+                lines.put(None)
+
+            threading.Thread(target=read, daemon=True).start()
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(json.dumps(job))
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            out: list[MethodResult] = []
+            running: str | None = None
+            threads = self.profile.threads
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            timed_out = False
+            while True:
+                try:
+                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    timed_out = True
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+                if line is None:
+                    break
+                try:
+                    ev = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a runtime printing to stdout; not ours
+                kind = ev.get("event")
+                if kind == "ready":
+                    threads = int(ev.get("threads", threads))
+                    deadline = time.monotonic() + request.timeout_s
+                elif kind == "start":
+                    running = ev["method"]
+                    deadline = time.monotonic() + request.timeout_s
+                elif kind in ("done", "failed"):
+                    out.append(MethodResult(ev["method"], tuple(ev.get("samples_ms") or ()),
+                                            ev.get("error")))
+                    running = None
+                if on_event and kind in ("start", "done", "failed"):
+                    on_event(kind, ev["method"], proc.pid)
+            rc = proc.wait()
+            errf.seek(0)
+            tail = errf.read().decode(errors="replace").strip().splitlines()[-3:]
+        if timed_out:
+            why = f"timed out after {request.timeout_s if running else STARTUP_TIMEOUT_S:g}s"
+        elif rc < 0:
+            why = f"runtime worker killed by {signal.Signals(-rc).name}"
+        elif rc != 0:
+            why = f"runtime worker exited with code {rc}: {' | '.join(tail)}"
+        else:
+            why = "runtime worker stopped early"
+        finished = {r.name for r in out}
+        unfinished = [m.name for m in request.methods if m.name not in finished]
+        if running is not None:
+            out.append(MethodResult(running, (), f"{why} while running {running}"))
+            if on_event:
+                on_event("failed", running, proc.pid)
+        elif unfinished:
+            # Died before starting a method (bad artifact, missing runtime): retrying would only
+            # fail the same way, so every remaining method carries the reason.
+            out.extend(MethodResult(n, (), why) for n in unfinished)
+            for n in unfinished:
+                if on_event:
+                    on_event("failed", n, proc.pid)
+        return out, threads
+
+    def cleanup(self) -> None:
+        self.transport.close()
+
+
+def open_device(profile: DeviceProfile) -> HostDevice:
+    """The host backend's entry point (see base.py)."""
+    return HostDevice(profile)
+
+
+def probe(profile: DeviceProfile) -> Probe:
+    """The host is always reachable; the detail names its runtimes."""
+    dev = HostDevice(profile)
+    have = dev.runtimes()
+    if not have:
+        return Probe(False, f"none of the runtimes {list(profile.runtimes)} is installed")
+    versions = ", ".join(f"{r} {runtime_version(r)}" for r in have)
+    return Probe(True, f"{_cpu_model()}, {os.cpu_count()} cores; {versions}")

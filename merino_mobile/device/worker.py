@@ -1,0 +1,127 @@
+"""The process that runs a runtime for the host device: `python -m merino_mobile.device.worker`.
+
+It reads one JSON job on stdin ({"artifact", "threads", "cpus", "request"}; the request is a
+`base.BenchRequest`), pins itself to `cpus`, fixes the runtime's thread count, and times each method
+under the shared stopping rule. It writes one JSON object per line on stdout, flushed at once:
+
+    {"event": "ready", "pid": 123, "threads": 2, "cpus": [0, 1]}
+    {"event": "start", "method": "m0"}
+    {"event": "done", "method": "m0", "samples_ms": [...]}     or
+    {"event": "failed", "method": "m0", "error": "..."}          (an exception, reported cleanly)
+
+Running in its own process is the point: a segfault, an abort or a leak in a runtime kills only
+this worker; the parent (`host.HostDevice`) sees which method was running and records it as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec, Samples
+
+
+def emit(**event: Any) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def make_inputs(specs: tuple[InputSpec, ...]) -> list[Any]:
+    import torch
+
+    # Fixed seed: every run of a micro-benchmark sees the same numbers.
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for s in specs:
+        dtype = {"float32": torch.float32, "int64": torch.int64}[s.dtype]
+        if s.fill == "randn":
+            out.append(torch.randn(s.shape, generator=g, dtype=dtype))
+        elif s.fill == "zeros":
+            out.append(torch.zeros(s.shape, dtype=dtype))
+        else:
+            out.append(torch.full(s.shape, int(s.fill), dtype=dtype))
+    return out
+
+
+def time_calls(call: Any, request: BenchRequest) -> list[float]:
+    for _ in range(request.warmup):
+        call()
+    samples = Samples(request)
+    while True:
+        t0 = time.perf_counter_ns()
+        call()
+        if samples.add((time.perf_counter_ns() - t0) / 1e6):
+            return samples.values
+
+
+class ExecutorchRunner:
+    def __init__(self, artifact: str, threads: int) -> None:
+        import torch  # noqa: F401  (loads libtorch, which the extension links against)
+
+        # The compiled extension is the runtime `executorch.runtime` wraps; importing it directly
+        # skips `executorch.exir` (the exporter), which takes most of a worker's start-up time.
+        from executorch.extension.pybindings import _C
+
+        # The XNNPACK delegate shares this process-wide threadpool; resetting it fixes the count.
+        _C._unsafe_reset_threadpool(threads)
+        self.threads = _C._threadpool_get_thread_count()
+        self.program = _C._load_program(artifact)
+        self.names = {self.program.get_method_name(i) for i in range(self.program.num_methods())}
+
+    def caller(self, spec: MethodSpec) -> Any:
+        if spec.name not in self.names:
+            raise ValueError(f"the program has no method {spec.name!r} (it has "
+                             f"{sorted(self.names)})")
+        method = self.program.load_method(spec.name)
+        inputs = make_inputs(spec.inputs)
+        # Outputs are not cloned: a runner on a phone does not copy them either.
+        return lambda: method.call(inputs, clone_outputs=False)
+
+
+class OnnxRunner:
+    def __init__(self, artifact: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.threads = threads
+        self.session = ort.InferenceSession(artifact, opts, providers=["CPUExecutionProvider"])
+
+    def caller(self, spec: MethodSpec) -> Any:
+        names = [i.name for i in self.session.get_inputs()]
+        if len(names) != len(spec.inputs):
+            raise ValueError(f"the model takes {len(names)} inputs ({names}), the request gives "
+                             f"{len(spec.inputs)}")
+        feeds = {n: t.numpy() for n, t in zip(names, make_inputs(spec.inputs), strict=True)}
+        return lambda: self.session.run(None, feeds)
+
+
+def main() -> int:
+    job = json.loads(sys.stdin.read())
+    cpus = job.get("cpus") or []
+    if cpus:
+        # Pin before the runtime starts its threads so they inherit the mask.
+        os.sched_setaffinity(0, cpus)
+    request = BenchRequest.from_json(job["request"])
+    runner_cls = {"executorch": ExecutorchRunner, "onnxruntime": OnnxRunner}[request.runtime]
+    runner = runner_cls(job["artifact"], int(job["threads"]))
+    emit(event="ready", pid=os.getpid(), threads=runner.threads,
+         cpus=sorted(os.sched_getaffinity(0)))
+    for spec in request.methods:
+        emit(event="start", method=spec.name)
+        try:
+            samples = time_calls(runner.caller(spec), request)
+        except Exception as e:  # a runtime error in one method must not stop the others
+            emit(event="failed", method=spec.name, error=f"{type(e).__name__}: {e}".strip())
+            continue
+        emit(event="done", method=spec.name, samples_ms=samples)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The host device: real ExecuTorch programs run in a real worker process."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from merino_mobile.device import open_device, probe
+from merino_mobile.device.base import (
+    BenchRequest,
+    Fingerprint,
+    InputSpec,
+    MethodSpec,
+    percentile,
+    should_stop,
+)
+from merino_mobile.device.profiles import load_profile, read_profile
+from merino_mobile.errors import UserError
+from merino_mobile.workspace import Workspace
+
+FAST = dict(warmup=1, min_repeats=3, max_repeats=5, max_seconds=0.5, timeout_s=60.0)
+
+
+def host(tmp_path: Path, extra: str = ""):
+    path = tmp_path / "devices" / "host.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('name = "host"\ntransport = "local"\nthreads = 1\n' + extra)
+    return open_device(read_profile(path))
+
+
+@pytest.fixture(scope="module")
+def pte(tmp_path_factory) -> Path:
+    from merino_mobile.export.executorch import lower_to_pte
+
+    x = torch.randn(1, 64)
+    methods = {"small": (nn.Linear(64, 64), (x,), None),
+               "big": (nn.Sequential(nn.Linear(64, 512), nn.Linear(512, 64)), (x,), None)}
+    return lower_to_pte(methods, "fp32", tmp_path_factory.mktemp("pte") / "two.pte")
+
+
+def request(*names: str, **kw) -> BenchRequest:
+    specs = tuple(MethodSpec(n, (InputSpec((1, 64)),)) for n in names)
+    return BenchRequest("executorch", specs, **(FAST | kw))
+
+
+def test_stopping_rule():
+    r = BenchRequest("executorch", (), min_repeats=3, max_repeats=10, target_spread=1.1,
+                     max_seconds=100)
+    assert not should_stop([1.0, 1.0], 0.1, r)  # too few
+    assert should_stop([1.0, 1.0, 1.05], 0.1, r)  # tight
+    assert not should_stop([1.0, 2.0, 3.0], 0.1, r)  # spread too large
+    assert should_stop([1.0, 2.0, 3.0] * 4, 0.1, r)  # cap on repeats
+    assert should_stop([1.0, 2.0, 3.0], 200, r)  # cap on time
+    assert percentile([1, 2, 3, 4, 5], 50) == 3 and percentile([0, 10], 10) == 1
+
+
+@pytest.mark.slow
+def test_host_runs_executorch_in_a_worker(tmp_path, pte):
+    dev = host(tmp_path)
+    res = dev.benchmark(dev.prepare(pte), request("small", "big"))
+    assert [r.name for r in res.results] == ["small", "big"]
+    for r in res.results:
+        assert r.ok, r.error
+        assert 3 <= len(r.samples_ms) <= 5
+        assert r.p10 <= r.median <= r.p90
+    assert res.threads == 1  # the worker reports the threadpool size it really got
+
+
+@pytest.mark.slow
+def test_missing_method_fails_that_method_only(tmp_path, pte):
+    dev = host(tmp_path)
+    res = dev.benchmark(dev.prepare(pte), request("nope", "small"))
+    assert not res["nope"].ok and "nope" in res["nope"].error
+    assert res["small"].ok
+
+
+@pytest.mark.slow
+def test_worker_crash_is_a_failed_point_and_the_rest_still_run(tmp_path, pte):
+    """A runtime dying by a signal (here SIGSEGV sent to the worker) fails only its method."""
+    events = []
+
+    def on_event(kind, method, pid):
+        events.append((kind, method))
+        if kind == "start" and method == "small":
+            os.kill(pid, signal.SIGSEGV)
+
+    dev = host(tmp_path)
+    # an unreachable spread keeps each method timing for max_seconds: the signal lands mid-method
+    req = request("small", "big", max_repeats=10**9, target_spread=1.0, max_seconds=2.0)
+    res = dev.benchmark(dev.prepare(pte), req, on_event=on_event)
+    assert not res["small"].ok
+    assert "SIGSEGV" in res["small"].error and "small" in res["small"].error
+    assert res["big"].ok
+    assert ("failed", "small") in events and ("done", "big") in events
+
+
+@pytest.mark.slow
+def test_hung_method_times_out(tmp_path, pte):
+    """The watchdog kills a worker that runs one method for longer than timeout_s."""
+    dev = host(tmp_path)
+    req = request("big", max_repeats=10**9, max_seconds=10**6, target_spread=1.0, timeout_s=2.0)
+    res = dev.benchmark(dev.prepare(pte), req)
+    assert not res["big"].ok and "timed out after 2s while running big" in res["big"].error
+
+
+@pytest.mark.slow
+def test_pinning_is_applied_and_recorded(tmp_path, pte):
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    dev = host(tmp_path, f"cpus = [{cpu}]\n")
+    res = dev.benchmark(dev.prepare(pte), request("small"))
+    assert res.cpus == (cpu,) and res["small"].ok
+    assert dev.fingerprint("executorch", "fp32").cpus == (cpu,)
+
+
+def test_fingerprint_key_ignores_date_and_quant_only(tmp_path):
+    dev = host(tmp_path)
+    fp = dev.fingerprint("executorch", "fp32")
+    assert fp.runtime_version == "1.5.1" and fp.threads == 1 and fp.cores == os.cpu_count()
+    same = Fingerprint.from_json(fp.to_json() | {"date": "1999-01-01", "quant": "int8"})
+    assert same.key == fp.key
+    other = Fingerprint.from_json(fp.to_json() | {"threads": 4})
+    assert other.key != fp.key and fp.mismatch(other) == ["threads: 1 != 4"]
+
+
+def test_host_profile_ships_and_probes(tmp_path):
+    prof = load_profile(Workspace.resolve(tmp_path), "host")
+    assert prof.transport == "local" and prof.threads == 2
+    p = probe(prof)
+    assert p.reachable is True and "executorch 1.5.1" in p.detail
+
+
+def test_profile_errors_name_the_problem(tmp_path):
+    ws = Workspace.resolve(tmp_path)
+    with pytest.raises(UserError, match="known: .*host"):
+        load_profile(ws, "pixel99")
+    bad = tmp_path / "devices" / "bad.toml"
+    bad.parent.mkdir()
+    bad.write_text("transport = 'local'\nthreads = [\n")
+    with pytest.raises(UserError, match=r"bad\.toml: not valid TOML"):
+        load_profile(ws, "bad")
+    bad.write_text("transport = 'carrier-pigeon'\n")
+    with pytest.raises(UserError, match="transport must be one of"):
+        load_profile(ws, "bad")
+    bad.write_text("transport = 'adb'\n[adb]\nadbkey = 'k'\n")
+    with pytest.raises(UserError, match="serial"):
+        load_profile(ws, "bad")
+    bad.write_text("transport = 'local'\n[measure]\nwarmpu = 3\n")
+    with pytest.raises(UserError, match=r"\[measure\] has unknown keys \['warmpu'\]"):
+        load_profile(ws, "bad")
+
+
+def test_adb_profile_without_backend_is_unknown(tmp_path):
+    path = tmp_path / "phone.toml"
+    path.write_text('transport = "adb"\ncpus = [6, 7]\n[adb]\naddress = "10.0.0.2:5555"\n')
+    prof = read_profile(path)
+    assert prof.cpu_mask == "0xc0" and prof.adb.address == "10.0.0.2:5555"
+    try:
+        import merino_mobile.device.adb  # noqa: F401
+    except ModuleNotFoundError:
+        assert probe(prof).reachable is None
+        assert "ADB backend not installed" in probe(prof).detail
