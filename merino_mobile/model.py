@@ -58,23 +58,22 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int, bias: bool) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, width // heads
-        self.q = nn.Linear(width, width, bias=bias)
-        self.k = nn.Linear(width, width, bias=bias)
-        self.v = nn.Linear(width, width, bias=bias)
+        self.qkv = nn.Linear(width, 3 * width, bias=bias)  # q, k and v in one matmul
         self.o = nn.Linear(width, width, bias=bias)
 
     def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor,
                 rope: tuple[Tensor, Tensor] | None) -> Tensor:
         b, t, e = x.shape
-        split = (b, t, self.heads, self.head_dim)
-        q = self.q(x).view(split).transpose(1, 2)  # [1, heads, T, head_dim]
-        k = self.k(x).view(split).transpose(1, 2)
-        v = self.v(x).view(split).transpose(1, 2)
+        q, k, v = (z.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+                   for z in self.qkv(x).split(e, dim=2))  # each [1, heads, T, head_dim]
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
         keys, values = cache.update(pos, k, v)
-        # the whole static cache is attended; the mask hides future and never-written positions
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        # the whole static cache is attended; the additive mask (-inf) hides future and
+        # never-written slots. Written out rather than F.scaled_dot_product_attention, whose
+        # decomposition adds fully-masked-row guards that split the XNNPACK partitions.
+        scores = (q @ keys.transpose(2, 3)) * (self.head_dim ** -0.5) + mask
+        y = scores.softmax(dim=-1) @ values
         return self.o(y.transpose(1, 2).reshape(b, t, e))
 
 
@@ -167,12 +166,15 @@ class Decoder(nn.Module):
         """
         t = tokens.shape[1]
         pos = start + torch.arange(t, dtype=torch.long)  # [T]
-        # query i (at pos[i]) sees cache slot j when j <= pos[i]
-        mask = torch.arange(self.cache_len, dtype=torch.long)[None, :] <= pos[:, None]
+        # query i (at pos[i]) sees cache slot j when j <= pos[i]: additive mask [T, cache_len]
+        slots = torch.arange(self.cache_len, dtype=torch.long)[None, :]
+        mask = torch.zeros(slots.shape).masked_fill(slots > pos[:, None], float("-inf"))
         x = self.proj_in(self.embed(tokens))
         rope = None
         if self.card.positions == "learned":
-            x = x + self.pos_embed(pos + self.card.pos_offset)
+            # offset folded into the arange: a tensor + int add breaks int8 (pt2e) preparation
+            off = self.card.pos_offset
+            x = x + self.pos_embed(start + torch.arange(off, off + t, dtype=torch.long))
         else:
             rope = (self.rope_cos[pos], self.rope_sin[pos])
         caches = iter(self.caches)
