@@ -1,0 +1,138 @@
+"""ExecuTorch export: torch.export -> quantize -> XNNPACK delegate -> .pte, and its verification.
+
+`lower_to_pte` is the generic path (any modules, several methods in one program); the profiler
+uses it for micro-benchmarks. `export_executorch` lowers a whole decoder as one "forward" method
+with a dynamic sequence length: the caller prefills P tokens, then decodes one at a time, and the
+KV caches live in the program as mutable buffers (the same design as ExecuTorch's LLM export).
+
+Quantization, as the XNNPACK backend runs it:
+- fp32: none.
+- int8: int8 dynamic activations, int8 per-channel weights, via the XNNPACK quantizer (pt2e).
+- int4: int8 dynamic activations, int4 group-wise weights (groups of 32) via torchao `quantize_`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from merino_mobile.accounting import INT4_GROUP
+from merino_mobile.errors import UserError
+from merino_mobile.model import Decoder
+
+QUANTS = ("fp32", "int8", "int4")
+METHOD = "forward"
+
+Method = tuple[nn.Module, tuple, "dict | None"]
+
+
+def _quantize_int4(module: nn.Module) -> nn.Module:
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    def grouped(m: nn.Module, fqn: str) -> bool:
+        return isinstance(m, nn.Linear) and m.in_features % INT4_GROUP == 0
+
+    def per_channel(m: nn.Module, fqn: str) -> bool:
+        # a linear whose input width is not a multiple of the group: one scale per output row
+        return isinstance(m, nn.Linear) and m.in_features % INT4_GROUP != 0
+
+    quantize_(module, Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int4, weight_granularity=PerGroup(INT4_GROUP)), filter_fn=grouped)
+    quantize_(module, Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int4, weight_granularity=PerAxis(0)), filter_fn=per_channel)
+    return module
+
+
+def _quantize_int8(module: nn.Module, args: tuple, dynamic_shapes: dict | None) -> nn.Module:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    graph = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    buffers = {k: v.clone() for k, v in prepared.named_buffers()}
+    prepared(*args)  # dynamic activations need no calibration; one run initializes observers
+    # the run mutated state (KV caches); put it back so the program starts as the module did
+    for name, value in prepared.named_buffers():
+        if name in buffers and value.shape == buffers[name].shape:
+            value.copy_(buffers[name])
+    return convert_pt2e(prepared)
+
+
+def lower_to_pte(methods: dict[str, Method], quant: str, path: Path) -> Path:
+    """Lower modules to one ExecuTorch program with a method each, delegated to XNNPACK.
+
+    `methods` maps a method name to (module, example args, dynamic_shapes or None); the modules
+    are not modified (quantization works on copies). Writes the .pte at `path` and returns it.
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import (
+        EdgeCompileConfig,
+        ExecutorchBackendConfig,
+        to_edge_transform_and_lower,
+    )
+
+    if quant not in QUANTS:
+        raise UserError(f"ExecuTorch cannot export quantization {quant!r}; supported: "
+                        f"{', '.join(QUANTS)}")
+    programs = {}
+    with torch.no_grad():
+        for name, (module, args, dynamic_shapes) in methods.items():
+            module = copy.deepcopy(module).eval()
+            if quant == "int4":
+                module = _quantize_int4(module)
+            elif quant == "int8":
+                module = _quantize_int8(module, args, dynamic_shapes)
+            programs[name] = torch.export.export(module, args, dynamic_shapes=dynamic_shapes,
+                                                 strict=False)
+    edge = to_edge_transform_and_lower(
+        programs, partitioner=[XnnpackPartitioner()],
+        compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        program.write_to_file(f)
+    return path
+
+
+def decoder_method(model: Decoder, prompt_len: int) -> Method:
+    """The decoder's forward with T dynamic in 1..cache_len, traced at T = prompt_len."""
+    t = torch.export.Dim("T", min=1, max=model.cache_len)
+    prompt_len = max(2, min(prompt_len, model.cache_len))  # T = 1 would specialize the trace
+    args = (torch.zeros((1, prompt_len), dtype=torch.long), torch.tensor([0]))
+    return model, args, {"tokens": {1: t}, "start": None}
+
+
+def export_executorch(model: Decoder, quant: str, path: Path, *, prompt_len: int) -> Path:
+    """Write the decoder as a .pte with one "forward(tokens [1, T], start [1]) -> logits" method."""
+    model.reset_cache()
+    return lower_to_pte({METHOD: decoder_method(model, prompt_len)}, quant, path)
+
+
+def load_method(artifact: Path, method: str = METHOD):
+    """A fresh loaded method of a .pte: its mutable buffers (KV cache) start zeroed."""
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(Path(artifact))
+    return program.load_method(method)
+
+
+def verify_executorch(model: Decoder, artifact: Path, quant: str) -> dict:
+    """Run the .pte with the ExecuTorch runtime here and compare with the fp32 eager model."""
+    from merino_mobile.export.verify import compare, fit_prompt, reference_run, run_steps
+
+    prompt, steps = fit_prompt(model)
+    ref = reference_run(model, prompt, steps)
+    method = load_method(artifact)
+    got = run_steps(lambda tokens, start: method.execute([tokens, start])[0], prompt,
+                    ref["tokens"])
+    return compare(ref["logits"], got, quant) | {"runtime": "executorch"}
