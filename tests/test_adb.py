@@ -29,7 +29,7 @@ from merino_mobile.device.adb import (
 from merino_mobile.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from adbd import LoopbackAdbd  # noqa: E402
+from adbd import RUNNER, LoopbackAdbd  # noqa: E402
 from adbd.protocol import parse_adb_public_key  # noqa: E402
 
 
@@ -280,3 +280,223 @@ def test_parse_minibench_and_ort_perf_test():
     assert t.p50_ms == pytest.approx(0.433) and t.threads == 2
     assert runners.ort_perf_test_argv("/d/ort", "/d/m.onnx", runs=20, threads=2) == \
         ["/d/ort", "-e", "cpu", "-m", "times", "-r", "20", "-x", "2", "-I", "/d/m.onnx"]
+
+
+# -- the device: fingerprint, prepare, benchmark a real .pte ------------------------------------
+
+def write_profile(path: Path, address: str, runner: Path, *, remote_dir: str, threads: int = 2,
+                  max_temp_c: float = 45.0, max_wait_s: float = 5.0) -> Path:
+    path.write_text(f"""
+schema_version = 1
+name = "loopback-pixel7"
+description = "the loopback adbd standing for a Pixel 7"
+transport = "adb"
+runtimes = ["executorch"]
+threads = {threads}
+cpus = []
+
+[adb]
+address = "{address}"
+adbkey = "{path.parent / 'android' / 'adbkey'}"
+remote_dir = "{remote_dir}"
+runner = "{runner}"
+
+[cooldown]
+max_temp_c = {max_temp_c}
+wait_s = 0.2
+max_wait_s = {max_wait_s}
+
+[measure]
+warmup = 1
+min_repeats = 3
+max_repeats = 6
+target_spread = 100.0
+max_seconds = 5.0
+timeout_s = 90.0
+""")
+    return path
+
+
+class Tiny(__import__("torch").nn.Module):
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(8, 4)
+        self.emb = torch.nn.Embedding(256, 4)
+
+    def forward(self, x):
+        return self.proj(x).relu()
+
+    def embed(self, tokens):
+        return self.emb(tokens)
+
+
+@pytest.fixture(scope="module")
+def tiny_pte(tmp_path_factory) -> tuple[Path, Tiny]:
+    """A two-method .pte lowered to XNNPACK with ExecuTorch's own API (a hostile file name:
+    every shell argument must be quoted)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    model = Tiny().eval()
+
+    class Embed(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, tokens):
+            return self.m.embed(tokens)
+
+    programs = {
+        "forward": torch.export.export(model, (torch.randn(2, 8),)),
+        "embed": torch.export.export(Embed(model), (torch.zeros(1, 5, dtype=torch.long),)),
+    }
+    pte = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path = tmp_path_factory.mktemp("pte") / "tiny; touch pwned $(touch pwned2).pte"
+    path.write_bytes(pte.buffer)
+    return path, model
+
+
+@pytest.mark.slow
+def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte):
+    import numpy as np
+    import torch
+
+    from merino_mobile.device.adb import AdbDevice, input_bytes
+    from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
+    from merino_mobile.device.profiles import read_profile
+
+    artifact, model = tiny_pte
+    with LoopbackAdbd(tmp_path / "phone") as d:
+        remote_dir = "/data/local/tmp/merino mobile; touch /tmp/pwned"
+        prof = read_profile(write_profile(tmp_path / "p.toml", d.address, RUNNER,
+                                          remote_dir=remote_dir))
+        dev = AdbDevice(prof)
+        fp = dev.fingerprint("executorch", "fp32")
+        assert (fp.model, fp.cpu, fp.cores, fp.abi, fp.cpus) == \
+            ("Pixel 7", "Tensor G2", 8, "arm64-v8a", (6, 7))
+        assert fp.os.startswith("Android 14 (") and fp.runtime_version.startswith(
+            "executor_runner.py sha256:")
+        assert dev.runtimes() == ["executorch"]
+
+        handle = dev.prepare(artifact)
+        assert handle.remote == f"{remote_dir}/{handle.sha256}/{artifact.name}"
+        assert d.sandbox.host_path(handle.remote).read_bytes() == artifact.read_bytes()
+        n_commands = len(d.commands)
+        assert dev.prepare(artifact) == handle and len(d.commands) == n_commands  # pushed once
+
+        x_spec = InputSpec((2, 8), "float32", "randn")
+        request = BenchRequest("executorch", (
+            MethodSpec("forward", (x_spec,)),
+            MethodSpec("embed", (InputSpec((1, 5), "int64", 7),))),
+            warmup=1, min_repeats=3, max_repeats=6, target_spread=100.0, timeout_s=90.0)
+        events = []
+        result = dev.benchmark(handle, request, on_event=lambda *e: events.append(e[:2]))
+        assert [r.name for r in result.results] == ["forward", "embed"]
+        for r in result.results:
+            assert r.ok and len(r.samples_ms) >= 3 and all(s > 0 for s in r.samples_ms), r
+        assert events == [("start", "forward"), ("done", "forward"),
+                          ("start", "embed"), ("done", "embed")]
+        # Pinned to the big cores with the profile's thread count; temperatures recorded.
+        assert set(d.sandbox.taskset_log.read_text().split()) == {"c0"}
+        assert result.cpus == (6, 7) and result.threads == 2
+        assert result.temps_before_c["BIG"] == 41.0 and result.temps_after_c
+        assert result.to_json()["cooled"] is True
+        # The runner really executed the model: its pulled output matches torch.
+        x = np.frombuffer(input_bytes(x_spec, seed=0), np.float32).reshape(2, 8)
+        want = model(torch.from_numpy(x.copy())).detach().numpy()
+        out = Path(result.outputs["forward"][0])
+        assert out.name == "output-0.bin" and out.is_relative_to(dev._outputs)
+        got = np.frombuffer(out.read_bytes(), np.float32).reshape(2, 4)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        emb = np.frombuffer(Path(result.outputs["embed"][0]).read_bytes(), np.float32)
+        np.testing.assert_allclose(emb.reshape(1, 5, 4)[0, 0], model.emb.weight[7].detach())
+
+        dev.cleanup()
+        left = {p.name for p in d.sandbox.host_path(remote_dir).iterdir()}
+        assert left == {file_sha(RUNNER)}  # only the runner stays, for the next session
+        # "pwned" exists only as a path component of the (quoted) remote dir itself.
+        inside = d.sandbox.host_path(remote_dir)
+        assert [p for p in d.sandbox.root.rglob("pwned*") if p != inside] == []
+        assert not (d.sandbox.root / "tmp" / "pwned").exists()
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_runner_crash_and_hang_are_per_method_errors(tmp_path, tiny_pte):
+    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
+    from merino_mobile.device.profiles import read_profile
+
+    broken = tmp_path / "broken.pte"
+    broken.write_bytes(b"not a flatbuffer" * 64)
+    hang = tmp_path / "hung_runner"
+    hang.write_text("#!/bin/sh\nsleep 60\n")
+    hang.chmod(0o755)
+    request = BenchRequest("executorch", (MethodSpec("forward", (InputSpec((2, 8)),)),),
+                           warmup=1, min_repeats=2, timeout_s=2.0)
+    with LoopbackAdbd(tmp_path / "phone") as d:
+        prof = read_profile(write_profile(tmp_path / "p.toml", d.address, RUNNER,
+                                          remote_dir="/data/local/tmp/mm"))
+        dev = AdbDevice(prof)
+        crashed = dev.benchmark(dev.prepare(broken), BenchRequest(
+            "executorch", request.methods, timeout_s=60.0))
+        assert not crashed.results[0].ok
+        assert "runner failed (exit 1): Failed to parse model file" in crashed.results[0].error
+        dev.cleanup()
+
+        hung = AdbDevice(prof, runner=hang)
+        res = hung.benchmark(hung.prepare(tiny_pte[0]), request)
+        assert res.results[0].error == "runner timed out after 2s"
+        assert all(p.poll() is not None for p in d.procs)  # killed on the phone, not orphaned
+        hung.cleanup()
+
+
+def test_cooldown_waits_for_the_threshold_and_is_bounded(tmp_path):
+    import threading
+
+    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.profiles import read_profile
+
+    with LoopbackAdbd(tmp_path / "phone") as d:
+        d.sandbox.set_temperature("BIG", 52000)
+        prof = read_profile(write_profile(tmp_path / "p.toml", d.address, RUNNER,
+                                          remote_dir="/data/local/tmp/mm", max_wait_s=20))
+        dev = AdbDevice(prof)
+        cool = threading.Timer(1.0, d.sandbox.set_temperature, ("BIG", 43000))
+        cool.start()
+        temps, waited, cooled = dev.cooldown()
+        cool.join()
+        assert cooled and waited >= 0.9 and temps["BIG"] == 43.0
+
+        d.sandbox.set_temperature("BIG", 60000)  # stays hot: measure anyway after max_wait_s
+        hot = AdbDevice(read_profile(write_profile(
+            tmp_path / "q.toml", d.address, RUNNER, remote_dir="/data/local/tmp/mm",
+            max_wait_s=0.5)))
+        temps, waited, cooled = hot.cooldown()
+        assert not cooled and waited < 3 and temps["BIG"] == 60.0
+        dev.cleanup()
+        hot.cleanup()
+
+
+def test_missing_runner_names_the_build_command(tmp_path):
+    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.profiles import read_profile
+
+    with LoopbackAdbd(tmp_path / "phone") as d:
+        prof = read_profile(write_profile(tmp_path / "p.toml", d.address,
+                                          tmp_path / "no-such-runner", remote_dir="/data/x"))
+        dev = AdbDevice(prof)
+        assert dev.runtimes() == []
+        pte = tmp_path / "m.pte"
+        pte.write_bytes(b"x")
+        with pytest.raises(UserError, match="merino-mobile runner build --ndk"):
+            dev.prepare(pte)
+        dev.cleanup()

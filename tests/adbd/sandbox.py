@@ -18,7 +18,37 @@ from pathlib import Path
 
 # Device roots that live inside the sandbox. Other absolute paths (/bin/sh, /proc) are the host's.
 MAPPED_ROOTS = ("data", "sdcard", "sys", "tmp")
-_DEVICE_PATH = re.compile(r"(?<![\w./~-])/(" + "|".join(MAPPED_ROOTS) + r")\b")
+_DEVICE_ROOT = re.compile(r"/(" + "|".join(MAPPED_ROOTS) + r")(?=/|\b|$)")
+
+
+def rewrite_command(command: str, root: str) -> str:
+    """Move device paths into `root`, where a word (or a flag value after '=' or ',') starts.
+
+    Quote-aware, so a path that is data (`'/data/x; touch /tmp/y'`) has only its head moved. A
+    nested `sh -c 'script'` is rewritten by the sandbox's own `sh`, which calls this again.
+    """
+    out, quote, start, i = [], None, True, 0
+    while i < len(command):
+        c = command[i]
+        if start and c == "/" and _DEVICE_ROOT.match(command, i):
+            out.append(root)
+        if quote is None and c == "\\" or quote == '"' and c == "\\":
+            out.append(command[i:i + 2])
+            i, start = i + 2, False
+            continue
+        if quote is None:
+            if c in "'\"":
+                quote = c  # a quote that opens at a word start keeps it a word start
+            else:
+                start = c.isspace() or c in ";|&()<>=,"
+        elif c == quote:
+            quote = None
+        else:
+            start = c in "=,"
+        out.append(c)
+        i += 1
+    return "".join(out)
+
 
 PIXEL7_PROPS = {
     "ro.product.model": "Pixel 7",
@@ -66,6 +96,19 @@ exec "$@"
 """
 
 
+SH = """#!{python}
+# `sh` stand-in: rewrites device paths in `sh -c SCRIPT` as the adbd does for top-level commands.
+import os, sys
+sys.path.insert(0, {here!r})
+from sandbox import rewrite_command
+args = sys.argv[1:]
+if "-c" in args and args.index("-c") + 1 < len(args):
+    i = args.index("-c") + 1
+    args[i] = rewrite_command(args[i], {root!r})
+os.execv("/bin/sh", ["sh", *args])
+"""
+
+
 @dataclass
 class PhoneSandbox:
     """A Pixel-7-like filesystem under `root`: props, CPU topology, thermal zones, /data."""
@@ -85,6 +128,8 @@ class PhoneSandbox:
             "".join(f"{k}={v}\n" for k, v in self.props.items()))
         self._script("getprop", GETPROP.format(props=self.root / "system" / "build.prop"))
         self._script("taskset", TASKSET.format(log=self.taskset_log))
+        self._script("sh", SH.format(python=sys.executable, here=str(Path(__file__).parent),
+                                     root=str(self.root)))
         cpu = self.root / "sys/devices/system/cpu"
         for i, khz in enumerate(self.cpu_max_khz):
             freq = cpu / f"cpu{i}" / "cpufreq"
@@ -123,7 +168,7 @@ class PhoneSandbox:
 
     def rewrite(self, command: str) -> str:
         """The command with device paths moved into the sandbox."""
-        return _DEVICE_PATH.sub(lambda m: f"{self.root}/{m.group(1)}", command)
+        return rewrite_command(command, str(self.root))
 
     def untranslate(self, output: bytes) -> bytes:
         """Command output as the phone would print it: sandbox paths back to device paths."""
