@@ -500,3 +500,32 @@ def test_missing_runner_names_the_build_command(tmp_path):
         with pytest.raises(UserError, match="merino-mobile runner build --ndk"):
             dev.prepare(pte)
         dev.cleanup()
+
+
+def test_a_profile_for_another_model_is_refused(tmp_path):
+    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.profiles import read_profile
+
+    with LoopbackAdbd(tmp_path / "phone") as d:
+        path = write_profile(tmp_path / "p.toml", d.address, RUNNER, remote_dir="/data/x")
+        path.write_text(path.read_text().replace(
+            'remote_dir = "/data/x"', 'remote_dir = "/data/x"\nexpect_model = ["Pixel 8"]'))
+        dev = AdbDevice(read_profile(path))
+        with pytest.raises(UserError, match=r"is for \['Pixel 8'\] but the phone .* 'Pixel 7'"):
+            dev.fingerprint("executorch", "fp32")
+        dev.cleanup()
+
+
+def test_shipped_phone_profiles():
+    from merino_mobile.device.adb import usb_serial
+    from merino_mobile.device.profiles import read_profile
+
+    devices = Path(__file__).parents[1] / "devices"
+    masks = {}
+    for name in ("pixel7", "pixel8", "galaxy-s23", "oneplus-12"):
+        prof = read_profile(devices / f"{name}.toml")
+        assert prof.transport == "adb" and usb_serial(prof.adb.serial) is None
+        assert prof.adb.extra["expect_model"] and prof.cooldown.max_temp_c
+        assert 1 <= prof.threads <= len(prof.cpus)
+        masks[name] = cpu_mask(prof.cpus)
+    assert masks == {"pixel7": "c0", "pixel8": "1f0", "galaxy-s23": "f8", "oneplus-12": "f0"}

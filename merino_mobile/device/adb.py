@@ -99,6 +99,11 @@ def _signer(path: str | Path) -> Any:
                         ) from None
 
 
+def usb_serial(serial: str | None) -> str | None:
+    """A profile's serial; "auto" (the shipped profiles) means the one phone on USB."""
+    return None if serial in (None, "", "auto") else serial
+
+
 def adb_server_running(port: int = ADB_SERVER_PORT) -> bool:
     """Whether Google's adb server listens on this host (it then owns USB-attached phones)."""
     with socket.socket() as s:
@@ -133,8 +138,6 @@ class AdbTransport:
                  key: str | Path = DEFAULT_KEY, auth_timeout_s: float = 30.0,
                  io_timeout_s: float = 10.0, scratch: str = "/data/local/tmp",
                  reconnects: int = 1) -> None:
-        if not (address or serial):
-            raise UserError("an ADB device needs address = \"host:port\" or serial = \"...\"")
         self.address, self.serial, self.key = address, serial, key
         self.auth_timeout_s, self.io_timeout_s = auth_timeout_s, io_timeout_s
         self.scratch, self.reconnects = scratch, reconnects
@@ -142,7 +145,7 @@ class AdbTransport:
 
     @property
     def target(self) -> str:
-        return self.address or f"USB {self.serial}"
+        return self.address or f"USB {self.serial or '(first phone)'}"
 
     # connection
     def connect(self) -> None:
@@ -164,7 +167,7 @@ class AdbTransport:
                     e, ex.TcpTimeoutException | ex.AdbTimeoutError | ex.UsbReadFailedError)):
                 # adb-shell offered our public key and waited auth_timeout_s for the user.
                 raise UserError(f"{self.target}: {UNAUTHORIZED}") from None
-            if self.serial and ("BUSY" in str(e).upper() or type(e).__name__ == "USBErrorBusy"):
+            if not self.address and "BUSY" in f"{type(e).__name__} {e}".upper():
                 raise UserError(self._usb_busy()) from None
             if isinstance(e, OSError):
                 raise self._unreachable(e) from None
@@ -206,7 +209,7 @@ class AdbTransport:
         except ex.UsbDeviceNotFoundError:
             if adb_server_running():
                 raise UserError(self._usb_busy()) from None
-            raise UserError(f"no phone with serial {self.serial} on USB: plug it in, enable "
+            raise UserError(f"no phone {self.serial or ''} on USB: plug it in, enable "
                             "Developer options > USB debugging, and check the serial with "
                             "`merino-mobile devices`") from None
 
@@ -519,7 +522,7 @@ class AdbDevice:
         self.profile, self.name = profile, profile.name
         settings = profile.adb
         self.transport = transport or AdbTransport(
-            address=settings.address, serial=settings.serial, key=settings.adbkey,
+            address=settings.address, serial=usb_serial(settings.serial), key=settings.adbkey,
             auth_timeout_s=float(settings.extra.get("auth_timeout_s", 30.0)))
         self.remote_dir = settings.remote_dir.rstrip("/") or "/data/local/tmp/merino-mobile"
         self.runner = self._local(runner or settings.runner)
@@ -542,11 +545,18 @@ class AdbDevice:
 
     # facts
     def facts(self) -> PhoneFacts:
+        """Properties and CPU clusters, read once; the phone must be the profile's model."""
         if self._facts is None:
             props = parse_getprop(self.transport.check(["getprop"], "getprop"))
             freq = parse_cpu_max_freq(self.transport.check(
                 ["sh", "-c", CPU_FREQ_SCRIPT], "reading CPU frequencies"))
-            self._facts = PhoneFacts(props, freq)
+            facts = PhoneFacts(props, freq)
+            expect = self.profile.adb.extra.get("expect_model") if self.profile.adb else None
+            if expect and facts.model not in ([expect] if isinstance(expect, str) else expect):
+                raise UserError(f"{self.profile.path} is for {expect} but the phone at "
+                                f"{self.transport.target} is a {facts.model!r}: use that phone's "
+                                "profile (or copy one and set expect_model)")
+            self._facts = facts
         return self._facts
 
     def cpus(self) -> tuple[int, ...]:
@@ -573,8 +583,6 @@ class AdbDevice:
                     return temps, time.monotonic() - start, False
                 time.sleep(c.wait_s)
                 temps = self.temperatures()
-        if c.pause_s:
-            time.sleep(c.pause_s)
         return temps, time.monotonic() - start, True
 
     def fingerprint(self, runtime: str, quant: str) -> Fingerprint:
@@ -745,7 +753,7 @@ def probe(profile: DeviceProfile) -> Probe:
     """Reachable now? Connects, reads the model, disconnects. Never raises."""
     if profile.adb is None:
         return Probe(False, "no [adb] table in the profile")
-    t = AdbTransport(address=profile.adb.address, serial=profile.adb.serial,
+    t = AdbTransport(address=profile.adb.address, serial=usb_serial(profile.adb.serial),
                      key=profile.adb.adbkey, auth_timeout_s=5.0, io_timeout_s=3.0, reconnects=0)
     try:
         t.connect()
