@@ -286,8 +286,10 @@ class Probe:
 
 
 # Called with ("start" | "done" | "failed", method name, worker pid) while a benchmark runs; the
-# profiler drives its progress bar from it.
-EventHook = Callable[[str, str, int], None]
+# profiler drives its progress bar from it. A backend may pass the finished MethodResult as a
+# fourth argument with "done"/"failed": the profiler then stores that point at once instead of
+# when the whole request returns (host does; hooks must accept both forms).
+EventHook = Callable[..., None]
 
 
 # -- device --------------------------------------------------------------------------------------

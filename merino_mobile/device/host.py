@@ -9,6 +9,7 @@ continues with the rest.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -143,15 +144,21 @@ class HostDevice:
         return [r for r in self.profile.runtimes if r in RUNTIMES and runtime_version(r)]
 
     def prepare(self, artifact: Path) -> Handle:
+        """A .pte, an .onnx, or a folder of .onnx files (one method each, named by file stem)."""
         artifact = Path(artifact)
         runtime = next((r for r, s in RUNTIME_SUFFIX.items() if artifact.suffix == s), None)
+        if artifact.is_dir() and any(artifact.glob("*.onnx")):
+            runtime = "onnxruntime"
         if runtime is None:
-            raise UserError(f"{artifact}: unknown artifact type; expected .pte or .onnx")
-        if not artifact.is_file():
+            raise UserError(f"{artifact}: unknown artifact type; expected .pte, .onnx or a "
+                            f"folder of .onnx files")
+        if not artifact.exists():
             raise UserError(f"{artifact}: no such file")
+        files = sorted(artifact.glob("*.onnx")) if artifact.is_dir() else [artifact]
+        digest = hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
         # The worker reads the file in place: on the host there is nothing to push.
-        return Handle(artifact, str(artifact.resolve()), runtime, file_sha256(artifact),
-                      artifact.stat().st_size)
+        return Handle(artifact, str(artifact.resolve()), runtime, digest,
+                      sum(f.stat().st_size for f in files))
 
     def benchmark(self, handle: Handle, request: BenchRequest,
                   on_event: EventHook | None = None) -> BenchResult:
@@ -219,12 +226,14 @@ class HostDevice:
                 elif kind == "start":
                     running = ev["method"]
                     deadline = time.monotonic() + request.timeout_s
+                    if on_event:
+                        on_event(kind, running, proc.pid)
                 elif kind in ("done", "failed"):
                     out.append(MethodResult(ev["method"], tuple(ev.get("samples_ms") or ()),
                                             ev.get("error")))
                     running = None
-                if on_event and kind in ("start", "done", "failed"):
-                    on_event(kind, ev["method"], proc.pid)
+                    if on_event:
+                        on_event(kind, ev["method"], proc.pid, out[-1])
             rc = proc.wait()
             errf.seek(0)
             tail = errf.read().decode(errors="replace").strip().splitlines()[-3:]
@@ -241,14 +250,14 @@ class HostDevice:
         if running is not None:
             out.append(MethodResult(running, (), f"{why} while running {running}"))
             if on_event:
-                on_event("failed", running, proc.pid)
+                on_event("failed", running, proc.pid, out[-1])
         elif unfinished:
             # Died before starting a method (bad artifact, missing runtime): retrying would only
             # fail the same way, so every remaining method carries the reason.
-            out.extend(MethodResult(n, (), why) for n in unfinished)
             for n in unfinished:
+                out.append(MethodResult(n, (), why))
                 if on_event:
-                    on_event("failed", n, proc.pid)
+                    on_event("failed", n, proc.pid, out[-1])
         return out, threads
 
     def cleanup(self) -> None:

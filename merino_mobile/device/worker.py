@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec, Samples
@@ -29,20 +30,27 @@ def emit(**event: Any) -> None:
     sys.stdout.flush()
 
 
-def make_inputs(specs: tuple[InputSpec, ...]) -> list[Any]:
-    import torch
+def make_inputs(specs: tuple[InputSpec, ...], torch_tensors: bool = False) -> list[Any]:
+    """Input arrays of a method (numpy; torch tensors for ExecuTorch), the same on every run."""
+    import numpy as np
 
-    # Fixed seed: every run of a micro-benchmark sees the same numbers.
-    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     out = []
     for s in specs:
-        dtype = {"float32": torch.float32, "int64": torch.int64}[s.dtype]
+        dtype = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}[s.dtype]
         if s.fill == "randn":
-            out.append(torch.randn(s.shape, generator=g, dtype=dtype))
+            a = rng.standard_normal(s.shape).astype(dtype)
         elif s.fill == "zeros":
-            out.append(torch.zeros(s.shape, dtype=dtype))
+            a = np.zeros(s.shape, dtype)
+        elif s.fill == "arange":
+            a = np.arange(int(np.prod(s.shape))).reshape(s.shape).astype(dtype)
         else:
-            out.append(torch.full(s.shape, int(s.fill), dtype=dtype))
+            a = np.full(s.shape, int(s.fill), dtype)
+        out.append(a)
+    if torch_tensors:
+        import torch
+
+        out = [torch.from_numpy(a) for a in out]
     return out
 
 
@@ -76,29 +84,47 @@ class ExecutorchRunner:
             raise ValueError(f"the program has no method {spec.name!r} (it has "
                              f"{sorted(self.names)})")
         method = self.program.load_method(spec.name)
-        inputs = make_inputs(spec.inputs)
+        inputs = make_inputs(spec.inputs, torch_tensors=True)
         # Outputs are not cloned: a runner on a phone does not copy them either.
         return lambda: method.call(inputs, clone_outputs=False)
 
 
 class OnnxRunner:
+    """An .onnx file (method "forward"), or a folder of them: one method per file stem."""
+
     def __init__(self, artifact: str, threads: int) -> None:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.opts = ort.SessionOptions()
+        self.opts.intra_op_num_threads = threads
+        self.opts.inter_op_num_threads = 1
+        self.opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.opts.log_severity_level = 3
         self.threads = threads
-        self.session = ort.InferenceSession(artifact, opts, providers=["CPUExecutionProvider"])
+        path = Path(artifact)
+        self.files = ({f.stem: f for f in sorted(path.glob("*.onnx"))} if path.is_dir()
+                      else {"forward": path})
 
     def caller(self, spec: MethodSpec) -> Any:
-        names = [i.name for i in self.session.get_inputs()]
-        if len(names) != len(spec.inputs):
-            raise ValueError(f"the model takes {len(names)} inputs ({names}), the request gives "
+        import numpy as np
+        import onnxruntime as ort
+
+        if spec.name not in self.files:
+            raise ValueError(f"no model {spec.name!r} (have {sorted(self.files)})")
+        session = ort.InferenceSession(str(self.files[spec.name]), self.opts,
+                                       providers=["CPUExecutionProvider"])
+        declared = session.get_inputs()
+        if len(declared) < len(spec.inputs):
+            raise ValueError(f"the model takes {len(declared)} inputs, the request gives "
                              f"{len(spec.inputs)}")
-        feeds = {n: t.numpy() for n, t in zip(names, make_inputs(spec.inputs), strict=True)}
-        return lambda: self.session.run(None, feeds)
+        feeds = {d.name: a for d, a in zip(declared, make_inputs(spec.inputs), strict=False)}
+        # inputs beyond the request's are the KV cache ONNX passes in (past.*): zeros
+        for d in declared[len(spec.inputs):]:
+            if not all(isinstance(n, int) for n in d.shape):
+                raise ValueError(f"input {d.name} has a dynamic shape {d.shape}; give it")
+            dtype = np.int64 if "int64" in d.type else np.float32
+            feeds[d.name] = np.zeros(d.shape, dtype)
+        return lambda: session.run(None, feeds)
 
 
 def main() -> int:

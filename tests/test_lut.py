@@ -1,0 +1,158 @@
+"""The latency table: exact on grid points, sensible between them, refuses the wrong device."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from merino_mobile.card import Block, Card
+from merino_mobile.device.base import Fingerprint
+from merino_mobile.errors import UserError
+from merino_mobile.latency import predict_latency
+from merino_mobile.lut import Lut, load_lut, lut_path, read_lut
+from merino_mobile.store import Point, Row
+from merino_mobile.workspace import Workspace
+
+FP = Fingerprint("host", "box", "cpu", 2, "Linux", "x86_64", "executorch", "1.5.1", 2, "fp32")
+WIDTHS = (64, 128, 256)
+RATIOS = (1.0, 2.0, 4.0)
+CONTEXTS = (16, 64)
+
+
+def cost(w: int, r: float, c: int) -> float:
+    """A made-up device: per-layer cost with FLOPs-like growth plus noise-free structure."""
+    return 0.01 + 2e-7 * (4 * w * w + 2 * w * w * r) + 1e-6 * w * c
+
+
+def rows() -> list[Row]:
+    out = []
+
+    def row(p: Point, ms: float) -> None:
+        out.append(Row(p, ms, ms, ms, 5, None, 2, (), "now", len(out) + 1))
+
+    row(Point("null", "decode", context=1), 0.005)
+    for c in CONTEXTS:
+        row(Point("fixed", "decode", context=c), 0.02)
+    for w in WIDTHS:
+        row(Point("head", "decode", width=w, vocab=256), 0.005 + 1e-6 * w)
+        row(Point("embedding", "decode", width=w, vocab=4096, context=1), 0.006)
+        for r in RATIOS:
+            for c in CONTEXTS:
+                row(Point("layer", "decode", width=w, ffn_ratio=r, heads=w // 32, context=c),
+                    0.005 + cost(w, r, c))
+        for b in WIDTHS:
+            if b != w:
+                row(Point("projection", "decode", width=w, width_out=b, context=1),
+                    0.005 + 1e-7 * w * b)
+    # a failed point is kept out of the table and named
+    out.append(Row(Point("head", "decode", width=512, vocab=256), None, None, None, 0,
+                   "runtime worker killed by SIGSEGV", 2, (), "now", 999))
+    return out
+
+
+def test_exact_on_grid_points_after_removing_the_call_overhead():
+    lut = Lut.from_rows(rows(), FP, "executorch", "fp32")
+    for w in WIDTHS:
+        for r in RATIOS:
+            for c in CONTEXTS:
+                assert lut.layer(w, r, w // 32, c) == pytest.approx(cost(w, r, c), rel=1e-12)
+    assert lut.projection(64, 256) == pytest.approx(1e-7 * 64 * 256)
+    assert lut.projection(128, 128) == 0.0
+    assert lut.fixed("decode") == pytest.approx(0.02)
+    assert lut.failed == ["head[decode](width=512, vocab=256): runtime worker killed by SIGSEGV"]
+
+
+def test_between_and_beyond_the_grid():
+    lut = Lut.from_rows(rows(), FP, "executorch", "fp32")
+    # between grid points the FLOPs model carries the quadratic shape: close to the truth
+    for w, r, c in ((192, 3.0, 32), (96, 1.5, 40), (160, 2.5, 20)):
+        assert lut.layer(w, r, w // 32, c) == pytest.approx(cost(w, r, c), rel=0.03)
+    # monotone in width and context
+    assert lut.layer(96, 2.0, 3, 16) < lut.layer(192, 2.0, 6, 16) < lut.layer(256, 2.0, 8, 16)
+    assert lut.layer(128, 2.0, 4, 20) < lut.layer(128, 2.0, 4, 60)
+    # beyond the grid it extrapolates in FLOPs, not flat
+    assert lut.layer(512, 4.0, 16, 64) > 3 * lut.layer(256, 4.0, 8, 64)
+    assert lut.head(512, 256) > lut.head(256, 256)
+    # prefill without prefill points: T decode steps
+    assert lut.layer(64, 1.0, 2, 16, "prefill") == pytest.approx(16 * lut.layer(64, 1.0, 2, 16))
+
+
+def test_card_prediction_adds_the_terms():
+    lut = Lut.from_rows(rows(), FP, "executorch", "fp32")
+    card = Card("t", 256, 64, 32, (Block(64, 2.0, 2, 2), Block(128, 4.0, 4, 1, False)))
+    want = (lut.fixed() + lut.embedding(64, 256) + 2 * lut.layer(64, 2.0, 2, 64)
+            + lut.layer(128, 4.0, 4, 64) + lut.projection(64, 128) + lut.projection(128, 64)
+            + lut.head(64, 256))
+    assert predict_latency(card, lut, 64) == pytest.approx(want)
+
+
+def test_json_round_trip_and_refusal_on_mismatch(tmp_path):
+    lut = Lut.from_rows(rows(), FP, "executorch", "fp32")
+    path = lut.save(lut_path(tmp_path / "devices", "host", "executorch", "fp32"))
+    back = read_lut(path)
+    assert back.layer(192, 3.0, 6, 32) == pytest.approx(lut.layer(192, 3.0, 6, 32))
+    back.check(FP, "executorch", "fp32")  # the same device: fine
+    other = Fingerprint.from_json(FP.to_json() | {"cpu": "Tensor G2", "device": "pixel7"})
+    with pytest.raises(UserError) as e:
+        back.check(other, "executorch", "fp32")
+    msg = str(e.value)
+    assert "cpu: 'cpu' != 'Tensor G2'" in msg and "Tensor G2" in msg and str(path) in msg
+    with pytest.raises(UserError, match="quantization: table 'fp32', asked 'int8'"):
+        back.check(FP, "executorch", "int8")
+    with pytest.raises(UserError, match="runtime: table 'executorch', asked 'onnxruntime'"):
+        back.check(FP, "onnxruntime", "fp32")
+
+
+def test_load_lut_names_the_profile_command_when_missing(tmp_path):
+    ws = Workspace.resolve(tmp_path)
+    with pytest.raises(UserError, match="merino-mobile profile --device host --runtime "
+                                        "executorch --quant int8"):
+        load_lut(ws, "host", "executorch", "int8")
+    lut = Lut.from_rows(rows(), FP, "executorch", "fp32")
+    lut.save(lut_path(ws.devices, "host", "executorch", "fp32"))
+    assert load_lut(ws, "host", "executorch", "fp32").layer(64, 1.0, 2, 16) > 0
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: "{ not json",
+    lambda d: json.dumps(d | {"schema_version": 99}),
+    lambda d: json.dumps(d | {"kind": "something else"}),
+    lambda d: json.dumps({k: v for k, v in d.items() if k != "fingerprint"}),
+    lambda d: json.dumps(d | {"terms": {**d["terms"], "layer": {"decode": [{"width": 64}]}}}),
+    lambda d: json.dumps(d | {"terms": {**d["terms"], "head": {"decode": [
+        {"width": 64, "vocab": 256, "ms": -1}]}}}),
+    lambda d: json.dumps(d | {"terms": {"fixed": d["terms"]["fixed"]}}),
+])
+def test_corrupt_or_hand_edited_table_is_a_schema_error_with_the_path(tmp_path, damage):
+    lut = Lut.from_rows(rows(), FP, "executorch", "fp32")
+    path = lut.save(tmp_path / "lut.json")
+    path.write_text(damage(json.loads(path.read_text())))
+    with pytest.raises(UserError, match=f"{path}: not a valid latency table"):
+        read_lut(path)
+
+
+def test_disk_full_while_writing_leaves_the_old_table(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) makes writes fail like a full disk, in a subprocess."""
+    lut = Lut.from_rows(rows(), FP, "executorch", "fp32")
+    path = lut.save(tmp_path / "lut.json")
+    before = path.read_text()
+    code = f"""
+import resource, signal, sys
+from merino_mobile.lut import read_lut
+from merino_mobile.errors import UserError
+lut = read_lut({str(path)!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+try:
+    lut.save({str(path)!r})
+except UserError as e:
+    print(e); sys.exit(3)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 3, p.stderr
+    assert f"cannot write {path}" in p.stdout and "unchanged" in p.stdout
+    assert path.read_text() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["lut.json"]  # no temp file left behind
