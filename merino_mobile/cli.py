@@ -110,6 +110,42 @@ def info(
     console.print(totals_table(summary))
 
 
+runner_app = typer.Typer(help="The runner binary a phone executes models with.",
+                         no_args_is_help=True)
+app.add_typer(runner_app, name="runner")
+
+
+@runner_app.command("build")
+def runner_build_cmd(
+    ndk: Path = typer.Option(..., "--ndk", help="Android NDK root (r26 or newer)."),
+    executorch_src: Path = typer.Option(..., "--executorch-src", help="ExecuTorch source "
+                                        "checkout, same version as the installed executorch."),
+    out: Path | None = typer.Option(None, "--out", help="Where the runner goes (default: "
+                                    "~/.cache/merino-mobile/runner/arm64-v8a/executor_runner)."),
+    build_dir: Path | None = typer.Option(None, "--build-dir", help="CMake build folder "
+                                          "(default: in the ExecuTorch checkout)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands, run nothing."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Cross-compile ExecuTorch's executor_runner (XNNPACK) for arm64-v8a phones with CMake."""
+    from merino_mobile.runner_build import DEFAULT_OUT, RunnerBuild
+
+    build = RunnerBuild(ndk, executorch_src, build_dir, out or DEFAULT_OUT)
+    if dry_run:
+        if as_json:
+            emit_json({"commands": build.commands(), "out": str(build.out),
+                       "missing": build.missing()})
+        else:
+            print(build.script())
+        return
+    path = build.run(echo=lambda line: err.print(line, highlight=False, soft_wrap=True))
+    if as_json:
+        emit_json({"commands": build.commands(), "runner": str(path)})
+    else:
+        console.print(f"runner: {path}  (set runner = \"{path}\" under [adb] in your phone's "
+                      "profile, or use the default path the shipped profiles expect)")
+
+
 def main() -> None:
     """Console-script entry point: runs the app, turning UserError into one clear line."""
     try:

@@ -366,9 +366,10 @@ def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte):
     import numpy as np
     import torch
 
-    from merino_mobile.device.adb import AdbDevice, input_bytes
+    from merino_mobile.device.adb import AdbDevice
     from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
     from merino_mobile.device.profiles import read_profile
+    from merino_mobile.device.worker import make_inputs
 
     artifact, model = tiny_pte
     with LoopbackAdbd(tmp_path / "phone") as d:
@@ -407,8 +408,8 @@ def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte):
         assert result.temps_before_c["BIG"] == 41.0 and result.temps_after_c
         assert result.to_json()["cooled"] is True
         # The runner really executed the model: its pulled output matches torch.
-        x = np.frombuffer(input_bytes(x_spec, seed=0), np.float32).reshape(2, 8)
-        want = model(torch.from_numpy(x.copy())).detach().numpy()
+        x = make_inputs((x_spec,))[0]
+        want = model(torch.from_numpy(x)).detach().numpy()
         out = Path(result.outputs["forward"][0])
         assert out.name == "output-0.bin" and out.is_relative_to(dev._outputs)
         got = np.frombuffer(out.read_bytes(), np.float32).reshape(2, 4)
@@ -529,3 +530,70 @@ def test_shipped_phone_profiles():
         assert 1 <= prof.threads <= len(prof.cpus)
         masks[name] = cpu_mask(prof.cpus)
     assert masks == {"pixel7": "c0", "pixel8": "1f0", "galaxy-s23": "f8", "oneplus-12": "f0"}
+
+
+# -- runner build and Core ML (what cannot run here says why) -----------------------------------
+
+def test_runner_build_commands(tmp_path):
+    from merino_mobile.runner_build import RunnerBuild
+
+    ndk, src = tmp_path / "android-ndk-r27c", tmp_path / "executorch"
+    b = RunnerBuild(ndk, src, out=tmp_path / "out" / "executor_runner", jobs=8, python="python3")
+    configure, build = b.commands()
+    out_dir = str(src / "cmake-out-android-arm64-v8a")
+    assert configure[:5] == ["cmake", "-S", str(src), "-B", out_dir]
+    flags = set(configure[5:])
+    assert {f"-DCMAKE_TOOLCHAIN_FILE={ndk}/build/cmake/android.toolchain.cmake",
+            "-DANDROID_ABI=arm64-v8a", "-DANDROID_PLATFORM=android-26",
+            "-DEXECUTORCH_BUILD_XNNPACK=ON", "-DEXECUTORCH_BUILD_EXECUTOR_RUNNER=ON",
+            "-DEXECUTORCH_BUILD_KERNELS_OPTIMIZED=ON", "-DEXECUTORCH_BUILD_KERNELS_QUANTIZED=ON",
+            "-DEXECUTORCH_PAL_DEFAULT=posix", "-DCMAKE_BUILD_TYPE=Release",
+            "-DPYTHON_EXECUTABLE=python3"} <= flags
+    assert all(f.startswith("-D") and "=" in f for f in flags)
+    assert build == ["cmake", "--build", str(src / "cmake-out-android-arm64-v8a"), "--target",
+                     "executor_runner", "-j8", "--config", "Release"]
+    missing = " ".join(b.missing())
+    assert "android.toolchain.cmake" in missing and "ExecuTorch sources" in missing
+    with pytest.raises(UserError, match="cannot build the runner here; missing: the Android NDK"):
+        b.run()
+    # With an NDK and a checkout (submodules not initialised) the message moves on.
+    (ndk / "build" / "cmake").mkdir(parents=True)
+    b.toolchain.write_text("")
+    src.mkdir()
+    (src / "CMakeLists.txt").write_text("")
+    assert any("git submodule update --init --recursive" in m for m in b.missing())
+
+
+def test_runner_build_cli(tmp_path):
+    import subprocess
+
+    cmd = [sys.executable, "-c", "from merino_mobile.cli import main; main()", "runner", "build",
+           "--ndk", str(tmp_path / "ndk"), "--executorch-src", str(tmp_path / "et")]
+    dry = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.strip().splitlines()
+    assert lines[0].startswith("cmake -S ") and "-DANDROID_ABI=arm64-v8a" in lines[0]
+    assert lines[1].startswith("cmake --build ") and "--target executor_runner" in lines[1]
+    real = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert real.returncode == 2 and "Traceback" not in real.stderr
+    assert "missing: the Android NDK toolchain file" in real.stderr
+
+
+def test_coreml_is_unavailable_off_macos_with_the_reason(tmp_path):
+    from merino_mobile.device import coreml
+
+    ok, why = coreml.available()
+    if sys.platform == "darwin":
+        pytest.fail("this test covers Linux and Windows; on macOS Core ML is available")
+    assert not ok and why.startswith("Core ML prediction needs macOS")
+    assert coreml.check_compute_units("cpu_and_ne") == "CPU_AND_NE"
+    with pytest.raises(UserError, match="CPU_ONLY, CPU_AND_GPU, CPU_AND_NE, ALL"):
+        coreml.check_compute_units("gpu")
+
+    class Prof:
+        name = "mac"
+
+    dev = coreml.CoreMLDevice(Prof(), "CPU_ONLY")
+    assert dev.runtimes() == []
+    with pytest.raises(UserError, match="Core ML prediction needs macOS"):
+        dev.prepare(tmp_path / "m.mlpackage")

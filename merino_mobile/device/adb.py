@@ -37,7 +37,6 @@ from merino_mobile.device.base import (
     EventHook,
     Fingerprint,
     Handle,
-    InputSpec,
     MethodResult,
     MethodSpec,
     Probe,
@@ -495,21 +494,12 @@ class PhoneBenchResult(BenchResult):
             "outputs": self.outputs}
 
 
-def input_bytes(spec: InputSpec, seed: int) -> bytes:
-    """Raw little-endian bytes of one input, as executor_runner's --inputs reads them."""
-    import numpy as np
+def input_files(method: MethodSpec) -> list[bytes]:
+    """Raw little-endian bytes of each input, as executor_runner's --inputs reads them: the very
+    arrays the host worker feeds (worker.make_inputs), so phone and host run the same data."""
+    from merino_mobile.device.worker import make_inputs
 
-    dtype = {"float32": np.float32, "int64": np.int64, "int32": np.int32}.get(spec.dtype)
-    if dtype is None:
-        raise UserError(f"input dtype {spec.dtype!r} is not supported on phones "
-                        "(float32, int64, int32)")
-    if spec.fill == "randn":
-        arr = np.random.default_rng(seed).standard_normal(spec.shape).astype(dtype)
-    elif spec.fill == "zeros":
-        arr = np.zeros(spec.shape, dtype)
-    else:
-        arr = np.full(spec.shape, int(spec.fill), dtype)
-    return arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    return [a.astype(a.dtype.newbyteorder("<")).tobytes() for a in make_inputs(method.inputs)]
 
 
 class AdbDevice:
@@ -669,9 +659,9 @@ class AdbDevice:
         work = posixpath.join(self.session, f"{handle.sha256[:12]}-{index}")
         inputs = []
         with tempfile.TemporaryDirectory() as tmp:
-            for j, spec in enumerate(method.inputs):
+            for j, data in enumerate(input_files(method)):
                 local = Path(tmp) / f"input-{j}.bin"
-                local.write_bytes(input_bytes(spec, seed=j))
+                local.write_bytes(data)
                 inputs.append(self._push_once(local))
         samples = Samples(request)
         out_base = posixpath.join(work, "output")
