@@ -110,6 +110,49 @@ def info(
     console.print(totals_table(summary))
 
 
+@app.command("export")
+def export_cmd(
+    card: str = typer.Argument(..., help="Card file, or a name under models/ (e.g. gpt2)."),
+    fmt: str = typer.Option(..., "--format", help="executorch, coreml or onnx."),
+    quant: str = typer.Option(..., "--quant", help="fp32, fp16, int8 or int4 (per format)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: "
+                                    "build/<card>/<format>-<quant>/ in the workspace)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="safetensors weights "
+                                           "(default: random weights; latency does not care)."),
+    cache_len: int | None = typer.Option(None, "--cache-len", help="KV cache positions "
+                                         "(default: the card's context)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export a card's decoder (quantized), run the artifact here and compare it with torch."""
+    from merino_mobile.export import check_pair, export
+
+    check_pair(fmt, quant)  # before loading anything heavy
+    ws = Workspace.resolve(workspace)
+    c, _ = resolve_card(ws, card)
+    out_dir = out or ws.root / "build" / c.name / f"{fmt}-{quant}"
+    result = export(c, fmt, quant, out_dir, force=force, checkpoint=checkpoint,
+                    cache_len=cache_len)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        v = result.verification
+        table = Table(title=f"{c.name} -> {fmt} {quant}", show_header=False)
+        table.add_row("artifact", str(result.artifact))
+        table.add_row("size", human_bytes(result.size_bytes))
+        table.add_row("export time", f"{result.export_seconds:.1f} s")
+        for key in ("max_rel_err", "cosine_min", "greedy_agreement"):
+            if key in v:
+                table.add_row(key.replace("_", " "), f"{v[key]:.3g}")
+        verdict = {True: "[green]passed[/green]", False: "[red]FAILED[/red]", None: "not run"}
+        reason = v.get("criterion") or v.get("reason") or v.get("skipped") or v.get("error", "")
+        table.add_row("verification", f"{verdict[v.get('passed')]} {reason}")
+        console.print(table)
+    if result.passed is False:
+        raise typer.Exit(1)
+
+
 runner_app = typer.Typer(help="The runner binary a phone executes models with.",
                          no_args_is_help=True)
 app.add_typer(runner_app, name="runner")
