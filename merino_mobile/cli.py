@@ -137,20 +137,25 @@ def export_cmd(
     if as_json:
         emit_json(result.to_json())
     else:
-        v = result.verification
-        table = Table(title=f"{c.name} -> {fmt} {quant}", show_header=False)
-        table.add_row("artifact", str(result.artifact))
-        table.add_row("size", human_bytes(result.size_bytes))
-        table.add_row("export time", f"{result.export_seconds:.1f} s")
-        for key in ("max_rel_err", "cosine_min", "greedy_agreement"):
-            if key in v:
-                table.add_row(key.replace("_", " "), f"{v[key]:.3g}")
-        verdict = {True: "[green]passed[/green]", False: "[red]FAILED[/red]", None: "not run"}
-        reason = v.get("criterion") or v.get("reason") or v.get("skipped") or v.get("error", "")
-        table.add_row("verification", f"{verdict[v.get('passed')]} {reason}")
-        console.print(table)
+        console.print(export_table(result))
     if result.passed is False:
         raise typer.Exit(1)
+
+
+def export_table(result: Any) -> Table:
+    """An ExportResult as a two-column table: artifact, size, time, verification."""
+    v = result.verification
+    table = Table(title=f"{result.card} -> {result.format} {result.quant}", show_header=False)
+    table.add_row("artifact", str(result.artifact))
+    table.add_row("size", human_bytes(result.size_bytes))
+    table.add_row("export time", f"{result.export_seconds:.1f} s")
+    for key in ("max_rel_err", "cosine_min", "greedy_agreement"):
+        if key in v:
+            table.add_row(key.replace("_", " "), f"{v[key]:.3g}")
+    verdict = {True: "[green]passed[/green]", False: "[red]FAILED[/red]", None: "not run"}
+    reason = v.get("criterion") or v.get("reason") or v.get("skipped") or v.get("error", "")
+    table.add_row("verification", f"{verdict[v.get('passed')]} {reason}")
+    return table
 
 
 runner_app = typer.Typer(help="The runner binary a phone executes models with.",

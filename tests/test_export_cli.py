@@ -91,3 +91,22 @@ def test_mismatched_checkpoint_names_the_tensor(workspace, monkeypatch, capsys):
     assert code == 2
     assert "'blocks.0.layers.0.ffn.up.weight' expected shape [128, 64], found [256, 64]" in err
     assert not (workspace / "build" / "tiny-cli").exists()
+
+
+def test_export_table_shows_the_verdict():
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from merino_mobile.cli import export_table
+    from merino_mobile.export import ExportResult
+
+    result = ExportResult("executorch", "int4", Path("out/model.pte"), 2_500_000, 12.34,
+                          {"passed": False, "max_rel_err": 0.2, "cosine_min": 0.91,
+                           "greedy_agreement": 0.5, "criterion": "cosine_min >= 0.95"},
+                          card="tiny")
+    console = Console(width=120, record=True)
+    console.print(export_table(result))
+    text = console.export_text()
+    assert "tiny -> executorch int4" in text and "FAILED cosine_min >= 0.95" in text
+    assert "0.91" in text and "12.3 s" in text and "out/model.pte" in text
