@@ -70,7 +70,8 @@ class Card:
         object.__setattr__(self, "blocks", tuple(self.blocks))
         problems = self.problems()
         if problems:
-            raise UserError(f"card {self.name!r} is not a valid architecture: " + "; ".join(problems))
+            raise UserError(f"card {self.name!r} is not a valid architecture: "
+                            + "; ".join(problems))
 
     # -- derived shape -------------------------------------------------------------------------
 
@@ -138,7 +139,8 @@ class Card:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known - {"schema_version"}
         if unknown:
-            raise UserError(f"{source}: unknown card fields {sorted(unknown)}; known: {sorted(known)}")
+            raise UserError(f"{source}: unknown card fields {sorted(unknown)}; "
+                            f"known: {sorted(known)}")
         try:
             blocks = tuple(_block_from_json(b, source, i) for i, b in enumerate(data["blocks"]))
             fields = {k: v for k, v in data.items() if k in known and k != "blocks"}
@@ -180,7 +182,8 @@ def load_card(path: str | Path) -> Card:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        raise UserError(
+            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     return Card.from_json(data, source=str(path))
 
 

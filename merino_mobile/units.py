@@ -102,7 +102,8 @@ def parse_range(text: str, parse, what: str) -> Range | float:
     if len(parts) == 1:
         return parse(text, what)
     if len(parts) != 3:
-        raise UserError(f"{what} range {text!r} must be start:stop:step, for example 10ms:100ms:10ms")
+        raise UserError(
+            f"{what} range {text!r} must be start:stop:step, for example 10ms:100ms:10ms")
     start, stop, step = (parse(p, what) for p in parts)
     if stop < start:
         raise UserError(f"{what} range {text!r} ends before it starts")

@@ -60,7 +60,8 @@ class Workspace:
         known = sorted(self.names(kind, suffix))
         raise UserError(
             f"no {kind[:-1] if kind != 'search' else 'search space'} named {name!r} (looked for "
-            f"{self.root / kind / stem} and the shipped {kind}); known: {', '.join(known) or 'none'}"
+            f"{self.root / kind / stem} and the shipped {kind}); "
+            f"known: {', '.join(known) or 'none'}"
         )
 
     def names(self, kind: str, suffix: str) -> set[str]:
