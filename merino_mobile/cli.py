@@ -18,7 +18,7 @@ from rich.table import Table
 
 from merino_mobile import accounting
 from merino_mobile.card import Card, load_card
-from merino_mobile.entropy import EntropySettings, effectiveness, entropy
+from merino_mobile.entropy import DEFAULT_RHO, EntropySettings, effectiveness, entropy
 from merino_mobile.errors import UserError
 from merino_mobile.units import human_bytes, human_count
 from merino_mobile.workspace import Workspace
@@ -192,6 +192,142 @@ def runner_build_cmd(
     else:
         console.print(f"runner: {path}  (set runner = \"{path}\" under [adb] in your phone's "
                       "profile, or use the default path the shipped profiles expect)")
+
+
+@app.command("design")
+def design_cmd(
+    latency: str | None = typer.Option(None, "--latency", help="Time per generated token on the "
+                                       "device, e.g. 50ms or 0.05s; a range 10ms:100ms:10ms "
+                                       "sweeps and plots the Pareto frontier."),
+    flops: str | None = typer.Option(None, "--flops", help="FLOPs per generated token, e.g. 2G."),
+    params: str | None = typer.Option(None, "--params", help="Parameters, e.g. 60M (a range "
+                                      "20M:100M:20M sweeps)."),
+    memory: str | None = typer.Option(None, "--memory", help="Weights (at --quant) plus KV cache "
+                                      "at --context, e.g. 200MB or 1.5GiB."),
+    device: str | None = typer.Option(None, "--device", help="Device whose latency table bounds "
+                                      "--latency (default: $MERINO_MOBILE_DEVICE, else host)."),
+    runtime: str | None = typer.Option(None, "--runtime", help="Runtime of the latency table "
+                                       "(default: the device profile's first runtime)."),
+    quant: str = typer.Option("int8", "--quant", help="Weight format the model ships in: picks "
+                              "the latency table and the weight bytes of --memory."),
+    context: int = typer.Option(512, "--context", help="Context length at which a token is "
+                                "generated (latency, FLOPs, KV cache)."),
+    space: str = typer.Option("default", "--space", help="Search space file, or a name under "
+                              "search/."),
+    solver: str = typer.Option("exact", "--solver", help="exact (proven optimum), ea (the "
+                               "paper's evolutionary baseline) or brute (small spaces)."),
+    rho: float = typer.Option(DEFAULT_RHO, "--rho", help="Effectiveness bound: depth / mean "
+                              "width <= rho."),
+    ea_seconds: float = typer.Option(2.0, "--ea-seconds", help="Time given to --solver ea."),
+    seed: int = typer.Option(0, "--seed", help="Seed of --solver ea."),
+    name: str | None = typer.Option(None, "--name", help="Name of the card (default: from the "
+                                    "budgets)."),
+    out: Path | None = typer.Option(None, "--out", help="Card file to write (default: "
+                                    "models/<name>.json; for a sweep, the PNG plot)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Find the decoder of maximum entropy within the budgets and write its architecture card."""
+    from merino_mobile.design import SOLVERS, design_card, sweep
+    from merino_mobile.space import load_space
+    from merino_mobile.units import Range, parse_bytes, parse_count, parse_latency_ms, parse_range
+
+    ws = Workspace.resolve(workspace)
+    if solver not in SOLVERS:
+        raise UserError(f"unknown --solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    given = {
+        "latency_ms": latency and parse_range(latency, parse_latency_ms, "--latency"),
+        "flops": flops and parse_range(flops, parse_count, "--flops"),
+        "params": params and parse_range(params, parse_count, "--params"),
+        "memory": memory and parse_range(memory, parse_bytes, "--memory"),
+    }
+    given = {k: v for k, v in given.items() if v}
+    if not given:
+        raise UserError("give at least one budget: --latency 50ms, --flops 2G, --params 60M or "
+                        "--memory 200MB")
+    sweeps = [k for k, v in given.items() if isinstance(v, Range)]
+    if len(sweeps) > 1:
+        raise UserError(f"only one budget can be a range at a time (got {', '.join(sweeps)})")
+    sp = load_space(ws.find("search", space, ".toml"))
+    table, table_info = None, None
+    if "latency_ms" in given:
+        table, table_info = latency_table(ws, device, runtime, quant)
+    settings = EntropySettings(rho=rho)
+    options = {"seconds": ea_seconds, "seed": seed} if solver == "ea" else {}
+    if sweeps:
+        result = sweep(sp, given, sweeps[0], settings, context, quant, table, solver, options)
+        plot = out or ws.root / "build" / f"pareto-{sweeps[0]}.png"
+        if plot.exists() and not force:
+            raise UserError(f"{plot} exists; pass --force to replace it or --out for another file")
+        result.plot(plot)
+        if as_json:
+            emit_json(result.to_json() | {"plot": str(plot), "lut": table_info})
+            return
+        console.print(result.table())
+        console.print(f"plot: {plot}")
+        return
+    d, card, path = design_card(ws, sp, given, settings, context, quant, table, solver, options,
+                                name=name, out=out, force=force, lut_info=table_info)
+    summary = design_json(d, card, path, context)
+    if as_json:
+        emit_json(summary | {"lut": table_info})
+        return
+    console.print(blocks_table(card, f"{card.name}: maximum entropy within "
+                               f"{describe_budgets(given)}"))
+    totals = totals_table(card_summary(card, context, settings))
+    if d.metrics.latency_ms is not None:
+        totals.add_row(f"predicted latency @ {context}", f"{d.metrics.latency_ms:.2f} ms "
+                       f"({table_info['device']}, {table_info['runtime']}, {table_info['quant']})")
+    totals.add_row(f"memory ({quant} weights + KV)", human_bytes(d.metrics.memory))
+    gap = f", gap {d.solver.gap:.1e}" if d.solver.gap is not None else ""
+    totals.add_row("solver", f"{d.solver.name}: {d.solver.seconds:.2f} s, "
+                   f"{'proven optimal' if d.solver.optimal else 'not proven optimal'}{gap}")
+    totals.add_row("card", str(path))
+    console.print(totals)
+
+
+def latency_table(ws: Workspace, device: str | None, runtime: str | None,
+                  quant: str) -> tuple[Any, dict]:
+    """The measured latency table of a device (its profile picks the default runtime)."""
+    import os
+
+    from merino_mobile.device.profiles import load_profile
+    from merino_mobile.lut import load_lut
+
+    name = device or os.environ.get("MERINO_MOBILE_DEVICE") or "host"
+    prof = load_profile(ws, name)
+    rt = runtime or prof.runtimes[0]
+    lut = load_lut(ws, name, rt, quant)
+    return lut, {"device": name, "runtime": rt, "quant": quant}
+
+
+def describe_budgets(given: dict) -> str:
+    from merino_mobile.design.exact import _fmt
+
+    return ", ".join(f"{k} {_fmt(k, v)}" for k, v in given.items())
+
+
+def design_json(d: Any, card: Card, path: Path | None, context: int) -> dict:
+    """The `design --json` object (keys are a contract: see the README)."""
+    m = d.metrics
+    return {
+        "architecture": [{"width": b.width, "ffn_ratio": b.ffn_ratio, "heads": b.heads,
+                          "depth": b.depth, "shared": b.shared} for b in card.blocks],
+        "entropy": m.entropy,
+        "rho": m.rho,
+        "depth": m.depth,
+        "params": m.params,
+        "flops_per_token": m.flops,
+        "kv_cache_bytes": m.kv_cache_bytes,
+        "memory_bytes": m.memory,
+        "predicted_latency_ms": m.latency_ms,
+        "context": context,
+        "solver": {"name": d.solver.name, "seconds": d.solver.seconds,
+                   "optimal": d.solver.optimal, "gap": d.solver.gap,
+                   "evaluated": d.solver.evaluated},
+        "card": str(path) if path else None,
+    }
 
 
 def main() -> None:
