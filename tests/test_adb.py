@@ -29,7 +29,7 @@ from merino_mobile.device.adb import (
 from merino_mobile.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from adbd import RUNNER, LoopbackAdbd  # noqa: E402
+from adbd import RUNNER, LoopbackAdbd, WarmRunner  # noqa: E402
 from adbd.protocol import parse_adb_public_key  # noqa: E402
 
 
@@ -306,6 +306,10 @@ max_temp_c = {max_temp_c}
 wait_s = 0.2
 max_wait_s = {max_wait_s}
 
+[sentinel]
+every = 100
+threshold = 100.0   # micro-models of 0.05 ms on a shared CI machine drift; not under test here
+
 [measure]
 warmup = 1
 min_repeats = 3
@@ -331,6 +335,14 @@ class Tiny(__import__("torch").nn.Module):
 
     def embed(self, tokens):
         return self.emb(tokens)
+
+
+@pytest.fixture(scope="module")
+def warm():
+    """One warm fake runner for this module's phones (a run is then a fork, not a torch import)."""
+    runner = WarmRunner()
+    yield runner
+    runner.stop()
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +374,7 @@ def tiny_pte(tmp_path_factory) -> tuple[Path, Tiny]:
 
 
 @pytest.mark.slow
-def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte):
+def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte, warm):
     import numpy as np
     import torch
 
@@ -372,7 +384,8 @@ def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte):
     from merino_mobile.device.worker import make_inputs
 
     artifact, model = tiny_pte
-    with LoopbackAdbd(tmp_path / "phone") as d:
+    warm.wait_ready()
+    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm) as d:
         remote_dir = "/data/local/tmp/merino mobile; touch /tmp/pwned"
         prof = read_profile(write_profile(tmp_path / "p.toml", d.address, RUNNER,
                                           remote_dir=remote_dir))
@@ -431,7 +444,7 @@ def file_sha(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_runner_crash_and_hang_are_per_method_errors(tmp_path, tiny_pte):
+def test_runner_crash_and_hang_are_per_method_errors(tmp_path, tiny_pte, warm):
     from merino_mobile.device.adb import AdbDevice
     from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
     from merino_mobile.device.profiles import read_profile
@@ -443,7 +456,8 @@ def test_runner_crash_and_hang_are_per_method_errors(tmp_path, tiny_pte):
     hang.chmod(0o755)
     request = BenchRequest("executorch", (MethodSpec("forward", (InputSpec((2, 8)),)),),
                            warmup=1, min_repeats=2, timeout_s=2.0)
-    with LoopbackAdbd(tmp_path / "phone") as d:
+    warm.wait_ready()
+    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm) as d:
         prof = read_profile(write_profile(tmp_path / "p.toml", d.address, RUNNER,
                                           remote_dir="/data/local/tmp/mm"))
         dev = AdbDevice(prof)
@@ -597,3 +611,52 @@ def test_coreml_is_unavailable_off_macos_with_the_reason(tmp_path):
     assert dev.runtimes() == []
     with pytest.raises(UserError, match="Core ML prediction needs macOS"):
         dev.prepare(tmp_path / "m.mlpackage")
+
+
+# -- the profiler end to end through the loopback phone ----------------------------------------
+
+TINY_GRID_ARGS = ("tiny", (64,), (1.0,), 64, 256, 64, (16,), (), (64,))
+
+
+@pytest.mark.slow
+def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm, monkeypatch):
+    """`profile` on the loopback phone: the phone disappears in the second program, the run stops
+    with a clear error, the points of the first program are kept, and the rerun after the phone
+    is back measures only the rest and writes the table."""
+    import json
+
+    from merino_mobile import profile
+    from merino_mobile.store import Store
+    from merino_mobile.workspace import Workspace
+
+    # Two programs for five points; the second (the decode layer alone) is also the sentinel's
+    # program, so only two are exported.
+    monkeypatch.setattr(profile, "MAX_METHODS", 4)
+    grid = profile.Grid(*TINY_GRID_ARGS)
+    assert len(grid.points()) == 5
+    ws = Workspace.resolve(tmp_path / "ws")
+    ws.devices.mkdir(parents=True)
+    warm.wait_ready()
+    # Runner calls: sentinel 1, first program 4, then the 6th (the second program) meets no phone.
+    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm, die_after_commands=5,
+                      die_counting="--model_path=") as d:
+        write_profile(ws.devices / "loopback-pixel7.toml", d.address, RUNNER,
+                      remote_dir="/data/local/tmp/merino-mobile")
+        with pytest.raises(DeviceGone, match="rerun the same command"):
+            profile.run_profile(ws, "loopback-pixel7", grid=grid)
+        port = d.port
+    store = Store.open(ws.state)
+    try:
+        (fp_key,), = store.db.execute("SELECT key FROM fingerprints").fetchall()
+        kept = store.measured(fp_key, "executorch", "fp32")
+    finally:
+        store.close()
+    assert kept == {p.key for p in grid.points()[:4]}
+
+    with LoopbackAdbd(tmp_path / "phone", port=port, warm_runner=warm) as d:
+        report = profile.run_profile(ws, "loopback-pixel7", grid=grid)
+        assert "executor_runner" in " ".join(d.commands)
+    assert (report.points, report.skipped, report.measured, report.failed) == (5, 4, 1, [])
+    assert report.fingerprint["model"] == "Pixel 7" and report.fingerprint["cpus"] == [6, 7]
+    lut = json.loads(Path(report.lut).read_text())
+    assert lut["fingerprint"]["cpu"] == "Tensor G2"

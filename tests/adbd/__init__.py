@@ -2,14 +2,11 @@
 
 `LoopbackAdbd` speaks the ADB wire protocol on 127.0.0.1; `PhoneSandbox` is the phone's
 filesystem; `executor_runner.py` is a host program with the flags and output of ExecuTorch's
-executor_runner that really executes the .pte with executorch.runtime.
+executor_runner that really executes the .pte with ExecuTorch's runtime; `WarmRunner` keeps one
+such process warm so a run costs a fork, not a torch import.
 """
 
-from pathlib import Path
-
 from .sandbox import PhoneSandbox
-from .server import LoopbackAdbd
+from .server import RUNNER, LoopbackAdbd, WarmRunner
 
-RUNNER = Path(__file__).with_name("executor_runner.py")
-
-__all__ = ["RUNNER", "LoopbackAdbd", "PhoneSandbox"]
+__all__ = ["RUNNER", "LoopbackAdbd", "PhoneSandbox", "WarmRunner"]

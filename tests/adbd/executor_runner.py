@@ -9,10 +9,22 @@ stdout and `<output_file>-<i>.bin` files. The .pte really runs: it is loaded and
 ExecuTorch's C++ runtime through its Python extension (`executorch.extension.pybindings._C`, the
 module executorch.runtime wraps; imported directly because executorch.runtime also imports the
 exporter, which takes many seconds on this shared machine).
+
+Importing torch and the runtime still takes seconds, where the native runner starts in
+milliseconds. So the fixture can keep one warm process (`--serve SOCKET`, started by
+`WarmRunner`): a run then hands its argv, working directory and stdin/stdout/stderr file
+descriptors to it, and the warm process forks a child that runs main() on those descriptors and
+reports the exit status. Output, files and exit codes are the same as a standalone run; without
+$MERINO_FAKE_RUNNER_SOCKET (or if it does not answer) the runner simply runs in-process.
 """
 
+import contextlib
+import json
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 
 T0 = time.monotonic()
@@ -159,5 +171,100 @@ def main() -> int:
     return 0
 
 
+def run_main() -> int:
+    """main() with its stdio flushed, an exception printed, and the exit status returned."""
+    try:
+        code = main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def serve(path: str, lifetime_s: float = 900.0) -> None:
+    """The warm process: import once, fork one child per run (see module docstring)."""
+    import torch  # noqa: F401
+    from executorch.extension.pybindings import _C  # noqa: F401
+
+    parent = os.getppid()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(16)
+    srv.settimeout(0.5)
+    deadline = time.monotonic() + lifetime_s
+    while time.monotonic() < deadline and os.getppid() == parent:
+        try:
+            conn, _ = srv.accept()
+        except TimeoutError:
+            continue
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    srv.close()
+
+
+def handle(conn: socket.socket) -> None:
+    msg, fds, _, _ = socket.recv_fds(conn, 65536, 3)
+    request = json.loads(msg)
+    pid = os.fork()
+    if pid == 0:  # the run: this process's stdio become the caller's
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        sys.stdin = os.fdopen(0, "r")
+        sys.stdout = os.fdopen(1, "w")
+        sys.stderr = os.fdopen(2, "w")
+        os.chdir(request["cwd"])
+        sys.argv = request["argv"]
+        global T0
+        T0 = time.monotonic()
+        os._exit(run_main())
+    for fd in fds:
+        os.close(fd)
+    conn.settimeout(0.2)
+    while True:  # a caller killed by `timeout` takes its run with it
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        try:
+            if conn.recv(1) == b"":
+                os.kill(pid, signal.SIGKILL)
+        except TimeoutError:
+            pass
+        except OSError:
+            os.kill(pid, signal.SIGKILL)
+    code = os.waitstatus_to_exitcode(status)
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps({"exit": code}).encode())
+    conn.close()
+
+
+def run_warm(path: str) -> int | None:
+    """Run through the warm process; None when there is none to talk to."""
+    try:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(path)
+    except OSError:
+        return None
+    request = json.dumps({"argv": sys.argv, "cwd": os.getcwd()}).encode()
+    socket.send_fds(conn, [request], [0, 1, 2])
+    reply = b""
+    while chunk := conn.recv(4096):
+        reply += chunk
+    code = json.loads(reply)["exit"] if reply else 1
+    if code < 0:  # die of the same signal, as the native runner would (abort -> SIGABRT)
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["--serve"]:
+        serve(sys.argv[2])
+        sys.exit(0)
+    warm = os.environ.get("MERINO_FAKE_RUNNER_SOCKET")
+    code = run_warm(warm) if warm else None
+    sys.exit(run_main() if code is None else code)

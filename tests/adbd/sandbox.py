@@ -117,6 +117,7 @@ class PhoneSandbox:
     props: dict[str, str] = field(default_factory=lambda: dict(PIXEL7_PROPS))
     cpu_max_khz: list[int] = field(default_factory=lambda: list(PIXEL7_CPU_MAX_KHZ))
     thermal: dict[str, int] = field(default_factory=lambda: dict(PIXEL7_THERMAL))
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -182,4 +183,4 @@ class PhoneSandbox:
             "TMPDIR": str(self.root / "data/local/tmp"),
             "ANDROID_ROOT": "/system",
             "LANG": "C.UTF-8",
-        }
+        } | self.extra_env

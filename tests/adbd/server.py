@@ -8,8 +8,10 @@ is bounded, and it stops by itself after `lifetime_s`.
 
 Faults a phone produces, on demand: the connection drops after N commands (`drop_after_commands`,
 the cable pulled), the next K pushed files land corrupted (`corrupt_pushes`), the user never
-accepts this computer's key (`auth="reject"`), and directory listings carry names that would
-escape a pull target (`hostile_names`). `port` reuses a port: the same phone coming back.
+accepts this computer's key (`auth="reject"`), directory listings carry names that would
+escape a pull target (`hostile_names`), and the phone goes away for good after N commands
+(`die_after_commands`, counting those containing `die_counting`). `port` reuses a port: the same
+phone coming back.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from . import protocol as p
 from .sandbox import PhoneSandbox
 
 FEATURES = "cmd,fixed_push_mkdir"
+RUNNER = Path(__file__).with_name("executor_runner.py")
 WRITE_ACK_TIMEOUT_S = 30.0
 
 
@@ -216,7 +219,7 @@ class Connection:
             if not arg:
                 self.send(p.CLSE, 0, remote_id)  # interactive shells are not provided
                 return
-            if self.server.count_command():
+            if self.server.count_command(arg):
                 self.kill()
                 return
         elif service == "sync:":
@@ -364,19 +367,55 @@ class Connection:
         stream.write(p.sync_header(b"DONE", 0))
 
 
+class WarmRunner:
+    """One warm executor_runner process (see executor_runner.py) shared by fixtures, so a run
+    costs a fork instead of importing torch. Stopped by stop() or when its parent exits."""
+
+    def __init__(self) -> None:
+        import sys
+        import tempfile
+
+        self._dir = tempfile.mkdtemp(prefix="mm-runner-")  # short: AF_UNIX paths are limited
+        self.socket = os.path.join(self._dir, "sock")
+        self.proc = subprocess.Popen([sys.executable, str(RUNNER), "--serve", self.socket],
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the warm runner did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        with contextlib.suppress(OSError):
+            os.unlink(self.socket)
+            os.rmdir(self._dir)
+
+
 class LoopbackAdbd:
     """A phone's adbd on 127.0.0.1:<free port>, for tests (see module docstring)."""
 
     def __init__(self, root: Path, *, auth: str = "accept", authorized_keys: tuple = (),
                  drop_after_commands: int | None = None, corrupt_pushes: int = 0,
                  lifetime_s: float = 170.0, sandbox: PhoneSandbox | None = None,
-                 port: int = 0, hostile_names: tuple[str, ...] = ()) -> None:
+                 port: int = 0, hostile_names: tuple[str, ...] = (),
+                 die_after_commands: int | None = None, die_counting: str = "",
+                 warm_runner: WarmRunner | None = None) -> None:
         if auth not in ("accept", "reject"):
             raise ValueError("auth is 'accept' (the user taps Allow) or 'reject'")
         self.sandbox = sandbox or PhoneSandbox(Path(root))
         self.auth = auth
         self.authorized_keys: list[bytes] = [k.split(b"\0")[0] for k in authorized_keys]
         self.drop_after_commands = drop_after_commands
+        self.die_after_commands = die_after_commands
+        self.die_counting = die_counting
+        if warm_runner is not None:
+            self.sandbox.extra_env["MERINO_FAKE_RUNNER_SOCKET"] = warm_runner.socket
         self.corrupt_pushes = corrupt_pushes
         # Names a compromised adbd could list (a real one cannot: they are not file names).
         self.hostile_names = hostile_names
@@ -387,6 +426,7 @@ class LoopbackAdbd:
         self.stopping = threading.Event()
         self._counter_lock = threading.Lock()
         self._commands_since_drop = 0
+        self.command_count = 0
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", port))
@@ -397,9 +437,16 @@ class LoopbackAdbd:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def count_command(self) -> bool:
+    def count_command(self, command: str) -> bool:
         """Count one shell/exec request; True when this one is where the phone disappears."""
         with self._counter_lock:
+            if self.die_counting in command:
+                self.command_count += 1
+            if self.die_after_commands is not None and \
+                    self.command_count > self.die_after_commands:
+                # Unplugged for good: the listener goes too (stop() from another thread).
+                threading.Thread(target=self.stop, daemon=True).start()
+                return True
             if self.drop_after_commands is None:
                 return False
             self._commands_since_drop += 1
