@@ -111,12 +111,13 @@ def adb_server_running(port: int = ADB_SERVER_PORT) -> bool:
 
 
 def usb_available() -> tuple[bool, str]:
-    """adb-shell's USB support needs libusb1 (`pip install 'adb-shell[usb]'`)."""
+    """adb-shell's USB support needs the libusb1 package (adb-shell's usb extra)."""
     try:
         import usb1  # noqa: F401
         from adb_shell.transport.usb_transport import UsbTransport  # noqa: F401
     except ImportError:
-        return False, "USB needs `pip install 'adb-shell[usb]'` (libusb1); TCP works without it"
+        return False, ("USB needs the libusb1 package (`pip install libusb1`, what adb-shell's usb "
+                       "extra installs); TCP works without it")
     return True, "libusb1"
 
 
@@ -208,7 +209,8 @@ class AdbTransport:
         except ex.UsbDeviceNotFoundError:
             if adb_server_running():
                 raise UserError(self._usb_busy()) from None
-            raise UserError(f"no phone {self.serial or ''} on USB: plug it in, enable "
+            which = f" with serial {self.serial}" if self.serial else ""
+            raise UserError(f"no phone{which} on USB: plug it in, enable "
                             "Developer options > USB debugging, and check the serial with "
                             "`merino-mobile devices`") from None
 
