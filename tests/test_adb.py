@@ -660,3 +660,28 @@ def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm, monkeypa
     assert report.fingerprint["model"] == "Pixel 7" and report.fingerprint["cpus"] == [6, 7]
     lut = json.loads(Path(report.lut).read_text())
     assert lut["fingerprint"]["cpu"] == "Tensor G2"
+
+
+def test_list_adb_devices_reports_each_target(tmp_path):
+    import socket
+
+    from merino_mobile.device.adb import list_adb_devices
+    from merino_mobile.device.profiles import read_profile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with LoopbackAdbd(tmp_path / "phone") as d:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        up = read_profile(write_profile(tmp_path / "a" / "up.toml", d.address, RUNNER,
+                                        remote_dir="/data/x"))
+        down = read_profile(write_profile(tmp_path / "b" / "down.toml", f"127.0.0.1:{closed}",
+                                          RUNNER, remote_dir="/data/x"))
+        ensure_adb_key(tmp_path / "a" / "android" / "adbkey")
+        rows = list_adb_devices([up, down])
+    usb, tcp_up, tcp_down = rows
+    assert usb["transport"] == "usb" and usb["reachable"] is None and "libusb1" in usb["reason"]
+    assert (tcp_up["serial"], tcp_up["reachable"], tcp_up["reason"]) == \
+        (d.address, True, f"Pixel 7 at {d.address}")
+    assert tcp_down["reachable"] is False and "cannot reach adbd" in tcp_down["reason"]

@@ -1,5 +1,8 @@
 """The loopback adbd checked against Google's own client (Debian's `adb` package).
 
+Debian's adb 29 talks to the fixture as to any phone without shell protocol v2: `shell:` and
+`exec:` services, and the sync service (STAT, SEND/DATA/DONE, RECV, LIST for directories).
+
 If `adb connect`, `push`, `shell` and `pull` from the real client work against the fixture, the
 fixture speaks the protocol a phone speaks, and tests of our own ADB code against it mean
 something. The adb server runs on a private port with HOME in a tmp dir, so the user's keys and
@@ -45,9 +48,10 @@ class AdbClient:
                                  "ANDROID_SERIAL", "ADB_SERVER_SOCKET")}
         self.env["HOME"] = str(home)
 
-    def __call__(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    def __call__(self, *args: str, timeout: float = 30,
+                 text: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([self.exe, "-P", str(self.port), *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=text, timeout=timeout)
 
     def state(self, serial: str) -> str:
         for line in self("devices").stdout.splitlines():
@@ -94,6 +98,9 @@ def test_adb_connect_push_shell_pull(adb, tmp_path):
         lines = shell.stdout.splitlines()
         assert lines[0] == f"{hashlib.sha256(payload).hexdigest()}  /data/local/tmp/fid/payload.bin"
         assert lines[1:] == ["Pixel 7", "42"]
+
+        raw = adb("-s", serial, "exec-out", "cat /data/local/tmp/fid/payload.bin", text=False)
+        assert raw.returncode == 0 and raw.stdout == payload  # exec: is binary-clean
 
         back = tmp_path / "back.bin"
         pulled = adb("-s", serial, "pull", "/data/local/tmp/fid/payload.bin", str(back))
