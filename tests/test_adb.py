@@ -685,3 +685,35 @@ def test_list_adb_devices_reports_each_target(tmp_path):
     assert (tcp_up["serial"], tcp_up["reachable"], tcp_up["reason"]) == \
         (d.address, True, f"Pixel 7 at {d.address}")
     assert tcp_down["reachable"] is False and "cannot reach adbd" in tcp_down["reason"]
+
+
+@pytest.mark.slow
+def test_benchmark_app_instead_of_the_native_runner(tmp_path, tiny_pte, warm):
+    """runner = "minibench": ExecuTorch's Android benchmark app. The loopback phone's `pm`,
+    `am` and `run-as` stand for the app (this machine has no Android): `am start` runs the
+    model and writes the app's benchmark_results.json."""
+    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
+    from merino_mobile.device.profiles import read_profile
+
+    warm.wait_ready()
+    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm) as d:
+        path = write_profile(tmp_path / "p.toml", d.address, RUNNER, remote_dir="/data/x")
+        path.write_text(path.read_text().replace(f'runner = "{RUNNER}"', 'runner = "minibench"'))
+        dev = AdbDevice(read_profile(path))
+        assert dev.runtimes() == []  # not installed yet
+        with pytest.raises(UserError, match="benchmark app.*not installed"):
+            dev.prepare(tiny_pte[0])
+        d.sandbox.install_benchmark_app()
+        dev = AdbDevice(read_profile(path))
+        assert dev.runtimes() == ["executorch"]
+        request = BenchRequest("executorch", (MethodSpec("forward", (InputSpec((2, 8)),)),
+                                              MethodSpec("embed", ())),
+                               warmup=2, max_repeats=10, timeout_s=60.0)
+        res = dev.benchmark(dev.prepare(tiny_pte[0]), request)
+        forward, embed = res.results
+        assert forward.ok and len(forward.samples_ms) == 1 and forward.samples_ms[0] > 0
+        assert "runs only the 'forward' method" in embed.error
+        assert (res.threads, res.cpus) == (0, ())  # the app is not pinned by us
+        assert any("am start -W -S -n org.pytorch.minibench/" in c for c in d.commands)
+        dev.cleanup()

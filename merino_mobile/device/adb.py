@@ -517,7 +517,10 @@ class AdbDevice:
             address=settings.address, serial=usb_serial(settings.serial), key=settings.adbkey,
             auth_timeout_s=float(settings.extra.get("auth_timeout_s", 30.0)))
         self.remote_dir = settings.remote_dir.rstrip("/") or "/data/local/tmp/merino-mobile"
-        self.runner = self._local(runner or settings.runner)
+        # runner = "minibench": ExecuTorch's Android benchmark app instead of the native runner.
+        self.app = (runner or settings.runner) == "minibench"
+        self._app_installed: bool | None = None
+        self.runner = None if self.app else self._local(runner or settings.runner)
         self.ort_tool = self._local(settings.extra.get("onnxruntime_perf_test"))
         self.zones = tuple(settings.extra.get("thermal_zones", ()))
         self.session = posixpath.join(self.remote_dir, f"run-{secrets.token_hex(4)}")
@@ -581,14 +584,24 @@ class AdbDevice:
         f = self.facts()
         tool = self.runner if runtime == "executorch" else self.ort_tool
         version = f"{tool.name} sha256:{file_sha256(tool)[:12]}" if tool and tool.exists() else "?"
+        if runtime == "executorch" and self.app:
+            version = f"{runners.MINIBENCH_PACKAGE} (ExecuTorch benchmark app)"
         return Fingerprint(
             device=self.name, model=f.model, cpu=f.soc, cores=len(f.max_freq_khz) or 0,
             os=f.os, abi=f.abi, runtime=runtime, runtime_version=version,
             threads=self.profile.threads, quant=quant, cpus=self.cpus(),
             date=dt.datetime.now(dt.timezone.utc).date().isoformat())
 
+    def app_installed(self) -> bool:
+        """Whether ExecuTorch's benchmark app (org.pytorch.minibench) is on the phone."""
+        if self._app_installed is None:
+            r = self.transport.run(["pm", "list", "packages", runners.MINIBENCH_PACKAGE])
+            self._app_installed = f"package:{runners.MINIBENCH_PACKAGE}" in r.stdout.split()
+        return self._app_installed
+
     def runtimes(self) -> list[str]:
-        have = {"executorch": self.runner is not None and self.runner.exists(),
+        native = self.runner is not None and self.runner.exists()
+        have = {"executorch": native or (self.app and self.app_installed()),
                 "onnxruntime": self.ort_tool is not None and self.ort_tool.exists()}
         return [r for r in self.profile.runtimes if have.get(r)]
 
@@ -605,7 +618,14 @@ class AdbDevice:
         self._pushed[sha] = remote
         return remote
 
-    def _tool_for(self, runtime: str) -> Path:
+    def _tool_for(self, runtime: str) -> Path | None:
+        if runtime == "executorch" and self.app:
+            if not self.app_installed():
+                raise UserError(f"{self.profile.path} uses ExecuTorch's benchmark app "
+                                "(runner = \"minibench\") but it is not installed on the phone: "
+                                "build and install extension/benchmark/android/benchmark "
+                                "(./gradlew installDebug), or build the native runner")
+            return None
         tool = self.runner if runtime == "executorch" else self.ort_tool
         if tool is None or not tool.exists():
             if runtime == "executorch":
@@ -622,7 +642,9 @@ class AdbDevice:
             raise UserError(f"{artifact}: phones run .pte (ExecuTorch) or .onnx (ONNX Runtime)")
         if not artifact.is_file():
             raise UserError(f"{artifact}: no such file")
-        self._push_once(self._tool_for(runtime))
+        tool = self._tool_for(runtime)
+        if tool is not None:
+            self._push_once(tool)
         remote = self._push_once(artifact)
         return Handle(artifact, remote, runtime, file_sha256(artifact), artifact.stat().st_size)
 
@@ -633,13 +655,16 @@ class AdbDevice:
         the cooldown and records temperatures before and after. A crash or hang of the runner
         is that method's error; a lost connection raises DeviceGone."""
         t0 = time.monotonic()
-        tool = self._push_once(self._tool_for(handle.runtime))
+        local_tool = self._tool_for(handle.runtime)
+        tool = self._push_once(local_tool) if local_tool is not None else ""
         temps_before, waited, cooled = self.cooldown()
         results, outputs = [], {}
         for i, method in enumerate(request.methods):
             if on_event:
                 on_event("start", method.name, 0)
-            if handle.runtime == "executorch":
+            if handle.runtime == "executorch" and self.app:
+                res, outs = self._bench_minibench(handle, method, request), []
+            elif handle.runtime == "executorch":
                 res, outs = self._bench_executorch(tool, handle, method, request, i)
             else:
                 res, outs = self._bench_ort(tool, handle, method, request), []
@@ -647,8 +672,10 @@ class AdbDevice:
             outputs[method.name] = [str(p) for p in outs]
             if on_event:
                 on_event("done" if res.ok else "failed", method.name, 0)
+        # The app picks its own threads and cores; only the native runner is pinned.
+        threads, cpus = (0, ()) if self.app else (self.profile.threads, self.cpus())
         return PhoneBenchResult(
-            tuple(results), self.profile.threads, self.cpus(), time.monotonic() - t0,
+            tuple(results), threads, cpus, time.monotonic() - t0,
             temps_before_c=temps_before, temps_after_c=self.temperatures(),
             cooldown_wait_s=round(waited, 3), cooled=cooled, outputs=outputs)
 
@@ -693,6 +720,36 @@ class AdbDevice:
         local_dir = self._outputs / f"{handle.sha256[:12]}-{method.name}"
         pulled, _refused = self.transport.pull_tree(work, local_dir)
         return MethodResult(method.name, tuple(samples.values)), pulled
+
+    def _bench_minibench(self, handle: Handle, method: MethodSpec,
+                         request: BenchRequest) -> MethodResult:
+        """One app run: it times `max_repeats` forward calls after `warmup` and reports their
+        trimmed mean (the app keeps no per-call samples), which is the one sample returned."""
+        if method.name != "forward":
+            return MethodResult(method.name, (), "ExecuTorch's benchmark app runs only the "
+                                "'forward' method; build the native runner (`merino-mobile "
+                                "runner build`) for multi-method micro-benchmarks")
+        results = runners.minibench_results_argv()
+        self.transport.run([*results[:2], "rm", "-f", results[-1]])
+        r = self.transport.run(runners.minibench_argv(
+            posixpath.dirname(handle.remote), request.max_repeats, request.warmup),
+            timeout=request.timeout_s)
+        if not r.ok:
+            why = "timed out" if r.timed_out else _last_line(r)
+            return MethodResult(method.name, (), f"benchmark app did not start: {why}")
+        deadline = time.monotonic() + request.timeout_s
+        while True:  # `am start -W` returns at launch; the activity writes its file when done
+            out = self.transport.run(results)
+            t = runners.parse_minibench(out.stdout) if out.ok else None
+            if t is not None and (t.ok or t.errors):
+                break
+            if time.monotonic() > deadline:
+                return MethodResult(method.name, (), f"benchmark app wrote no results within "
+                                    f"{request.timeout_s:g}s")
+            time.sleep(1.0)
+        if not t.ok:
+            return MethodResult(method.name, (), f"benchmark app: {t.errors[-1]}")
+        return MethodResult(method.name, tuple(t.samples()))
 
     def _bench_ort(self, tool: str, handle: Handle, method: MethodSpec,
                    request: BenchRequest) -> MethodResult:

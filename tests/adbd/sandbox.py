@@ -96,6 +96,51 @@ exec "$@"
 """
 
 
+# ExecuTorch's Android benchmark app (org.pytorch.minibench), as far as the shell sees it: `pm`
+# lists it when installed, `am start` runs its BenchmarkActivity to completion (the fake
+# executor_runner times the model) and writes files/benchmark_results.json in the app's Gson
+# format, `run-as` enters its data dir.
+PM = """#!/bin/sh
+[ -e '{flag}' ] && [ "$1 $2" = "list packages" ] && echo "package:org.pytorch.minibench"
+exit 0
+"""
+RUN_AS = """#!/bin/sh
+pkg="$1"; shift
+[ -d '{data}'/"$pkg" ] || {{ echo "run-as: unknown package: $pkg" >&2; exit 1; }}
+cd '{data}'/"$pkg" && exec "$@"
+"""
+AM = """#!{python}
+import glob, json, os, re, subprocess, sys
+args = sys.argv[1:]
+if not os.path.exists({flag!r}) or args[:1] != ["start"]:
+    print("Error: Activity not started, unable to resolve Intent", file=sys.stderr)
+    sys.exit(1)
+extras = {{args[i + 1]: args[i + 2] for i in range(len(args) - 2) if args[i] in ("--es", "--ei")}}
+model = sorted(glob.glob(os.path.join(extras["model_dir"], "*.pte")))[0]
+n, warm = int(extras.get("num_iter", 50)), int(extras.get("num_warm_up_iter", 10))
+run = subprocess.run([{runner!r}, "--model_path=" + model, "--num_executions=%d" % (n + warm)],
+                     capture_output=True, text=True)
+lat = [float(m) for m in re.findall(r"Iteration \\d+ of \\d+: ([0-9.]+) ms", run.stderr)][warm:]
+name = os.path.basename(model)[:-4]
+bm = {{"name": name, "backend": "", "quantization": ""}}
+res = [{{"benchmarkModel": bm, "metric": "load_status", "actualValue": float(run.returncode != 0),
+         "targetValue": 0.0}}]
+if lat:
+    lat.sort()
+    trim = lat[len(lat) // 10: len(lat) * 9 // 10] or lat
+    res += [{{"benchmarkModel": bm, "metric": "avg_inference_latency(ms)",
+              "actualValue": sum(lat) / len(lat), "targetValue": 0.0}},
+            {{"benchmarkModel": bm, "metric": "trimmean_inference_latency(ms)",
+              "actualValue": sum(trim) / len(trim), "targetValue": 0.0}}]
+files = os.path.join({data!r}, "org.pytorch.minibench", "files")
+os.makedirs(files, exist_ok=True)
+with open(os.path.join(files, "benchmark_results.json"), "w") as fh:
+    json.dump(res, fh)
+print("Starting: Intent {{ cmp=org.pytorch.minibench/.BenchmarkActivity (has extras) }}")
+print("Status: ok\\nLaunchState: COLD\\nActivity: org.pytorch.minibench/.BenchmarkActivity")
+print("Complete")
+"""
+
 SH = """#!{python}
 # `sh` stand-in: rewrites device paths in `sh -c SCRIPT` as the adbd does for top-level commands.
 import os, sys
@@ -129,6 +174,13 @@ class PhoneSandbox:
             "".join(f"{k}={v}\n" for k, v in self.props.items()))
         self._script("getprop", GETPROP.format(props=self.root / "system" / "build.prop"))
         self._script("taskset", TASKSET.format(log=self.taskset_log))
+        data, flag = self.root / "data" / "data", self.fixture_dir / "minibench-installed"
+        from .server import RUNNER
+
+        self._script("pm", PM.format(flag=flag))
+        self._script("run-as", RUN_AS.format(data=data))
+        self._script("am", AM.format(python=sys.executable, flag=str(flag), runner=str(RUNNER),
+                                     data=str(data)))
         self._script("sh", SH.format(python=sys.executable, here=str(Path(__file__).parent),
                                      root=str(self.root)))
         cpu = self.root / "sys/devices/system/cpu"
@@ -144,6 +196,12 @@ class PhoneSandbox:
             zone.mkdir(parents=True, exist_ok=True)
             (zone / "type").write_text(f"{kind}\n")
             (zone / "temp").write_text(f"{milli}\n")
+
+    def install_benchmark_app(self) -> None:
+        """Install ExecuTorch's benchmark app (org.pytorch.minibench) on this phone."""
+        (self.fixture_dir / "minibench-installed").touch()
+        (self.root / "data" / "data" / "org.pytorch.minibench" / "files").mkdir(
+            parents=True, exist_ok=True)
 
     @property
     def taskset_log(self) -> Path:
