@@ -52,8 +52,8 @@ ADB_SERVER_PORT = 5037
 UNAUTHORIZED = ("the phone did not accept this computer's key: unlock it and accept the "
                 "'Allow USB debugging' prompt (tick 'Always allow from this computer'), then retry")
 RUNNER_MISSING = ("no ExecuTorch runner binary for {name}: build one with `merino-mobile runner "
-                  "build --ndk DIR --executorch-src DIR`, then set runner = \"PATH\" under [adb] "
-                  "in {path} (or pass --runner PATH)")
+                  "build --ndk DIR --executorch-src DIR` (README: Profiling a phone), or set "
+                  "runner = \"PATH\" under [adb] in {path}")
 
 
 class DeviceGone(UserError):
