@@ -402,7 +402,7 @@ class LoopbackAdbd:
 
     def __init__(self, root: Path, *, auth: str = "accept", authorized_keys: tuple = (),
                  drop_after_commands: int | None = None, corrupt_pushes: int = 0,
-                 lifetime_s: float = 170.0, sandbox: PhoneSandbox | None = None,
+                 lifetime_s: float = 600.0, sandbox: PhoneSandbox | None = None,
                  port: int = 0, hostile_names: tuple[str, ...] = (),
                  die_after_commands: int | None = None, die_counting: str = "",
                  warm_runner: WarmRunner | None = None) -> None:
