@@ -186,11 +186,45 @@ class Decoder(nn.Module):
         x = self.proj_out(self.norm(x[:, -1, :]))
         return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
 
+    def forward_train(self, tokens: Tensor) -> Tensor:
+        """Logits [B, T, vocab] at every position of `tokens` [B, T] (T <= cache_len), for training.
+
+        Same layers and weights as `forward`, but causal attention over the batch itself instead of
+        the KV cache, which it neither reads nor writes.
+        """
+        t = tokens.shape[1]
+        x = self.proj_in(self.embed(tokens))
+        rope = None
+        if self.card.positions == "learned":
+            off = self.card.pos_offset
+            x = x + self.pos_embed(torch.arange(off, off + t, dtype=torch.long))
+        else:
+            rope = (self.rope_cos[:t], self.rope_sin[:t])
+        for i, block in enumerate(self.blocks):
+            if i:
+                x = self.joins[i - 1](x)
+            for layer in block.schedule():
+                x = x + causal_attention(layer.attn, layer.ln1(x), rope)
+                x = x + layer.ffn(layer.ln2(x))
+        x = self.proj_out(self.norm(x))
+        return F.linear(x, self.embed.weight) if self.head is None else self.head(x)
+
     def reset_cache(self) -> None:
         """Forget every cached key and value (a new conversation)."""
         for cache in self.caches:
             cache.k.zero_()
             cache.v.zero_()
+
+
+def causal_attention(attn: Attention, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    """`attn` over x [B, T, width] with a causal mask and no cache (the training path)."""
+    b, t, e = x.shape
+    q, k, v = (z.view(b, t, attn.heads, attn.head_dim).transpose(1, 2)
+               for z in attn.qkv(x).split(e, dim=2))
+    if rope is not None:
+        q, k = rotate(q, *rope), rotate(k, *rope)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return attn.o(y.transpose(1, 2).reshape(b, t, e))
 
 
 def init_weights(model: Decoder, seed: int = 0) -> None:

@@ -1,0 +1,134 @@
+"""Training text that every machine already has, tokenized and split into train and validation.
+
+Built-in corpora (nothing is downloaded):
+
+- ``stdlib``: the Python standard library sources (``sysconfig.get_paths()["stdlib"]``, every
+  ``*.py`` outside site-packages): a code corpus, ~30 MB, PSF License.
+- ``prose``: English prose: the Python documentation topics that ship with every CPython
+  (``pydoc_data.topics``, PSF License, ~0.5 MB) plus the licence texts in
+  ``/usr/share/common-licenses`` when present (Debian's base-files; each text permits verbatim
+  copying). Small: a few hundred thousand tokens.
+
+Anything else is a path: a text file, or a folder whose ``*.txt``, ``*.md``, ``*.rst`` and
+``*.py`` files are read (sorted, recursively).
+
+The split is deterministic and by document: a document whose name hashes (CRC-32) to 0 mod 10
+is held out. With fewer than 10 documents every document's last 10% is held out instead, so a
+single file still has a validation split.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from merino_mobile.errors import UserError
+from merino_mobile.tokenizer import Tokenizer
+
+BUILTIN = {
+    "stdlib": "Python standard library sources (code), PSF License",
+    "prose": "Python documentation topics (pydoc_data, PSF License) + /usr/share/common-licenses",
+}
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
+HELD_OUT = 10  # one document in HELD_OUT goes to validation
+COMMON_LICENSES = Path("/usr/share/common-licenses")
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str
+    text: str
+
+
+@dataclass
+class TokenSplit:
+    """Token ids of the training and validation text (1-D int64 tensors)."""
+
+    source: str
+    train: Tensor
+    val: Tensor
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "train_tokens": int(self.train.numel()),
+                "val_tokens": int(self.val.numel())}
+
+
+def stdlib_documents() -> list[Document]:
+    """Every .py file of the standard library, site-packages excluded (not PSF licensed)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if "site-packages" in rel.parts or "dist-packages" in rel.parts:
+            continue
+        docs.append(Document(str(rel), path.read_text(encoding="utf-8", errors="replace")))
+    return docs
+
+
+def prose_documents() -> list[Document]:
+    """English prose: CPython's documentation topics, and Debian's licence texts if present."""
+    from pydoc_data.topics import topics
+
+    docs = [Document(f"pydoc/{k}", v) for k, v in sorted(topics.items())]
+    if COMMON_LICENSES.is_dir():
+        docs += [Document(f"common-licenses/{p.name}", p.read_text(errors="replace"))
+                 for p in sorted(COMMON_LICENSES.iterdir()) if p.is_file()]
+    return docs
+
+
+def path_documents(path: Path) -> list[Document]:
+    if not path.exists():
+        raise UserError(f"no corpus at {path}; give a text file, a folder of text files, or one "
+                        f"of the built-in corpora: {', '.join(BUILTIN)}")
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+        if not files:
+            raise UserError(f"corpus folder {path} has no {'/'.join(TEXT_SUFFIXES)} files")
+    return [Document(str(p.relative_to(path) if p != path else p.name),
+                     p.read_text(encoding="utf-8", errors="replace")) for p in files]
+
+
+def load_documents(source: str | Path) -> list[Document]:
+    """The documents of a built-in corpus name or of a path."""
+    if str(source) == "stdlib":
+        return stdlib_documents()
+    if str(source) == "prose":
+        return prose_documents()
+    return path_documents(Path(source))
+
+
+def encode(tokenizer: Tokenizer, texts: list[str]) -> Tensor:
+    if not texts:
+        return torch.zeros(0, dtype=torch.long)
+    if tokenizer.path is None:  # bytes: skip the per-token Python list
+        data = bytearray("".join(texts).encode("utf-8"))
+        return torch.frombuffer(data, dtype=torch.uint8).long() if data else torch.zeros(
+            0, dtype=torch.long)
+    return torch.tensor([i for t in texts for i in tokenizer.encode(t)], dtype=torch.long)
+
+
+def load_split(source: str | Path, tokenizer: Tokenizer) -> TokenSplit:
+    """Tokenize a corpus and split it deterministically into train and validation tokens."""
+    docs = [d for d in load_documents(source) if d.text]
+    if not docs:
+        raise UserError(f"corpus {source} is empty; give a file or folder with text in it")
+    if len(docs) >= HELD_OUT:
+        held = [zlib.crc32(d.name.encode()) % HELD_OUT == 0 for d in docs]
+        if not any(held):  # every name hashed elsewhere: hold out the last document
+            held[-1] = True
+        train = [d.text for d, h in zip(docs, held, strict=True) if not h]
+        val = [d.text for d, h in zip(docs, held, strict=True) if h]
+    else:
+        cuts = [len(d.text) - max(1, len(d.text) // HELD_OUT) for d in docs]
+        train = [d.text[:c] for d, c in zip(docs, cuts, strict=True)]
+        val = [d.text[c:] for d, c in zip(docs, cuts, strict=True)]
+    # documents are joined by a blank line so a model sees where one ends
+    return TokenSplit(str(source), encode(tokenizer, ["\n\n".join(train)]),
+                      encode(tokenizer, ["\n\n".join(val)]))
