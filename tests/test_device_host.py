@@ -84,7 +84,7 @@ def test_worker_crash_is_a_failed_point_and_the_rest_still_run(tmp_path, pte):
     """A runtime dying by a signal (here SIGSEGV sent to the worker) fails only its method."""
     events = []
 
-    def on_event(kind, method, pid):
+    def on_event(kind, method, pid, result=None):
         events.append((kind, method))
         if kind == "start" and method == "small":
             os.kill(pid, signal.SIGSEGV)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -215,11 +216,18 @@ def should_stop(samples: Sequence[float], elapsed_s: float, request: BenchReques
 
 @dataclass(frozen=True)
 class MethodResult:
-    """Timings (ms per call) of one method, or why there are none."""
+    """Timings (ms per call) of one method, or why there are none.
+
+    Optional, when the backend can tell: `load_ms`, the time to make the method callable in a
+    fresh runtime process (program load for the first method of a process, plus method load), and
+    `peak_rss_bytes`, the runtime process's resident-set high-water mark after timing it.
+    """
 
     name: str
     samples_ms: tuple[float, ...] = ()
     error: str | None = None
+    load_ms: float | None = None
+    peak_rss_bytes: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -239,11 +247,13 @@ class MethodResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "samples_ms": list(self.samples_ms), "error": self.error,
-                "median_ms": self.median if self.ok else None}
+                "median_ms": self.median if self.ok else None, "load_ms": self.load_ms,
+                "peak_rss_bytes": self.peak_rss_bytes}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> MethodResult:
-        return cls(d["name"], tuple(d.get("samples_ms") or ()), d.get("error"))
+        return cls(d["name"], tuple(d.get("samples_ms") or ()), d.get("error"),
+                   d.get("load_ms"), d.get("peak_rss_bytes"))
 
 
 @dataclass(frozen=True)
@@ -332,14 +342,29 @@ def file_sha256(path: Path) -> str:
 
 @dataclass
 class Samples:
-    """Accumulates timings under the stopping rule; used by the host worker and phone runners."""
+    """Accumulates timings under the stopping rule; used by the host worker and phone runners.
+
+    The time cap counts wall time since the first sample (timing overhead included); the spread
+    is re-checked at growing intervals so a method of microseconds does not spend its budget
+    sorting its own samples.
+    """
 
     request: BenchRequest
     values: list[float] = field(default_factory=list)
-    elapsed_s: float = 0.0
+    started: float | None = None
+
+    @property
+    def elapsed_s(self) -> float:
+        return 0.0 if self.started is None else time.perf_counter() - self.started
 
     def add(self, ms: float) -> bool:
         """Record one timed call; True when timing should stop."""
+        if self.started is None:
+            self.started = time.perf_counter() - ms / 1000
         self.values.append(ms)
-        self.elapsed_s += ms / 1000
-        return should_stop(self.values, self.elapsed_s, self.request)
+        n, r = len(self.values), self.request
+        if n >= r.max_repeats or self.elapsed_s >= r.max_seconds:
+            return True
+        if n < r.min_repeats or (n > 32 and n % max(1, n // 8)):
+            return False
+        return should_stop(self.values, self.elapsed_s, r)

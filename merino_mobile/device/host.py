@@ -206,34 +206,42 @@ class HostDevice:
             threads = self.profile.threads
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             timed_out = False
-            while True:
-                try:
-                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    timed_out = True
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    break
-                if line is None:
-                    break
-                try:
-                    ev = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a runtime printing to stdout; not ours
-                kind = ev.get("event")
-                if kind == "ready":
-                    threads = int(ev.get("threads", threads))
-                    deadline = time.monotonic() + request.timeout_s
-                elif kind == "start":
-                    running = ev["method"]
-                    deadline = time.monotonic() + request.timeout_s
-                    if on_event:
-                        on_event(kind, running, proc.pid)
-                elif kind in ("done", "failed"):
-                    out.append(MethodResult(ev["method"], tuple(ev.get("samples_ms") or ()),
-                                            ev.get("error")))
-                    running = None
-                    if on_event:
-                        on_event(kind, ev["method"], proc.pid, out[-1])
+            try:
+                while True:
+                    try:
+                        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        timed_out = True
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        break
+                    if line is None:
+                        break
+                    try:
+                        ev = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a runtime printing to stdout; not ours
+                    kind = ev.get("event")
+                    if kind == "ready":
+                        threads = int(ev.get("threads", threads))
+                        deadline = time.monotonic() + request.timeout_s
+                    elif kind == "start":
+                        running = ev["method"]
+                        deadline = time.monotonic() + request.timeout_s
+                        if on_event:
+                            on_event(kind, running, proc.pid)
+                    elif kind in ("done", "failed"):
+                        out.append(MethodResult(ev["method"], tuple(ev.get("samples_ms") or ()),
+                                                ev.get("error"), ev.get("load_ms"),
+                                                ev.get("peak_rss_bytes")))
+                        running = None
+                        if on_event:
+                            on_event(kind, ev["method"], proc.pid, out[-1])
+            except BaseException:
+                # a hook that raises (say, a full disk while storing a point) must not leave
+                # the runtime running without a parent
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
             rc = proc.wait()
             errf.seek(0)
             tail = errf.read().decode(errors="replace").strip().splitlines()[-3:]

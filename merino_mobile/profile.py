@@ -1,0 +1,515 @@
+"""Profiling: micro-benchmarks of the decoder's building blocks, measured on a device.
+
+    grid (from the search space) -> micro-models -> batched programs (content-hash cached)
+        -> device.benchmark -> store (one committed row per point) -> lut (JSON, interpolated)
+
+Each LUT term of `merino_mobile.latency` is a micro-model built from the very modules the decoder
+uses (`merino_mobile.model.DecoderLayer`, `KVCache`), exported by the real exporter for the runtime
+and quantization (`lower_to_pte`, `to_onnx`), and timed by the device's runtime:
+
+- layer: one DecoderLayer with its KV cache; decode is one token attending a cache of `context`
+  slots, prefill is `context` tokens at once (the cache is as long as the prompt);
+- projection: a bias-free Linear between widths; embedding: token plus learned-position lookup;
+- head: the final LayerNorm and the vocabulary projection of the last position;
+- fixed: positions and attention mask, what the whole model computes once per call;
+- null: a call that does (almost) nothing, subtracted as per-call overhead (see `lut.py`).
+
+Many micro-models go into one multi-method program; a program is exported once per content (grid
+points, quantization, exporter and runtime versions) into `.merino-mobile/cache/` and reused by
+later runs and by other devices with the same runtime.
+
+Measurement discipline: the device applies warm-up and the repeat-until-stable rule; threads and
+pinning come from the device profile and are stored with each point; a sentinel point is
+re-measured every `sentinel.every` points and, when it drifts more than `sentinel.threshold` from
+the run's reference, the points measured since the last good sentinel are measured again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from merino_mobile.device.base import (
+    RUNTIMES,
+    BenchRequest,
+    Device,
+    InputSpec,
+    MethodSpec,
+)
+from merino_mobile.errors import UserError
+from merino_mobile.store import Point, ProfileLock, Store
+from merino_mobile.workspace import Workspace
+
+SCHEMA_VERSION = 1
+# Bump when a micro-model changes: it is part of every cached program's content hash.
+BENCH_VERSION = 1
+GRIDS = ("quick", "full")
+QUICK_CONTEXTS = (128, 512)
+FULL_CONTEXTS = (64, 128, 256, 512, 1024, 2048)
+QUICK_PROMPTS = (128,)
+FULL_PROMPTS = (32, 128, 512)
+EMBED_VOCAB = 4096  # the lookup's cost does not depend on rows it never reads (see lut.py)
+NULL_WIDTH = 64
+MAX_METHODS = 24
+MAX_PROGRAM_BYTES = 160e6
+
+
+# -- the grid ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Grid:
+    """The shapes to measure, from a search space."""
+
+    name: str
+    widths: tuple[int, ...]
+    ffn_ratios: tuple[float, ...]
+    head_dim: int
+    vocab: int
+    max_context: int
+    contexts: tuple[int, ...]
+    prompts: tuple[int, ...]
+    projection_widths: tuple[int, ...]
+
+    def points(self) -> list[Point]:
+        """Every point, in a fixed order (batches, and so cached programs, depend on it)."""
+        pts: list[Point] = [Point("null", "decode", context=1)]
+        pts += [Point("null", "prefill", context=p) for p in self.prompts]
+        pts += [Point("fixed", "decode", context=c) for c in self.contexts]
+        pts += [Point("fixed", "prefill", context=p) for p in self.prompts]
+        pts += [Point("head", "decode", width=w, vocab=self.vocab) for w in self.widths]
+        for phase, lengths in (("decode", (1,)), ("prefill", self.prompts)):
+            for t in lengths:
+                pts += [Point("embedding", phase, width=w, vocab=EMBED_VOCAB, context=t)
+                        for w in self.widths]
+                pts += [Point("projection", phase, width=a, width_out=b, context=t)
+                        for a in self.projection_widths for b in self.projection_widths if a != b]
+        for phase, lengths in (("decode", self.contexts), ("prefill", self.prompts)):
+            for c in lengths:
+                pts += [Point("layer", phase, width=w, ffn_ratio=r, heads=w // self.head_dim,
+                              context=c) for w in self.widths for r in self.ffn_ratios]
+        return pts
+
+    def sentinel(self) -> Point:
+        """The largest decode layer: re-measured to detect drift, long enough to time well."""
+        w, r = self.widths[-1], self.ffn_ratios[-1]
+        return Point("layer", "decode", width=w, ffn_ratio=r, heads=w // self.head_dim,
+                     context=self.contexts[-1])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _spread(values: Sequence, n: int) -> tuple:
+    """n values spread evenly over a sorted sequence, always including both ends."""
+    if len(values) <= n:
+        return tuple(values)
+    idx = sorted({round(i * (len(values) - 1) / (n - 1)) for i in range(n)})
+    return tuple(values[i] for i in idx)
+
+
+def make_grid(space: Path, grid: str = "quick", contexts: Sequence[int] = (),
+              prompts: Sequence[int] | None = None) -> Grid:
+    """The grid of a search-space TOML (keys widths, ffn_ratios, head_dim, vocab, context).
+
+    quick: every other width (both ends kept), 3 FFN ratios, 2 decode contexts, 1 prompt length,
+    projections among 4 widths; full: everything, 6 contexts, 3 prompt lengths.
+    """
+    from merino_mobile.device.profiles import tomllib
+
+    if grid not in GRIDS:
+        raise UserError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
+    try:
+        data = tomllib.loads(Path(space).read_text())
+    except FileNotFoundError:
+        raise UserError(f"no search space at {space}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{space}: not valid TOML ({e})") from None
+    try:
+        widths = sorted({int(w) for w in data["widths"]})
+        ratios = sorted({float(r) for r in data["ffn_ratios"]})
+        head_dim = int(data.get("head_dim", 64))
+        vocab = int(data.get("vocab", 50272))
+        max_context = int(data.get("context", 2048))
+    except KeyError as e:
+        raise UserError(f"{space}: missing key {e.args[0]!r} (a profile grid needs widths and "
+                        f"ffn_ratios)") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{space}: {e}") from None
+    if not widths or not ratios or any(w % head_dim for w in widths):
+        raise UserError(f"{space}: widths must be non-empty multiples of head_dim {head_dim}, "
+                        f"ffn_ratios non-empty")
+    quick = grid == "quick"
+    if quick:
+        widths_q = list(widths[::2])
+        if widths_q[-1] != widths[-1]:
+            widths_q.append(widths[-1])
+        widths = widths_q
+        ratios = list(_spread(ratios, 3))
+    default_c = QUICK_CONTEXTS if quick else FULL_CONTEXTS
+    ctx = sorted({min(int(c), max_context) for c in (contexts or default_c)})
+    default_p = QUICK_PROMPTS if quick else FULL_PROMPTS
+    prm = sorted({min(int(p), max_context) for p in (default_p if prompts is None else prompts)
+                  if int(p) > 0})
+    if any(c < 1 for c in ctx):
+        raise UserError(f"contexts must be positive, got {list(contexts)}")
+    return Grid(grid, tuple(widths), tuple(ratios), head_dim, vocab, max_context, tuple(ctx),
+                tuple(prm), _spread(widths, 4) if quick else tuple(widths))
+
+
+# -- micro-models --------------------------------------------------------------------------------
+
+def micro_model(p: Point, grid: Grid) -> tuple[Any, tuple, tuple[InputSpec, ...]]:
+    """(module, example args, input specs) of one point's micro-benchmark."""
+    import torch
+    from torch import nn
+
+    from merino_mobile.model import DecoderLayer, KVCache
+
+    t = 1 if p.phase == "decode" else p.context
+    if p.term == "layer":
+        cache_len = p.context
+
+        class LayerBench(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layer = DecoderLayer(p.width, round(p.width * p.ffn_ratio), p.heads)
+                self.cache = KVCache(p.heads, cache_len, p.width // p.heads)
+
+            def forward(self, x, pos, mask):
+                return self.layer(x, self.cache, pos, mask)
+
+        # decode writes slot context-1 and sees all slots; prefill writes slots 0..T-1
+        pos_fill: str | int = cache_len - 1 if p.phase == "decode" else "arange"
+        specs = (InputSpec((1, t, p.width)), InputSpec((t,), "int64", pos_fill),
+                 InputSpec((t, cache_len), "bool", 1))
+        return LayerBench(), _example(specs), specs
+    if p.term == "projection":
+        specs = (InputSpec((1, t, p.width)),)
+        return nn.Linear(p.width, p.width_out, bias=False), _example(specs), specs
+    if p.term == "embedding":
+        rows = grid.max_context
+
+        class EmbedBench(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.embed = nn.Embedding(p.vocab, p.width)
+                self.pos_embed = nn.Embedding(rows, p.width)
+
+            def forward(self, tokens, pos):
+                return self.embed(tokens) + self.pos_embed(pos)
+
+        specs = (InputSpec((1, t), "int64", 7), InputSpec((t,), "int64", "arange"))
+        return EmbedBench(), _example(specs), specs
+    if p.term == "head":
+        class HeadBench(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.norm = nn.LayerNorm(p.width)
+                self.head = nn.Linear(p.width, p.vocab, bias=False)
+
+            def forward(self, x):
+                return self.head(self.norm(x[:, -1, :]))
+
+        specs = (InputSpec((1, 1, p.width)),)
+        return HeadBench(), _example(specs), specs
+    if p.term == "fixed":
+        cache_len = p.context if p.phase == "decode" else p.context
+
+        class FixedBench(nn.Module):
+            def forward(self, tokens, start):
+                pos = start + torch.arange(tokens.shape[1], dtype=torch.long)
+                mask = torch.arange(cache_len, dtype=torch.long)[None, :] <= pos[:, None]
+                return pos, mask
+
+        specs = (InputSpec((1, t), "int64", 7), InputSpec((1,), "int64", 0))
+        return FixedBench(), _example(specs), specs
+    if p.term == "null":
+        class NullBench(nn.Module):
+            def forward(self, x):
+                return x + 1.0
+
+        specs = (InputSpec((1, t, NULL_WIDTH)),)
+        return NullBench(), _example(specs), specs
+    raise ValueError(f"unknown term {p.term!r}")
+
+
+def _example(specs: Sequence[InputSpec]) -> tuple:
+    from merino_mobile.device.worker import make_inputs
+
+    return tuple(make_inputs(tuple(specs), torch_tensors=True))
+
+
+def _point_bytes(p: Point, grid: Grid) -> float:
+    if p.term == "head":
+        return 4.0 * p.width * p.vocab
+    if p.term == "layer":
+        return 4.0 * (4 * p.width**2 + 2 * p.width * p.width * p.ffn_ratio)
+    if p.term == "embedding":
+        return 4.0 * p.width * (p.vocab + grid.max_context)
+    return 4.0 * p.width * max(p.width_out, 1)
+
+
+def batches(points: Sequence[Point], grid: Grid) -> list[tuple[Point, ...]]:
+    """Consecutive points grouped into programs of at most MAX_METHODS methods and
+    MAX_PROGRAM_BYTES of fp32 weights (a program is exported and loaded as a whole)."""
+    out: list[tuple[Point, ...]] = []
+    cur: list[Point] = []
+    size = 0.0
+    for p in points:
+        b = _point_bytes(p, grid)
+        if cur and (len(cur) >= MAX_METHODS or size + b > MAX_PROGRAM_BYTES):
+            out.append(tuple(cur))
+            cur, size = [], 0.0
+        cur.append(p)
+        size += b
+    if cur:
+        out.append(tuple(cur))
+    return out
+
+
+def method_name(i: int) -> str:
+    return f"m{i}"
+
+
+def _versions(runtime: str) -> dict[str, str]:
+    pkgs = ("torch", "executorch") if runtime == "executorch" else ("torch", "onnx", "onnxscript")
+    out = {}
+    for pkg in pkgs:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "none"
+    return out
+
+
+def program_hash(batch: Sequence[Point], grid: Grid, runtime: str, quant: str) -> str:
+    blob = json.dumps({"bench": BENCH_VERSION, "runtime": runtime, "quant": quant,
+                       "versions": _versions(runtime), "max_context": grid.max_context,
+                       "points": [p.key for p in batch]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def export_batch(batch: Sequence[Point], grid: Grid, runtime: str, quant: str,
+                 cache_dir: Path) -> tuple[Path, tuple[MethodSpec, ...]]:
+    """The program of a batch (from the cache when its content was exported before)."""
+    h = program_hash(batch, grid, runtime, quant)
+    built = [micro_model(p, grid) for p in batch]
+    specs = tuple(MethodSpec(method_name(i), s) for i, (_, _, s) in enumerate(built))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if runtime == "executorch":
+        path = cache_dir / f"{h}.pte"
+        if not path.is_file():
+            from merino_mobile.export.executorch import lower_to_pte
+
+            tmp = cache_dir / f"{h}.partial.pte"
+            methods = {method_name(i): (m, args, None) for i, (m, args, _) in enumerate(built)}
+            # write under a temporary name: a killed export never leaves a cached half-program
+            lower_to_pte(methods, quant, tmp)
+            tmp.replace(path)
+        return path, specs
+    folder = cache_dir / f"{h}.onnx.d"
+    if not folder.is_dir():
+        from merino_mobile.export.onnx import to_onnx
+
+        tmp = cache_dir / f"{h}.partial.onnx.d"
+        tmp.mkdir(exist_ok=True)
+        for i, (m, args, _) in enumerate(built):
+            to_onnx(m, args, quant, tmp / f"{method_name(i)}.onnx")
+        tmp.replace(folder)
+    return folder, specs
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+@dataclass
+class ProfileReport:
+    """What one `profile` run did and where its table is."""
+
+    device: str
+    runtime: str
+    quant: str
+    grid: dict[str, Any]
+    fingerprint: dict[str, Any]
+    points: int
+    skipped: int
+    measured: int
+    failed: list[str] = field(default_factory=list)
+    sentinel: list[dict[str, Any]] = field(default_factory=list)
+    remeasured: int = 0
+    lut: str | None = None
+    wall_s: float = 0.0
+    export_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+
+
+Progress = Callable[[str, int, int], None]  # (message, done, total)
+
+
+def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: str = "fp32",
+                grid: Grid | None = None, *, progress: Progress | None = None,
+                on_event: Callable[[str, str, int], None] | None = None,
+                max_redo: int = 2) -> ProfileReport:
+    """Measure every missing point of `grid` on `device`, store each at once, write the LUT."""
+    from merino_mobile import device as devices
+    from merino_mobile.device.profiles import load_profile
+    from merino_mobile.lut import Lut, lut_path
+
+    if runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if quant not in ("fp32", "int8", "int4"):
+        raise UserError(f"unknown quantization {quant!r}; choose one of fp32, int8, int4")
+    prof = load_profile(ws, device)
+    grid = grid or make_grid(ws.find("search", "default", ".toml"), "quick")
+    t0 = time.perf_counter()
+    with ProfileLock(ws.state, prof.name):
+        dev: Device = devices.open_device(prof)
+        try:
+            if runtime not in dev.runtimes():
+                raise UserError(f"device {prof.name!r} cannot run {runtime} (it has "
+                                f"{', '.join(dev.runtimes()) or 'no runtime'}); see "
+                                f"{prof.path}")
+            fp = dev.fingerprint(runtime, quant)
+            store = Store.open(ws.state)
+            try:
+                store.save_fingerprint(fp)
+                report = _measure(ws, dev, store, fp, runtime, quant, grid, progress, on_event,
+                                  max_redo)
+                lut = Lut.from_rows(store.rows(fp.key, runtime, quant), fp, runtime, quant)
+            finally:
+                store.close()
+            report.lut = str(lut.save(lut_path(ws.devices, prof.name, runtime, quant)))
+        finally:
+            dev.cleanup()
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, quant: str,
+             grid: Grid, progress: Progress | None, on_event: Any, max_redo: int) -> ProfileReport:
+    prof = dev.profile
+    cache = ws.state / "cache"
+    wanted = grid.points()
+    done = store.measured(fp.key, runtime, quant)
+    report = ProfileReport(prof.name, runtime, quant, grid.to_json(), fp.to_json(),
+                           points=len(wanted), skipped=sum(p.key in done for p in wanted),
+                           measured=0)
+    all_batches = batches(wanted, grid)
+    queue = deque(b for b in all_batches if any(p.key not in done for p in b))
+    total = len(wanted) - report.skipped
+    count = 0
+    failed: dict[str, str] = {}
+    dev_cpus = tuple(prof.cpus)
+
+    def bench(batch: Sequence[Point], only: Sequence[Point],
+              store_points: bool = True) -> list[tuple[Point, Any]]:
+        """Export (or reuse) a batch's program and time `only` of its points; each finished
+        point is committed the moment the device reports it."""
+        nonlocal count
+        te = time.perf_counter()
+        if progress:
+            progress(f"exporting {len(batch)} micro-models", count, total)
+        artifact, specs = export_batch(batch, grid, runtime, quant, cache)
+        report.export_s += time.perf_counter() - te
+        h = program_hash(batch, grid, runtime, quant)
+        keys = {p.key for p in only}
+        chosen = tuple(s for p, s in zip(batch, specs, strict=True) if p.key in keys)
+        by_name = {method_name(i): p for i, p in enumerate(batch)}
+        stored: set[str] = set()
+        m = prof.measure
+        req = BenchRequest(runtime, chosen, m.warmup, m.min_repeats, m.max_repeats,
+                           m.target_spread, m.max_seconds, m.timeout_s)
+
+        def keep(p: Point, r: Any) -> None:
+            nonlocal count
+            store.record(fp.key, runtime, quant, p, r, prof.threads, dev_cpus, h)
+            stored.add(r.name)
+            count += 1
+            if r.ok:
+                done.add(p.key)
+                report.measured += 1
+                failed.pop(p.key, None)
+            else:
+                failed[p.key] = f"{p.label()}: {r.error}"
+            if progress:
+                progress(p.label(), count, total)
+
+        def hook(kind: str, method: str, pid: int, result: Any = None) -> None:
+            if on_event:
+                on_event(kind, method, pid)
+            if store_points and result is not None and kind in ("done", "failed"):
+                keep(by_name[result.name], result)
+
+        if progress:
+            progress(f"measuring {len(chosen)} micro-models", count, total)
+        res = dev.benchmark(dev.prepare(artifact), req, on_event=hook)
+        if store_points:  # a backend that does not report results as they finish
+            for r in res.results:
+                if r.name not in stored:
+                    keep(by_name[r.name], r)
+        return [(by_name[r.name], r) for r in res.results]
+
+    # the sentinel's reference: the first good one this device ever measured for this table
+    history = store.sentinels(fp.key, runtime, quant)
+    reference = next((m for m, _, good in history if good), None)
+    last_good_seq = max((s for _, s, good in history if good), default=0)
+    since = 0
+    redo = 0
+    sentinel = grid.sentinel()
+
+    def check_sentinel() -> bool:
+        """Measure the sentinel; False when it drifted."""
+        nonlocal reference, last_good_seq
+        (_, r), = bench((sentinel,), (sentinel,), store_points=False)
+        if not r.ok:
+            return True  # a sentinel that cannot run says nothing about drift
+        drift = 0.0 if reference is None else r.median / reference - 1
+        good = abs(drift) <= prof.sentinel.threshold
+        store.record_sentinel(fp.key, runtime, quant, r.median, good)
+        report.sentinel.append({"median_ms": r.median, "drift": drift, "good": good})
+        if reference is None:
+            reference = r.median
+        if good:
+            last_good_seq = max(s for _, s, _ in store.sentinels(fp.key, runtime, quant))
+        return good
+
+    if queue:
+        check_sentinel()
+    while queue:
+        batch = queue.popleft()
+        todo = [p for p in batch if p.key not in done]
+        if not todo:
+            continue
+        if prof.cooldown.pause_s:
+            time.sleep(prof.cooldown.pause_s)
+        bench(batch, todo)
+        since += len(todo)
+        if since >= prof.sentinel.every or not queue:
+            since = 0
+            if not check_sentinel() and redo < max_redo:
+                redo += 1
+                again = store.forget_since(fp.key, runtime, quant, last_good_seq)
+                keys = {p.key for p in again}
+                done -= keys
+                report.measured -= len(keys & {p.key for p in wanted})
+                report.remeasured += len(keys)
+                total += len(keys)
+                queue.extend(b for b in all_batches if any(p.key in keys for p in b))
+                # the next sentinel decides whether the machine has settled
+    report.failed = sorted(failed.values())
+    return report
+
+
+def describe_grid(grid: Grid) -> str:
+    """One line: how many points and which shapes."""
+    return (f"{grid.name} grid: {len(grid.points())} points; widths {list(grid.widths)}, ffn "
+            f"ratios {[f'{r:g}' for r in grid.ffn_ratios]}, decode contexts "
+            f"{list(grid.contexts)}, prompts {list(grid.prompts)}")

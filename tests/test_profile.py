@@ -1,0 +1,170 @@
+"""Real profiling of a tiny grid on this host, with the real exporter and ExecuTorch runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from merino_mobile.errors import UserError
+from merino_mobile.lut import load_lut, read_lut
+from merino_mobile.profile import batches, make_grid, run_profile
+from merino_mobile.store import ProfileLock, Store
+from merino_mobile.workspace import Workspace
+
+SPACE = """widths = [64, 128]
+ffn_ratios = [2.0]
+head_dim = 32
+vocab = 256
+context = 64
+"""
+# threads 1 and few repeats: seconds, not minutes; an unreachable spread makes each point take
+# max_seconds, so a test can kill the run while it is measuring
+HOST = """name = "host"
+transport = "local"
+threads = 1
+[sentinel]
+every = 100
+threshold = 10.0
+[measure]
+warmup = 1
+min_repeats = 3
+max_repeats = {repeats}
+target_spread = {spread}
+max_seconds = {seconds}
+timeout_s = 60.0
+"""
+
+
+def workspace(root: Path, spread: float = 1.5, seconds: float = 0.2,
+              repeats: int = 20) -> Workspace:
+    (root / "search").mkdir(parents=True, exist_ok=True)
+    (root / "devices").mkdir(exist_ok=True)
+    (root / "search" / "tiny.toml").write_text(SPACE)
+    (root / "devices" / "host.toml").write_text(HOST.format(spread=spread, seconds=seconds,
+                                                                  repeats=repeats))
+    return Workspace.resolve(root)
+
+
+def tiny_grid(ws: Workspace):
+    return make_grid(ws.search / "tiny.toml", "full", contexts=[16], prompts=[])
+
+
+def stored(ws: Workspace) -> list[str]:
+    db = sqlite3.connect(ws.state / "profile.db")
+    return [r[0] for r in db.execute("SELECT point FROM points WHERE error IS NULL")]
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    ws = workspace(tmp_path_factory.mktemp("ws"))
+    report = run_profile(ws, "host", grid=tiny_grid(ws))
+    return ws, report
+
+
+def test_grid_from_the_space(tmp_path):
+    ws = workspace(tmp_path)
+    g = tiny_grid(ws)
+    terms = sorted(p.term for p in g.points())
+    assert terms == ["embedding"] * 2 + ["fixed", "head", "head", "layer", "layer", "null",
+                                         "projection", "projection"]
+    assert len(batches(g.points(), g)) == 1  # all ten in one multi-method program
+    default = make_grid(Path(__file__).parents[1] / "search" / "default.toml", "quick")
+    assert default.widths[0] == 128 and default.widths[-1] == 1024 and len(default.ffn_ratios) == 3
+    assert default.contexts == (128, 512)
+    with pytest.raises(UserError, match="unknown grid"):
+        make_grid(ws.search / "tiny.toml", "medium")
+
+
+@pytest.mark.slow
+def test_tiny_profile_measures_everything_and_writes_the_lut(profiled):
+    ws, report = profiled
+    assert report.points == 10 and report.measured == 10 and report.failed == []
+    lut = read_lut(Path(report.lut))
+    assert Path(report.lut) == ws.devices / "host" / "lut-executorch-fp32.json"
+    assert lut.fingerprint.threads == 1 and lut.fingerprint.runtime_version == "1.5.1"
+    # the table answers the solver's questions, including shapes off the grid
+    assert lut.layer(128, 2.0, 4, 16) > 0 and lut.layer(96, 2.0, 3, 16) > 0
+    assert lut.head(128, 256) > 0 and lut.fixed("decode") > 0
+    assert load_lut(ws, "host", "executorch", "fp32").layer(64, 2.0, 2, 16) == \
+        lut.layer(64, 2.0, 2, 16)
+    # every stored point was timed with the device's thread count
+    rows = Store.open(ws.state).rows(lut.fingerprint.key, "executorch", "fp32")
+    assert {r.threads for r in rows} == {1} and all(3 <= r.samples <= 20 for r in rows)
+
+
+@pytest.mark.slow
+def test_rerun_measures_nothing_twice(profiled):
+    ws, first = profiled
+    again = run_profile(ws, "host", grid=tiny_grid(ws))
+    assert again.skipped == 10 and again.measured == 0 and again.export_s == 0
+
+
+@pytest.mark.slow
+def test_worker_crash_fails_one_point_and_a_rerun_fills_it(profiled, tmp_path):
+    src, _ = profiled
+    # each point times for max_seconds, so the signal lands while the chosen method runs
+    ws = workspace(tmp_path, spread=1.0, seconds=0.5, repeats=10**6)
+    shutil.copytree(src.state / "cache", ws.state / "cache")  # programs are content-addressed
+
+    def crash(kind, method, pid):
+        if kind == "start" and method == "m6":  # the first projection
+            os.kill(pid, signal.SIGSEGV)
+
+    report = run_profile(ws, "host", grid=tiny_grid(ws), on_event=crash)
+    assert report.export_s < 5  # the cached program was reused, not exported again
+    assert report.measured == 9 and len(report.failed) == 1
+    assert "projection" in report.failed[0] and "SIGSEGV" in report.failed[0]
+    assert read_lut(Path(report.lut)).failed == report.failed
+    fixed = run_profile(ws, "host", grid=tiny_grid(ws))
+    assert fixed.measured == 1 and fixed.failed == [] and fixed.skipped == 9
+
+
+@pytest.mark.slow
+def test_kill_9_mid_profile_then_resume_gives_the_same_points(profiled, tmp_path):
+    src, _ = profiled
+    # each point times for 0.4 s: the run is killed while it is measuring
+    ws = workspace(tmp_path, spread=1.0, seconds=0.4, repeats=10**6)
+    shutil.copytree(src.state / "cache", ws.state / "cache")
+    cmd = [sys.executable, "-c", "from merino_mobile.cli import main; main()", "profile",
+           "--device", "host", "--space", "tiny", "--grid", "full", "--context", "16",
+           "--prompt", "0", "--workspace", str(ws.root), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (ws.state / "profile.db").exists() and len(stored(ws)) >= 3:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = stored(ws)
+    assert 3 <= len(partial) < 10, "the run was not killed mid-profile"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["skipped"] >= len(partial) and report["failed"] == []
+    points = stored(ws)
+    assert len(points) == len(set(points)) == 10
+    assert set(points) == set(stored(src))
+
+
+def test_a_second_profile_of_the_device_is_refused(tmp_path):
+    ws = workspace(tmp_path)
+    with ProfileLock(ws.state, "host"), pytest.raises(UserError, match="already being profiled"):
+        run_profile(ws, "host", grid=tiny_grid(ws))
+
+
+def test_unknown_device_and_runtime(tmp_path):
+    ws = workspace(tmp_path)
+    with pytest.raises(UserError, match="known: .*host"):
+        run_profile(ws, "pixel99", grid=tiny_grid(ws))
+    with pytest.raises(UserError, match="unknown runtime"):
+        run_profile(ws, "host", "tflite", grid=tiny_grid(ws))
