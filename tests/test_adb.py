@@ -347,8 +347,8 @@ def warm():
 
 @pytest.fixture(scope="module")
 def tiny_pte(tmp_path_factory) -> tuple[Path, Tiny]:
-    """A two-method .pte lowered to XNNPACK with ExecuTorch's own API (a hostile file name:
-    every shell argument must be quoted)."""
+    """A two-method .pte lowered to XNNPACK with ExecuTorch's own API, one method with a dynamic
+    input length (and a hostile file name: every shell argument must be quoted)."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -365,7 +365,9 @@ def tiny_pte(tmp_path_factory) -> tuple[Path, Tiny]:
 
     programs = {
         "forward": torch.export.export(model, (torch.randn(2, 8),)),
-        "embed": torch.export.export(Embed(model), (torch.zeros(1, 5, dtype=torch.long),)),
+        # dynamic length: the phone runs it below its bound with --input_shapes
+        "embed": torch.export.export(Embed(model), (torch.zeros(1, 5, dtype=torch.long),),
+                                     dynamic_shapes={"tokens": {1: torch.export.Dim("T", max=8)}}),
     }
     pte = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()]).to_executorch()
     path = tmp_path_factory.mktemp("pte") / "tiny; touch pwned $(touch pwned2).pte"
@@ -413,6 +415,7 @@ def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte, warm):
         assert [r.name for r in result.results] == ["forward", "embed"]
         for r in result.results:
             assert r.ok and len(r.samples_ms) >= 3 and all(s > 0 for s in r.samples_ms), r
+        assert any("--input_shapes=1x5" in c for c in d.commands)  # embed below its bound
         assert events == [("start", "forward"), ("done", "forward"),
                           ("start", "embed"), ("done", "embed")]
         # Pinned to the big cores with the profile's thread count; temperatures recorded.
@@ -717,3 +720,17 @@ def test_benchmark_app_instead_of_the_native_runner(tmp_path, tiny_pte, warm):
         assert (res.threads, res.cpus) == (0, ())  # the app is not pinned by us
         assert any("am start -W -S -n org.pytorch.minibench/" in c for c in d.commands)
         dev.cleanup()
+
+
+def test_dynamic_inputs_are_padded_to_the_bound():
+    from merino_mobile.device.adb import fit_inputs
+    from merino_mobile.device.base import InputSpec, MethodSpec
+
+    m = MethodSpec("forward", (InputSpec((1, 3), "int64", 7), InputSpec((1,), "int64", 2)))
+    files, shapes = fit_inputs(m, [(7).to_bytes(8, "little") * 3, (2).to_bytes(8, "little")],
+                               [(1, 8), (1,)])
+    assert shapes == ["1x3", ""]
+    assert files[0] == (7).to_bytes(8, "little") * 3 + bytes(8 * 5) and len(files[1]) == 8
+    too_long = MethodSpec("forward", (InputSpec((1, 9), "int64", 7),))
+    with pytest.raises(UserError, match=r"shape \[1, 9\], outside the exported bound \[1, 8\]"):
+        fit_inputs(too_long, [bytes(72)], [(1, 8)])

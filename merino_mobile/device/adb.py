@@ -496,6 +496,54 @@ class PhoneBenchResult(BenchResult):
             "outputs": self.outputs}
 
 
+def pte_input_bounds(artifact: Path) -> dict[str, list[tuple[int, ...] | None]]:
+    """Upper-bound shape of each input of each method of a .pte (None: not a tensor), read with
+    ExecuTorch's runtime here. executor_runner sizes its inputs from these bounds; a smaller
+    shape needs --input_shapes and an input file padded to the bound."""
+    try:
+        import torch  # noqa: F401  (the runtime extension needs libtorch loaded)
+        from executorch.extension.pybindings import _C
+
+        program = _C._load_program(str(artifact))
+    except Exception:
+        return {}  # not loadable here: the runner on the phone will say why
+    bounds: dict[str, list[tuple[int, ...] | None]] = {}
+    for i in range(program.num_methods()):
+        name = program.get_method_name(i)
+        meta = program.method_meta(name)
+        shapes: list[tuple[int, ...] | None] = []
+        for j in range(meta.num_inputs()):
+            try:
+                shapes.append(tuple(meta.input_tensor_meta(j).sizes()))
+            except Exception:
+                shapes.append(None)
+        bounds[name] = shapes
+    return bounds
+
+
+def fit_inputs(method: MethodSpec, data: list[bytes],
+               bounds: list[tuple[int, ...] | None] | None) -> tuple[list[bytes], list[str]]:
+    """Input files sized to the method's bounds, and the --input_shapes entries ('' = bound).
+
+    A smaller (dynamic) shape keeps its values first and is zero-padded to the bound, as
+    executor_runner reads a bound-sized buffer and then resizes the tensor over its start."""
+    files, shapes = [], []
+    for j, (spec, raw) in enumerate(zip(method.inputs, data, strict=True)):
+        bound = bounds[j] if bounds and j < len(bounds) else None
+        if bound is None or tuple(spec.shape) == bound:
+            files.append(raw)
+            shapes.append("")
+            continue
+        if len(bound) != len(spec.shape) or any(s > b for s, b in zip(spec.shape, bound,
+                                                                       strict=True)):
+            raise UserError(f"input {j} of {method.name} has shape {list(spec.shape)}, outside "
+                            f"the exported bound {list(bound)}")
+        itemsize = len(raw) // max(1, math.prod(spec.shape))
+        files.append(raw + bytes(itemsize * math.prod(bound) - len(raw)))
+        shapes.append("x".join(map(str, spec.shape)))
+    return files, shapes
+
+
 def input_files(method: MethodSpec) -> list[bytes]:
     """Raw little-endian bytes of each input, as executor_runner's --inputs reads them: the very
     arrays the host worker feeds (worker.make_inputs), so phone and host run the same data."""
@@ -526,6 +574,7 @@ class AdbDevice:
         self.session = posixpath.join(self.remote_dir, f"run-{secrets.token_hex(4)}")
         self._facts: PhoneFacts | None = None
         self._pushed: dict[str, str] = {}  # sha256 -> remote path
+        self._bounds: dict[str, dict[str, list[tuple[int, ...] | None]]] = {}  # by .pte sha256
         self._made: list[str] = []
         self._outputs = Path(tempfile.mkdtemp(prefix=f"merino-{self.name}-"))
 
@@ -646,7 +695,10 @@ class AdbDevice:
         if tool is not None:
             self._push_once(tool)
         remote = self._push_once(artifact)
-        return Handle(artifact, remote, runtime, file_sha256(artifact), artifact.stat().st_size)
+        sha = file_sha256(artifact)
+        if runtime == "executorch" and not self.app:
+            self._bounds[sha] = pte_input_bounds(artifact)
+        return Handle(artifact, remote, runtime, sha, artifact.stat().st_size)
 
     # running
     def benchmark(self, handle: Handle, request: BenchRequest,
@@ -687,8 +739,13 @@ class AdbDevice:
                           request: BenchRequest, index: int) -> tuple[MethodResult, list[Path]]:
         work = posixpath.join(self.session, f"{handle.sha256[:12]}-{index}")
         inputs = []
+        try:
+            files, shapes = fit_inputs(method, input_files(method),
+                                       self._bounds.get(handle.sha256, {}).get(method.name))
+        except UserError as e:
+            return MethodResult(method.name, (), str(e)), []
         with tempfile.TemporaryDirectory() as tmp:
-            for j, data in enumerate(input_files(method)):
+            for j, data in enumerate(files):
                 local = Path(tmp) / f"input-{j}.bin"
                 local.write_bytes(data)
                 inputs.append(self._push_once(local))
@@ -700,7 +757,8 @@ class AdbDevice:
         for _ in range(8):  # bounded: the stopping rule normally ends it in one or two runs
             argv = self._pinned(runners.executor_runner_argv(
                 tool, handle.remote, method=method.name, num_executions=n,
-                threads=self.profile.threads, inputs=inputs, output_file=out_base))
+                threads=self.profile.threads, inputs=inputs,
+                input_shapes=shapes if any(shapes) else None, output_file=out_base))
             r = self.transport.run(argv, timeout=request.timeout_s)
             if r.timed_out:
                 return MethodResult(method.name, tuple(samples.values),

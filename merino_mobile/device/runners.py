@@ -66,8 +66,9 @@ class RunnerTimings:
 
 def executor_runner_argv(runner: str, model: str, *, method: str | None = None,
                          num_executions: int = 1, threads: int | None = None,
-                         inputs: list[str] | None = None, output_file: str | None = None,
-                         etdump_path: str | None = None, print_output: str = "none") -> list[str]:
+                         inputs: list[str] | None = None, input_shapes: list[str] | None = None,
+                         output_file: str | None = None, etdump_path: str | None = None,
+                         print_output: str = "none") -> list[str]:
     """argv for ExecuTorch's executor_runner. Flags are `--name=value` so every argv item is
     one word whatever the path holds; the transport quotes each item for the device shell."""
     argv = [runner, f"--model_path={model}", f"--num_executions={num_executions}",
@@ -78,6 +79,8 @@ def executor_runner_argv(runner: str, model: str, *, method: str | None = None,
         argv.append(f"--cpu_threads={threads}")
     if inputs:
         argv.append("--inputs=" + ",".join(inputs))
+    if input_shapes:  # one entry per input ("1x128" or "" to keep the bound); dynamic shapes
+        argv.append("--input_shapes=" + ",".join(input_shapes))
     if output_file:
         argv.append(f"--output_file={output_file}")
     if etdump_path:  # only runners built with the event tracer know this flag

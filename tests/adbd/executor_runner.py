@@ -120,18 +120,30 @@ def main() -> int:
     files = [f for f in flags["inputs"].split(",") if f] if flags["inputs"] else []
     if files:
         log("I", 409, "Loading inputs from input file(s).")
+    specs = flags["input_shapes"].split(",") if flags["input_shapes"] else []
+    if specs and len(specs) != meta.num_inputs():
+        fail(291, f"--input_shapes has {len(specs)} entries but the method has "
+             f"{meta.num_inputs()} inputs; pass one entry per input and leave an entry empty to "
+             "skip it")
     inputs = []
     for i in range(meta.num_inputs()):
         info = meta.input_tensor_meta(i)
         dtype = {6: torch.float32, 4: torch.int64, 3: torch.int32, 1: torch.int8,
                  11: torch.bool, 5: torch.float16}.get(info.dtype(), torch.float32)
+        bound = tuple(info.sizes())
+        shape = tuple(int(d) for d in specs[i].split("x")) if specs and specs[i] else bound
         if i < len(files):
             with open(files[i], "rb") as fh:
                 raw = bytearray(fh.read())
-            t = torch.frombuffer(raw, dtype=dtype)[:int(torch.Size(info.sizes()).numel())]
-            inputs.append(t.reshape(info.sizes()).clone())
+            if len(raw) != info.nbytes():
+                fail(150, f"input size ({len(raw)}) and tensor size ({info.nbytes()}) mismatch!")
+            # the buffer is bound-sized; a resized tensor reads its start
+            t = torch.frombuffer(raw, dtype=dtype)[:int(torch.Size(shape).numel())]
+            inputs.append(t.reshape(shape).clone())
         else:
-            inputs.append(torch.ones(info.sizes(), dtype=dtype))  # "all input tensor data to ones"
+            inputs.append(torch.ones(shape, dtype=dtype))  # "all input tensor data to ones"
+    if specs:
+        log("I", 345, f"Inputs resized to {flags['input_shapes']}")
 
     n = int(flags["num_executions"])
     total = 0.0
