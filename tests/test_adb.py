@@ -415,6 +415,7 @@ def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte, warm):
         assert [r.name for r in result.results] == ["forward", "embed"]
         for r in result.results:
             assert r.ok and len(r.samples_ms) >= 3 and all(s > 0 for s in r.samples_ms), r
+            assert r.load_ms is not None and r.load_ms > 0  # "Model loaded in x ms."
         assert any("--input_shapes=1x5" in c for c in d.commands)  # embed below its bound
         assert events == [("start", "forward"), ("done", "forward"),
                           ("start", "embed"), ("done", "embed")]

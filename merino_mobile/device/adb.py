@@ -754,6 +754,7 @@ class AdbDevice:
         self.transport.check(["mkdir", "-p", work], "mkdir for outputs")
         self._made.append(work)
         n = request.warmup + request.min_repeats
+        load_ms = None
         for _ in range(8):  # bounded: the stopping rule normally ends it in one or two runs
             argv = self._pinned(runners.executor_runner_argv(
                 tool, handle.remote, method=method.name, num_executions=n,
@@ -769,6 +770,7 @@ class AdbDevice:
                 why = timings.errors[-1] if timings.errors else _last_line(r)
                 return MethodResult(method.name, tuple(samples.values),
                                     f"runner failed (exit {r.returncode}): {why}"), []
+            load_ms = timings.load_ms if load_ms is None else load_ms  # the first, cold load
             if any(samples.add(s) for s in new):
                 break
             left = request.max_repeats - len(samples.values)
@@ -777,7 +779,7 @@ class AdbDevice:
             n = request.warmup + max(1, min(left, by_time))
         local_dir = self._outputs / f"{handle.sha256[:12]}-{method.name}"
         pulled, _refused = self.transport.pull_tree(work, local_dir)
-        return MethodResult(method.name, tuple(samples.values)), pulled
+        return MethodResult(method.name, tuple(samples.values), load_ms=load_ms), pulled
 
     def _bench_minibench(self, handle: Handle, method: MethodSpec,
                          request: BenchRequest) -> MethodResult:
@@ -807,7 +809,7 @@ class AdbDevice:
             time.sleep(1.0)
         if not t.ok:
             return MethodResult(method.name, (), f"benchmark app: {t.errors[-1]}")
-        return MethodResult(method.name, tuple(t.samples()))
+        return MethodResult(method.name, tuple(t.samples()), load_ms=t.load_ms)
 
     def _bench_ort(self, tool: str, handle: Handle, method: MethodSpec,
                    request: BenchRequest) -> MethodResult:
