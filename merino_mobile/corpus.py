@@ -12,6 +12,9 @@ Built-in corpora (nothing is downloaded):
 Anything else is a path: a text file, or a folder whose ``*.txt``, ``*.md``, ``*.rst`` and
 ``*.py`` files are read (sorted, recursively).
 
+Tokens are bytes (vocab 256) or a tokenizer.json; `train_bpe` trains a byte-level BPE one of a
+card's vocabulary size on the training split, offline.
+
 The split is deterministic and by document: a document whose name hashes (CRC-32) to 0 mod 10
 is held out. With fewer than 10 documents every document's last 10% is held out instead, so a
 single file still has a validation split.
@@ -36,6 +39,7 @@ BUILTIN = {
 }
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
 HELD_OUT = 10  # one document in HELD_OUT goes to validation
+SEPARATOR = "\n\n"
 COMMON_LICENSES = Path("/usr/share/common-licenses")
 
 
@@ -105,17 +109,21 @@ def load_documents(source: str | Path) -> list[Document]:
 
 
 def encode(tokenizer: Tokenizer, texts: list[str]) -> Tensor:
-    if not texts:
-        return torch.zeros(0, dtype=torch.long)
+    """Token ids of the texts, joined by a blank line so a model sees where a document ends."""
     if tokenizer.path is None:  # bytes: skip the per-token Python list
-        data = bytearray("".join(texts).encode("utf-8"))
-        return torch.frombuffer(data, dtype=torch.uint8).long() if data else torch.zeros(
-            0, dtype=torch.long)
-    return torch.tensor([i for t in texts for i in tokenizer.encode(t)], dtype=torch.long)
+        data = bytearray(SEPARATOR.join(texts).encode("utf-8"))
+        if not data:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.frombuffer(data, dtype=torch.uint8).long()
+    sep = tokenizer.encode(SEPARATOR)
+    ids: list[int] = []
+    for i, text in enumerate(texts):
+        ids += (sep if i else []) + tokenizer.encode(text)
+    return torch.tensor(ids, dtype=torch.long)
 
 
-def load_split(source: str | Path, tokenizer: Tokenizer) -> TokenSplit:
-    """Tokenize a corpus and split it deterministically into train and validation tokens."""
+def split_documents(source: str | Path) -> tuple[list[str], list[str]]:
+    """Training and validation texts of a corpus (deterministic; see the module docstring)."""
     docs = [d for d in load_documents(source) if d.text]
     if not docs:
         raise UserError(f"corpus {source} is empty; give a file or folder with text in it")
@@ -123,12 +131,39 @@ def load_split(source: str | Path, tokenizer: Tokenizer) -> TokenSplit:
         held = [zlib.crc32(d.name.encode()) % HELD_OUT == 0 for d in docs]
         if not any(held):  # every name hashed elsewhere: hold out the last document
             held[-1] = True
-        train = [d.text for d, h in zip(docs, held, strict=True) if not h]
-        val = [d.text for d, h in zip(docs, held, strict=True) if h]
-    else:
-        cuts = [len(d.text) - max(1, len(d.text) // HELD_OUT) for d in docs]
-        train = [d.text[:c] for d, c in zip(docs, cuts, strict=True)]
-        val = [d.text[c:] for d, c in zip(docs, cuts, strict=True)]
-    # documents are joined by a blank line so a model sees where one ends
-    return TokenSplit(str(source), encode(tokenizer, ["\n\n".join(train)]),
-                      encode(tokenizer, ["\n\n".join(val)]))
+        return ([d.text for d, h in zip(docs, held, strict=True) if not h],
+                [d.text for d, h in zip(docs, held, strict=True) if h])
+    cuts = [len(d.text) - max(1, len(d.text) // HELD_OUT) for d in docs]
+    return ([d.text[:c] for d, c in zip(docs, cuts, strict=True)],
+            [d.text[c:] for d, c in zip(docs, cuts, strict=True)])
+
+
+def load_split(source: str | Path, tokenizer: Tokenizer) -> TokenSplit:
+    """Tokenize a corpus and split it deterministically into train and validation tokens."""
+    train, val = split_documents(source)
+    return TokenSplit(str(source), encode(tokenizer, train), encode(tokenizer, val))
+
+
+def train_bpe(source: str | Path, vocab: int, path: Path) -> Tokenizer:
+    """Train a byte-level BPE tokenizer of at most `vocab` ids on the corpus's training split
+    (offline, with the `tokenizers` library) and save it as a tokenizer.json at `path`.
+
+    A small corpus can run out of merges first: the tokenizer then has fewer ids than `vocab`.
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab <= len(alphabet):
+        raise UserError(f"a BPE tokenizer needs more than the {len(alphabet)} byte ids, the card "
+                        f"has vocab {vocab}; use --tokenizer bytes for a vocab of 256")
+    train, _ = split_documents(source)
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, initial_alphabet=alphabet,
+                                  show_progress=False)
+    hf.train_from_iterator(train, trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hf.save(str(path))
+    return Tokenizer(path)

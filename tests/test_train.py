@@ -184,6 +184,22 @@ def test_cli_trains_resumes_and_refuses(repeated, tmp_path):
         assert message in p.stderr and "Traceback" not in p.stderr
 
 
+def test_cli_trains_a_bpe_tokenizer_of_the_card_vocab(tmp_path):
+    card_path = save_card(tiny(name="bpe-tiny", vocab=320), tmp_path / "bpe-tiny.json")
+    run = tmp_path / "run"
+    args = ["train", str(card_path), "--corpus", "prose", "--tokenizer", "bpe", "--seq", "32",
+            "--batch", "4", "--out", str(run), "--json", "--workspace", str(tmp_path)]
+    r = CliRunner().invoke(app, args + ["--tokens", str(4 * 128)])
+    assert r.exit_code == 0, r.output
+    tok = Tokenizer(run / "tokenizer.json")
+    assert tok.vocab == 320
+    assert tok.decode(tok.encode("the quick brown fox")) == "the quick brown fox"
+    assert json.loads(r.stdout)["corpus"]["train_tokens"] < 700_000  # fewer ids than bytes
+    r = CliRunner().invoke(app, args + ["--tokens", str(6 * 128)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["start_step"] == 4  # resumed with the same tokenizer
+
+
 @pytest.mark.slow
 def test_reduced_entropy_experiment_runs_as_a_smoke_test(tmp_path):
     out = tmp_path / "result.json"
