@@ -407,6 +407,105 @@ def train_cmd(
     console.print(table)
 
 
+@app.command("devices")
+def devices_cmd(
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List device profiles (devices/*.toml) and whether each is reachable now."""
+    from merino_mobile.device import probe
+    from merino_mobile.device.profiles import all_profiles
+
+    ws = Workspace.resolve(workspace)
+    rows = []
+    for prof in all_profiles(ws):
+        if isinstance(prof, UserError):
+            rows.append({"name": None, "error": str(prof), "reachable": False})
+            continue
+        p = probe(prof)
+        rows.append(prof.to_json() | {"reachable": p.reachable, "detail": p.detail})
+    if as_json:
+        emit_json({"devices": rows})
+        return
+    table = Table(title=f"devices ({ws.devices} and shipped)")
+    for col in ("device", "transport", "threads", "pinned", "reachable"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("detail")
+    mark = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[yellow]unknown[/yellow]"}
+    for r in rows:
+        if r["name"] is None:
+            table.add_row("[red]?[/red]", "", "", "", mark[False], r["error"])
+            continue
+        table.add_row(r["name"], r["transport"], str(r["threads"]),
+                      ",".join(map(str, r["cpus"])) or "-", mark[r["reachable"]], r["detail"])
+    console.print(table)
+
+
+@app.command("profile")
+def profile_cmd(
+    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
+    runtime: str = typer.Option("executorch", "--runtime", help="executorch or onnxruntime."),
+    quant: str = typer.Option("fp32", "--quant", help="fp32, int8 or int4."),
+    grid: str = typer.Option("quick", "--grid", help="quick (a subset) or full (every shape)."),
+    space: str = typer.Option("default", "--space", help="Search space the grid comes from "
+                              "(a file, or a name under search/)."),
+    context: list[int] = typer.Option([], "--context", help="Decode context to measure "
+                                      "(repeatable; default quick 128 512)."),
+    prompt: list[int] = typer.Option([], "--prompt", help="Prefill length to measure "
+                                     "(repeatable; default quick 128; 0 = no prefill)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure the latency table of a device: micro-benchmarks, stored as they finish."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from merino_mobile.profile import describe_grid, make_grid, run_profile
+
+    ws = Workspace.resolve(workspace)
+    g = make_grid(ws.find("search", space, ".toml"), grid, context,
+                  None if not prompt else [p for p in prompt if p > 0])
+    if not as_json:
+        err.print(describe_grid(g), highlight=False)
+    bar = Progress(TextColumn("{task.description}", style="cyan"), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                   TimeRemainingColumn(), console=err, transient=as_json)
+    task = None
+
+    def progress(message: str, done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task(message[:48], total=max(total, 1))
+        bar.update(task, description=message[:48], completed=done, total=max(total, 1))
+
+    with bar:
+        report = run_profile(ws, device, runtime, quant, g, progress=progress)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    table = Table(title=f"profile {report.device} ({runtime}, {quant})", show_header=False)
+    table.add_row("fingerprint", f"{report.fingerprint['cpu']}, {report.fingerprint['cores']} "
+                  f"cores, {report.fingerprint['os']}, {runtime} "
+                  f"{report.fingerprint['runtime_version']}, {report.fingerprint['threads']} "
+                  "threads")
+    table.add_row("points", f"{report.points} ({report.skipped} already stored, "
+                  f"{report.measured} measured now, {report.remeasured} re-measured after drift)")
+    drifts = [s for s in report.sentinel if not s["good"]]
+    table.add_row("sentinel", f"{len(report.sentinel)} checks, {len(drifts)} drifted")
+    table.add_row("time", f"{report.wall_s:.0f} s (export {report.export_s:.0f} s)")
+    table.add_row("table", str(report.lut))
+    table.add_row("failed", f"[red]{len(report.failed)}[/red]" if report.failed else "0")
+    console.print(table)
+    for f in report.failed:
+        err.print(f"[red]failed:[/red] {f}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point: runs the app, turning UserError into one clear line."""
     try:
