@@ -505,6 +505,107 @@ def profile_cmd(
     for f in report.failed:
         err.print(f"[red]failed:[/red] {f}", highlight=False, soft_wrap=True)
 
+@app.command("bench")
+def bench_cmd(
+    artifact: Path = typer.Argument(..., help="An exported model: model.pte, model.onnx or "
+                                    "model.mlpackage (merino-mobile export / deploy)."),
+    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
+    prompt: int = typer.Option(128, "--prompt", help="Prompt tokens of the prefill (pp)."),
+    generate: int = typer.Option(128, "--generate", help="Generated tokens of the decode (tg)."),
+    repeat: int = typer.Option(5, "--repeat", help="Timed runs (median and p10/p90 over them)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure an exported model on a device: load, time to first token, prefill and decode
+    tokens/s, peak memory, size (a llama-bench style table)."""
+    from merino_mobile.bench import bench_artifact, llama_bench_table
+
+    ws = Workspace.resolve(workspace)
+    r = bench_artifact(ws, artifact, device, prompt=prompt, generate=generate, repeat=repeat)
+    if as_json:
+        emit_json(r.to_json())
+        return
+    console.print(llama_bench_table([r], f"{artifact} on {device}"))
+    extra = Table(show_header=False, box=None)
+    extra.add_row("time to first token", f"{r.ttft_ms.median:.2f} ms [{r.ttft_ms.p10:.2f}, "
+                  f"{r.ttft_ms.p90:.2f}] for {r.prompt} tokens")
+    extra.add_row("decode", f"{r.decode_ms_per_token.median:.3f} ms/token")
+    extra.add_row("load", "-" if r.load_ms is None else f"{r.load_ms:.1f} ms")
+    extra.add_row("peak RSS", "-" if r.peak_rss_bytes is None else human_bytes(r.peak_rss_bytes))
+    extra.add_row("device", r.fingerprint.get("cpu", "") + f" ({r.fingerprint.get('os', '')})")
+    console.print(extra)
+
+
+@app.command("train")
+def train_cmd(
+    card: str = typer.Argument(..., help="Card file, or a name under models/."),
+    corpus: str = typer.Option(..., "--corpus", help="A text file, a folder of text files, or a "
+                               "built-in corpus: stdlib (Python sources) or prose (English)."),
+    tokens: int = typer.Option(1_000_000, "--tokens", help="Training tokens (steps = tokens / "
+                               "(batch x seq))."),
+    seq: int = typer.Option(256, "--seq", help="Tokens per training window."),
+    batch: int = typer.Option(8, "--batch", help="Windows per step."),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (warmup, then cosine)."),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between "
+                                         "checkpoints (an interrupted run loses at most these)."),
+    seed: int = typer.Option(0, "--seed", help="Initial weights and batch order."),
+    tokenizer: str = typer.Option("bytes", "--tokenizer", help="bytes (vocab 256) or a local "
+                                  "tokenizer.json whose size equals the card's vocab."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder: checkpoints, resumed when "
+                                    "present (default: build/<card>/train in the workspace)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train a card's decoder on CPU; report validation loss and perplexity; resumable."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from merino_mobile.corpus import load_split
+    from merino_mobile.tokenizer import Tokenizer
+    from merino_mobile.train import TrainConfig, train
+
+    ws = Workspace.resolve(workspace)
+    c, _ = resolve_card(ws, card)
+    tok = Tokenizer(None if tokenizer == "bytes" else tokenizer)
+    if tok.vocab != c.vocab:
+        raise UserError(f"card {c.name!r} has a vocabulary of {c.vocab} but the "
+                        f"{'byte tokenizer' if tok.path is None else tok.path} has {tok.vocab} "
+                        "ids; give --tokenizer a tokenizer.json of exactly that size, or train a "
+                        "card with vocab 256 for bytes")
+    config = TrainConfig(tokens=tokens, seq=seq, batch=batch, lr=lr,
+                         checkpoint_every=checkpoint_every, seed=seed)
+    config.check()
+    data = load_split(corpus, tok)
+    run_dir = out or ws.root / "build" / c.name / "train"
+    bar = Progress(TextColumn("[cyan]train[/cyan]"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]:,.0f} tok/s  loss {task.fields[loss]:.3f}"),
+                   TimeRemainingColumn(), console=err, transient=as_json)
+    task = bar.add_task("train", total=config.steps, rate=0.0, loss=float("nan"))
+
+    def progress(step: int, steps: int, loss: float, rate: float) -> None:
+        bar.update(task, completed=step, loss=loss, rate=rate)
+
+    with bar:
+        result = train(c, data, config, run_dir, progress)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    table = Table(title=f"train {c.name} on {data.source}", show_header=False)
+    table.add_row("tokens", f"{data.train.numel():,} train / {data.val.numel():,} validation")
+    table.add_row("steps", f"{result.steps} ({result.start_step} from the checkpoint)")
+    if result.train_loss is not None:
+        table.add_row("train loss", f"{result.train_loss:.4f}")
+    table.add_row("validation loss", f"{result.val_loss:.4f} nats/token")
+    table.add_row("perplexity", f"{result.val_ppl:.2f}")
+    table.add_row("speed", f"{result.tokens_per_s:,.0f} tokens/s")
+    table.add_row("checkpoint", str(result.checkpoint))
+    console.print(table)
+
 
 def main() -> None:
     """Console-script entry point: runs the app, turning UserError into one clear line."""

@@ -1,0 +1,323 @@
+"""Benchmark an exported decoder on a device: load time, time to first token, prefill and decode
+tokens per second, peak memory, size.
+
+The exported decoder has one method, `forward(tokens int64 [1, T], start int64 [1])`, with a
+dynamic T (ONNX adds the KV cache as explicit inputs, which the device fills with zeros):
+
+- prefill (`pp P` in the llama-bench table): one call with T = P at start 0. Its time is the time
+  to first token (TTFT); P * 1000 / TTFT is the prefill rate.
+- decode (`tg G`): calls with T = 1 at the real positions P .. P+G-1. The cache is static and
+  attended whole under a mask, so every decode step is the same computation whatever its position;
+  a generation of G tokens is therefore timed at its first and last positions (P and P+G-1), and
+  the per-position medians are kept in the result, so the assumption is visible in every report.
+  Decode rate = 1000 / (ms per token).
+
+Everything goes through the `Device` protocol (`prepare`, `benchmark` with `MethodSpec`s), so the
+same code measures this host and a phone. Each phase is its own `benchmark` call (a fresh runtime
+process on the host, a fresh runner on a phone): a cold load every time, as an app would see it.
+Run r of N gives one TTFT and one decode time per token (the mean of run r over the positions);
+medians and p10/p90 are over the N runs, after the device's warm-up calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from merino_mobile.device.base import (
+    BenchRequest,
+    BenchResult,
+    Device,
+    InputSpec,
+    MethodResult,
+    MethodSpec,
+    percentile,
+)
+from merino_mobile.errors import UserError
+from merino_mobile.units import human_bytes, human_count
+from merino_mobile.workspace import Workspace
+
+SCHEMA_VERSION = 1
+DECODE_POSITIONS = 2
+DEFAULT_PROMPT = 128
+DEFAULT_GENERATE = 128
+DEFAULT_REPEAT = 5
+RUNTIME_OF_SUFFIX = {".pte": "executorch", ".onnx": "onnxruntime", ".mlpackage": "coreml"}
+FORMAT_OF_RUNTIME = {"executorch": "executorch", "onnxruntime": "onnx", "coreml": "coreml"}
+RUNTIME_OF_FORMAT = {v: k for k, v in FORMAT_OF_RUNTIME.items()}
+TOKEN = 1  # any valid id: the cost of a lookup does not depend on which row it reads
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Median and spread (p10, p90) of N runs."""
+
+    median: float
+    p10: float
+    p90: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        return cls(percentile(values, 50), percentile(values, 10), percentile(values, 90),
+                   len(values))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BenchReport:
+    """One artifact measured on one device (see the module docstring for what each number is)."""
+
+    artifact: str
+    device: str
+    runtime: str
+    fingerprint: dict[str, Any]
+    prompt: int
+    generate: int
+    repeat: int
+    threads: int
+    size_bytes: int
+    ttft_ms: Stat
+    prefill_tokens_per_s: Stat
+    decode_ms_per_token: Stat
+    decode_tokens_per_s: Stat
+    decode_positions: dict[int, float]  # position -> median ms (the static-cache check)
+    load_ms: float | None = None
+    peak_rss_bytes: int | None = None
+    card: str | None = None
+    params: int | None = None
+    quant: str | None = None
+    cache_len: int | None = None
+    cpus: list[int] = field(default_factory=list)
+    wall_s: float = 0.0
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("ttft_ms", "prefill_tokens_per_s", "decode_ms_per_token",
+                  "decode_tokens_per_s"):
+            d[k] = getattr(self, k).to_json()
+        d["decode_positions"] = {str(k): v for k, v in self.decode_positions.items()}
+        return {"schema_version": SCHEMA_VERSION, **d}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchReport:
+        d = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for k in ("ttft_ms", "prefill_tokens_per_s", "decode_ms_per_token",
+                  "decode_tokens_per_s"):
+            d[k] = Stat(**d[k])
+        d["decode_positions"] = {int(k): v for k, v in d["decode_positions"].items()}
+        return cls(**d)
+
+
+# -- the artifact --------------------------------------------------------------------------------
+
+def artifact_runtime(artifact: Path) -> str:
+    """The runtime an artifact is for, from its suffix."""
+    artifact = Path(artifact)
+    runtime = RUNTIME_OF_SUFFIX.get(artifact.suffix)
+    if runtime is None:
+        raise UserError(f"{artifact}: unknown artifact type; expected a .pte (ExecuTorch), .onnx "
+                        f"(ONNX Runtime) or .mlpackage (Core ML) from `merino-mobile export`")
+    if not artifact.exists():
+        raise UserError(f"{artifact}: no such file")
+    return runtime
+
+
+def artifact_meta(artifact: Path) -> dict[str, Any]:
+    """What `export` wrote next to an artifact (card.json, export.json), when it is there."""
+    from merino_mobile.card import Card
+
+    folder = Path(artifact).parent
+    meta: dict[str, Any] = {}
+    if (folder / "export.json").is_file():
+        meta["export"] = json.loads((folder / "export.json").read_text())
+    if (folder / "card.json").is_file():
+        meta["card"] = Card.from_json(json.loads((folder / "card.json").read_text()),
+                                      str(folder / "card.json"))
+    return meta
+
+
+def artifact_size(artifact: Path) -> int:
+    from merino_mobile.export import disk_size
+
+    return disk_size(Path(artifact))
+
+
+# -- the device ----------------------------------------------------------------------------------
+
+def open_for(ws: Workspace, device: str, runtime: str) -> Device:
+    """Open a device that can run `runtime`, or explain which runtimes it has."""
+    from merino_mobile.device import open_device
+    from merino_mobile.device.profiles import load_profile
+
+    prof = load_profile(ws, device)
+    if runtime == "coreml":
+        from merino_mobile.device.coreml import CoreMLDevice, available
+
+        ok, why = available()
+        if not ok:
+            raise UserError(f"cannot run a Core ML artifact on {device!r}: {why}")
+        return CoreMLDevice(prof)
+    dev = open_device(prof)
+    have = dev.runtimes()
+    if runtime not in have:
+        dev.cleanup()
+        raise UserError(f"device {device!r} cannot run {runtime} artifacts: it has "
+                        f"{', '.join(have) or 'no runtime'} (see {prof.path}); export for one of "
+                        f"those with --format {' or '.join(FORMAT_OF_RUNTIME[r] for r in have)}")
+    return dev
+
+
+def explain_failure(result: MethodResult, device: str, what: str) -> UserError:
+    """A failed measurement as a UserError; out-of-memory deaths are named as such."""
+    why = result.error or "no samples"
+    low = why.lower()
+    if "sigkill" in low or "memory" in low or "bad_alloc" in low or "oom" in low.split():
+        return UserError(f"{what} on {device!r} ran out of memory? ({why}); the runtime process "
+                         f"was killed or could not allocate: try a smaller card, int8/int4 "
+                         f"weights, or a shorter --prompt/--generate")
+    return UserError(f"{what} on {device!r} failed: {why}")
+
+
+def decode_positions(prompt: int, generate: int) -> list[int]:
+    """Up to DECODE_POSITIONS real decode positions spread over prompt .. prompt+generate-1."""
+    last = prompt + generate - 1
+    n = min(DECODE_POSITIONS, generate)
+    if n == 1:
+        return [prompt]
+    return sorted({prompt + round(i * (last - prompt) / (n - 1)) for i in range(n)})
+
+
+def bench_request(dev: Device, runtime: str, spec: MethodSpec, repeat: int) -> BenchRequest:
+    """Exactly `repeat` timed calls after the device's warm-up (no early stop, no time cap)."""
+    m = dev.profile.measure
+    return BenchRequest(runtime, (spec,), warmup=max(1, m.warmup), min_repeats=repeat,
+                        max_repeats=repeat, target_spread=m.target_spread, max_seconds=1e9,
+                        timeout_s=m.timeout_s)
+
+
+def bench_artifact(ws: Workspace, artifact: Path, device: str, *, prompt: int = DEFAULT_PROMPT,
+                   generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT,
+                   dev: Device | None = None) -> BenchReport:
+    """Measure an exported decoder on a device (opened here unless `dev` is given)."""
+    import time
+
+    artifact = Path(artifact)
+    runtime = artifact_runtime(artifact)
+    if prompt < 1 or generate < 1 or repeat < 1:
+        raise UserError(f"--prompt, --generate and --repeat must be at least 1 (got {prompt}, "
+                        f"{generate}, {repeat})")
+    meta = artifact_meta(artifact)
+    card = meta.get("card")
+    cache_len = (meta.get("export") or {}).get("cache_len") or (card.context if card else None)
+    if cache_len and prompt + generate > cache_len:
+        raise UserError(f"{artifact} has a KV cache of {cache_len} positions; --prompt {prompt} + "
+                        f"--generate {generate} does not fit: shorten them or export with "
+                        f"--cache-len {prompt + generate}")
+    own = dev is None
+    dev = dev or open_for(ws, device, runtime)
+    t0 = time.perf_counter()
+    try:
+        if runtime not in dev.runtimes():
+            raise UserError(f"device {device!r} cannot run {runtime} artifacts: it has "
+                            f"{', '.join(dev.runtimes()) or 'no runtime'}")
+        fp = dev.fingerprint(runtime, (meta.get("export") or {}).get("quant", "unknown"))
+        handle = dev.prepare(artifact)
+        prefill = MethodSpec("forward", (InputSpec((1, prompt), "int64", TOKEN),
+                                         InputSpec((1,), "int64", 0)))
+        pre = _one(dev, handle, bench_request(dev, runtime, prefill, repeat))
+        pr = pre.results[0]
+        if not pr.ok:
+            raise explain_failure(pr, device, f"prefill of {prompt} tokens with {artifact.name}")
+        decodes: dict[int, MethodResult] = {}
+        raw = {"prefill": pre.to_json()}
+        for pos in decode_positions(prompt, generate):
+            spec = MethodSpec("forward", (InputSpec((1, 1), "int64", TOKEN),
+                                          InputSpec((1,), "int64", pos)))
+            res = _one(dev, handle, bench_request(dev, runtime, spec, repeat))
+            raw[f"decode@{pos}"] = res.to_json()
+            r = res.results[0]
+            if not r.ok:
+                raise explain_failure(r, device, f"decode at position {pos} with "
+                                      f"{artifact.name}")
+            decodes[pos] = r
+    finally:
+        if own:
+            dev.cleanup()
+    ttft = list(pr.samples_ms)
+    n = min(len(r.samples_ms) for r in decodes.values())
+    per_token = [sum(r.samples_ms[i] for r in decodes.values()) / len(decodes) for i in range(n)]
+    rss = [r.peak_rss_bytes for r in (pr, *decodes.values()) if r.peak_rss_bytes]
+    export = meta.get("export") or {}
+    return BenchReport(
+        artifact=str(artifact), device=device, runtime=runtime, fingerprint=fp.to_json(),
+        prompt=prompt, generate=generate, repeat=repeat, threads=pre.threads,
+        size_bytes=artifact_size(artifact),
+        ttft_ms=Stat.of(ttft),
+        prefill_tokens_per_s=Stat.of([prompt * 1000 / t for t in ttft]),
+        decode_ms_per_token=Stat.of(per_token),
+        decode_tokens_per_s=Stat.of([1000 / t for t in per_token]),
+        decode_positions={p: r.median for p, r in decodes.items()},
+        load_ms=pr.load_ms, peak_rss_bytes=max(rss) if rss else None,
+        card=card.name if card else export.get("card"),
+        params=_params(card), quant=export.get("quant"), cache_len=cache_len,
+        cpus=list(pre.cpus), wall_s=round(time.perf_counter() - t0, 3), raw=raw)
+
+
+def _params(card: Any) -> int | None:
+    from merino_mobile import accounting
+
+    return accounting.params(card) if card is not None else None
+
+
+def _one(dev: Device, handle: Any, request: BenchRequest) -> BenchResult:
+    return dev.benchmark(handle, request)
+
+
+# -- the llama-bench table -----------------------------------------------------------------------
+
+def rate(s: Stat) -> str:
+    """A tokens/s statistic as 'median [p10, p90]'."""
+    if not math.isfinite(s.median):
+        return "-"
+    return f"{s.median:.2f} [{s.p10:.2f}, {s.p90:.2f}]"
+
+
+def llama_bench_rows(reports: list[BenchReport]) -> list[dict[str, str]]:
+    """Rows in the style of llama.cpp's llama-bench: one `pp P` and one `tg G` per artifact."""
+    rows = []
+    for r in reports:
+        base = {"model": f"{r.card or Path(r.artifact).name} {r.quant or ''}".strip(),
+                "size": human_bytes(r.size_bytes),
+                "params": human_count(r.params) if r.params else "?",
+                "runtime": r.runtime, "threads": str(r.threads)}
+        rows.append(base | {"test": f"pp{r.prompt}", "t/s": rate(r.prefill_tokens_per_s)})
+        rows.append(base | {"test": f"tg{r.generate}", "t/s": rate(r.decode_tokens_per_s)})
+    return rows
+
+
+def llama_bench_table(reports: list[BenchReport], title: str | None = None) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    cols = ("model", "size", "params", "runtime", "threads", "test", "t/s")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("model", "runtime") else "right")
+    for row in llama_bench_rows(reports):
+        table.add_row(*(row[c] for c in cols))
+    return table
+
+
+def llama_bench_markdown(reports: list[BenchReport]) -> str:
+    cols = ("model", "size", "params", "runtime", "threads", "test", "t/s")
+    lines = ["| " + " | ".join(cols) + " |",
+             "| " + " | ".join("---:" if c not in ("model", "runtime") else "---" for c in cols)
+             + " |"]
+    lines += ["| " + " | ".join(row[c] for c in cols) + " |" for row in llama_bench_rows(reports)]
+    return "\n".join(lines)

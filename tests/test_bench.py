@@ -1,0 +1,123 @@
+"""`merino-mobile bench`: real ExecuTorch and ONNX Runtime artifacts timed on this host."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from merino_mobile.bench import decode_positions, explain_failure, llama_bench_rows
+from merino_mobile.card import Block, Card
+from merino_mobile.cli import main
+from merino_mobile.device.base import MethodResult
+from merino_mobile.export import export
+
+TINY = Card(name="tiny-bench", vocab=256, context=32, head_dim=16, blocks=(Block(64, 2.0, 4, 2),))
+
+
+def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["merino-mobile", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    return {fmt: export(TINY, fmt, "int8", root / fmt, verify=False).artifact
+            for fmt in ("executorch", "onnx")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["executorch", "onnx"])
+def test_bench_json_has_every_number(monkeypatch, capsys, tmp_path, artifacts, fmt):
+    code, out, err = run(monkeypatch, capsys, "bench", str(artifacts[fmt]), "--device", "host",
+                         "--prompt", "8", "--generate", "12", "--repeat", "3", "--workspace",
+                         str(tmp_path), "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["schema_version"] == 1
+    assert r["runtime"] == {"executorch": "executorch", "onnx": "onnxruntime"}[fmt]
+    assert (r["prompt"], r["generate"], r["repeat"]) == (8, 12, 3)
+    assert r["card"] == "tiny-bench" and r["quant"] == "int8" and r["cache_len"] == 32
+    assert r["params"] > 0 and r["size_bytes"] == artifacts[fmt].stat().st_size
+    assert r["load_ms"] > 0 and r["peak_rss_bytes"] > 10e6  # a Python process holding a runtime
+    for key in ("ttft_ms", "prefill_tokens_per_s", "decode_ms_per_token", "decode_tokens_per_s"):
+        s = r[key]
+        assert s["n"] == 3 and 0 < s["p10"] <= s["median"] <= s["p90"], (key, s)
+    # rates are the inverse of the times of the same runs
+    assert r["prefill_tokens_per_s"]["median"] == pytest.approx(
+        8000 / r["ttft_ms"]["median"], rel=1e-6)
+    assert r["decode_tokens_per_s"]["median"] == pytest.approx(
+        1000 / r["decode_ms_per_token"]["median"], rel=1e-6)
+    # decode was timed at the real first and last positions of the generation
+    assert sorted(map(int, r["decode_positions"])) == [8, 19]
+    assert r["fingerprint"]["runtime"] == r["runtime"] and r["threads"] >= 1
+
+
+@pytest.mark.slow
+def test_bench_prints_a_llama_bench_table(monkeypatch, capsys, tmp_path, artifacts):
+    code, out, err = run(monkeypatch, capsys, "bench", str(artifacts["onnx"]), "--prompt", "4",
+                         "--generate", "4", "--repeat", "2", "--workspace", str(tmp_path))
+    assert code == 0, err
+    for word in ("model", "size", "params", "runtime", "threads", "test", "t/s", "pp4", "tg4",
+                 "tiny-bench", "time to first token", "peak RSS"):
+        assert word in out, word
+
+
+@pytest.mark.slow
+def test_bench_refuses_what_cannot_run(monkeypatch, capsys, tmp_path, artifacts):
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "ortonly.toml").write_text(
+        'name = "ortonly"\ntransport = "local"\nruntimes = ["onnxruntime"]\n')
+    code, _, err = run(monkeypatch, capsys, "bench", str(artifacts["executorch"]), "--device",
+                       "ortonly", "--prompt", "8", "--generate", "8", "--workspace",
+                       str(tmp_path))
+    assert code == 2 and "cannot run executorch" in err and "it has onnxruntime" in err
+
+    code, _, err = run(monkeypatch, capsys, "bench", str(artifacts["executorch"]), "--prompt",
+                       "30", "--generate", "8", "--workspace", str(tmp_path))
+    assert code == 2 and "KV cache of 32 positions" in err and "--cache-len 38" in err
+
+    junk = tmp_path / "model.bin"
+    junk.write_bytes(b"x")
+    code, _, err = run(monkeypatch, capsys, "bench", str(junk), "--workspace", str(tmp_path))
+    assert code == 2 and "unknown artifact type" in err
+
+    code, _, err = run(monkeypatch, capsys, "bench", str(tmp_path / "gone.pte"), "--workspace",
+                       str(tmp_path))
+    assert code == 2 and "no such file" in err
+
+
+def test_a_killed_runtime_is_reported_as_out_of_memory():
+    killed = MethodResult("forward", (), "runtime worker killed by SIGKILL while running forward")
+    assert "out of memory?" in str(explain_failure(killed, "pixel7", "prefill"))
+    alloc = MethodResult("forward", (), "RuntimeError: failed to allocate memory for the cache")
+    assert "out of memory?" in str(explain_failure(alloc, "host", "decode"))
+    other = MethodResult("forward", (), "ValueError: no method 'forward'")
+    assert "out of memory" not in str(explain_failure(other, "host", "decode"))
+
+
+def test_decode_positions_are_real_and_span_the_generation():
+    assert decode_positions(128, 128) == [128, 255]
+    assert decode_positions(8, 1) == [8]
+    assert decode_positions(1, 2) == [1, 2]
+
+
+def test_llama_bench_rows_without_a_card():
+    from merino_mobile.bench import BenchReport, Stat
+
+    s = Stat(10.0, 9.0, 11.0, 3)
+    r = BenchReport("x/model.pte", "host", "executorch", {}, 16, 32, 3, 2, 1000, s, s, s, s, {})
+    rows = llama_bench_rows([r])
+    assert [row["test"] for row in rows] == ["pp16", "tg32"] and rows[0]["params"] == "?"
+    assert rows[0]["model"] == "model.pte" and rows[1]["t/s"] == "10.00 [9.00, 11.00]"
+    assert BenchReport.from_json(json.loads(json.dumps(r.to_json()))) == r
