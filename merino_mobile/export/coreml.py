@@ -36,6 +36,10 @@ QUANTS = ("fp16", "int8", "int4")
 COMPRESSION = {"int8": ("constexpr_blockwise_shift_scale", "INT8"),
                "int4": ("constexpr_lut_to_dense", "UINT4")}
 WEIGHT_MIN = 2048  # coremltools' default weight_threshold: smaller tensors stay fp16
+# where a compression op keeps its compressed weight; int tensors are masks and positions
+WEIGHT_INPUT = {"constexpr_blockwise_shift_scale": "data", "constexpr_lut_to_dense": "indices",
+                "constexpr_affine_dequantize": "quantized_data"}
+INDEX_DTYPES = ("INT32", "INT64", "BOOL")
 
 
 def _coremltools():
@@ -170,8 +174,9 @@ def inspect_package(artifact: Path) -> dict:
     """What a .mlpackage declares, read from its spec without loading it (works on Linux).
 
     inputs/outputs/states: name -> [shape, dtype] (tokens' shape is its upper bound);
-    ops: op type counts of the main function; weights: dtype -> elements held in constant
-    tensors of at least WEIGHT_MIN elements (the weights, compressed or not).
+    ops: op type counts of the main function; weights: dtype -> elements of the weight matrices
+    (constant tensors of rank >= 2 and at least WEIGHT_MIN elements, compressed or not; vectors
+    such as biases may stay fp16 and are not counted).
     """
     ct = _coremltools()
     from coremltools.proto import FeatureTypes_pb2
@@ -195,16 +200,15 @@ def inspect_package(artifact: Path) -> dict:
     weights: Counter = Counter()
     for op in operations:
         if op.type == "const":
-            values = [op.attributes["val"]]
-        elif op.type.startswith("constexpr"):
-            values = [a.value for arg in op.inputs.values() for a in arg.arguments
-                      if a.HasField("value")]
+            value = op.attributes["val"]
+        elif op.type in WEIGHT_INPUT and op.inputs[WEIGHT_INPUT[op.type]].arguments[0].HasField(
+                "value"):
+            value = op.inputs[WEIGHT_INPUT[op.type]].arguments[0].value
         else:
             continue
-        for value in values:
-            shape, dtype = _tensor(value.type)
-            if math.prod(shape) >= WEIGHT_MIN:
-                weights[dtype] += math.prod(shape)
+        shape, dtype = _tensor(value.type)
+        if len(shape) >= 2 and math.prod(shape) >= WEIGHT_MIN and dtype not in INDEX_DTYPES:
+            weights[dtype] += math.prod(shape)
     return {
         "spec_version": spec.specificationVersion,
         "opset": function.opset,
