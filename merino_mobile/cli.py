@@ -606,6 +606,91 @@ def train_cmd(
     table.add_row("checkpoint", str(result.checkpoint))
     console.print(table)
 
+@app.command("deploy")
+def deploy_cmd(
+    card: str = typer.Argument(..., help="Card file, or a name under models/."),
+    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
+    fmt: str | None = typer.Option(None, "--format", help="executorch, onnx, coreml or auto "
+                                   "(default: the device's first runtime)."),
+    quant: str = typer.Option("int8", "--quant", help="fp32, int8, int4 or auto."),
+    prompt: int = typer.Option(128, "--prompt", help="Prompt tokens of the prefill."),
+    generate: int = typer.Option(128, "--generate", help="Generated tokens of the decode."),
+    repeat: int = typer.Option(5, "--repeat", help="Timed runs per phase."),
+    no_predict: bool = typer.Option(False, "--no-predict", help="Skip the latency table."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier report."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export a card, run it on a device, and write a report with measured vs predicted numbers
+    (build/<card>/<device>-<format>-<quant>/)."""
+    from merino_mobile.bench import BenchReport, llama_bench_table
+    from merino_mobile.deploy import deploy
+
+    ws = Workspace.resolve(workspace)
+    c, _ = resolve_card(ws, card)
+    r = deploy(ws, c, device, fmt, quant, prompt=prompt, generate=generate, repeat=repeat,
+               force=force, predict_latency=not no_predict, command=" ".join(sys.argv[1:]))
+    if as_json:
+        emit_json(r)
+        return
+    console.print(llama_bench_table([BenchReport.from_json(r["bench"])],
+                                    f"{c.name} on {device} ({r['format']}, {r['quant']})"))
+    pred = r.get("prediction") or {}
+    for phase in ("decode", "prefill"):
+        p = pred.get(phase)
+        if p:
+            flag = " [red]> 10%[/red]" if p["flagged"] else ""
+            console.print(f"{phase} @ {p['length']}: predicted {p['predicted_ms']:.3g} ms, "
+                          f"measured {p['measured_ms']:.3g} ms ({p['error_pct']:+.1f}%){flag}")
+    if not pred.get("decode"):
+        console.print(f"no prediction: {pred.get('reason')}", highlight=False)
+    for w in r["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    console.print(f"report: {Path(r['out_dir']) / 'report.md'}")
+
+
+@app.command("compare")
+def compare_cmd(
+    cards: list[str] = typer.Argument(..., help="Cards to compare (files or names)."),
+    device: str = typer.Option("host", "--device", help="Device profile name."),
+    fmt: str | None = typer.Option(None, "--format", help="executorch, onnx or coreml."),
+    quant: str = typer.Option("int8", "--quant", help="fp32, int8 or int4."),
+    baseline: str | None = typer.Option(None, "--baseline", help="Card the ratios are against "
+                                        "(default: the last one)."),
+    prompt: int = typer.Option(128, "--prompt", help="Prompt tokens of the prefill."),
+    generate: int = typer.Option(128, "--generate", help="Generated tokens of the decode."),
+    repeat: int = typer.Option(5, "--repeat", help="Timed runs per phase."),
+    no_predict: bool = typer.Option(False, "--no-predict", help="Skip the latency table."),
+    force: bool = typer.Option(False, "--force", help="Re-measure and replace earlier reports."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Bench several cards on one device, runtime and quantization: speedup and size ratios."""
+    from merino_mobile.deploy import compare
+
+    ws = Workspace.resolve(workspace)
+    loaded = [resolve_card(ws, c)[0] for c in cards]
+    base = resolve_card(ws, baseline)[0].name if baseline else None
+    r = compare(ws, loaded, device, fmt, quant, baseline=base, prompt=prompt, generate=generate,
+                repeat=repeat, force=force, predict_latency=not no_predict,
+                command=" ".join(sys.argv[1:]))
+    if as_json:
+        emit_json(r)
+        return
+    console.print(compare_table(r))
+    console.print(f"plot: {r['plot']}\nreport: {Path(r['out_dir']) / 'compare.md'}")
+
+
+def compare_table(r: dict) -> Table:
+    table = Table(title=f"{r['device']} ({r['format']}, {r['quant']}), baseline {r['baseline']}")
+    for col in ("card", "params", "size", "TTFT ms", "decode t/s", "speedup", "size ratio"):
+        table.add_column(col, justify="left" if col == "card" else "right")
+    for row in r["rows"]:
+        table.add_row(row["card"], human_count(row["params"]), human_bytes(row["size_bytes"]),
+                      f"{row['ttft_ms']:.2f}", f"{row['decode_tokens_per_s']:.2f}",
+                      f"{row['speedup']:.2f}x", f"{row['size_ratio']:.2f}x")
+    return table
+
 
 def main() -> None:
     """Console-script entry point: runs the app, turning UserError into one clear line."""

@@ -1,0 +1,362 @@
+"""Deploy, compare and demo: export a card, run it on a device, and put measured numbers next to
+the latency table's predictions.
+
+`deploy` writes `build/<card>/<device>-<format>-<quant>/` in the workspace: the artifact (with the
+exporter's card.json and export.json), report.json, report.md and the plots. It never replaces a
+previous report unless `force`.
+
+Choices (documented in the README):
+- The KV cache is exported with prompt + generate positions (the `--cache-len` of `export`), the
+  length a runtime would allocate for that request. The model attends its whole static cache, so
+  the predicted decode latency is the table's at context = prompt + generate, and the predicted
+  prefill is the table's at the prompt length.
+- Card vs latency table: a card whose vocabulary differs from the one the table's head was
+  measured at is an error (the head dominates small models). A decode context or prompt outside
+  the measured range is a warning: the prediction is extrapolated and flagged.
+- `--format auto --quant auto`: every runtime the device has x fp32/int8/int4 is exported,
+  verified against fp32 and benched; the fastest decode whose quality stays above QUALITY_FLOOR
+  (greedy-token agreement and minimum logit cosine of the export verification) is kept.
+- Memory roofline: weight bytes read per token (accounting.weight_bytes) over the device's
+  measured copy bandwidth (bandwidth.json under devices/<name>/, measured once).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from merino_mobile import accounting
+from merino_mobile.bench import (
+    DEFAULT_GENERATE,
+    DEFAULT_PROMPT,
+    DEFAULT_REPEAT,
+    FORMAT_OF_RUNTIME,
+    RUNTIME_OF_FORMAT,
+    BenchReport,
+    bench_artifact,
+    open_for,
+)
+from merino_mobile.card import Card
+from merino_mobile.errors import UserError
+from merino_mobile.report import (
+    compare_markdown,
+    deploy_markdown,
+    plot_prediction,
+    plot_rates,
+    write_json,
+)
+from merino_mobile.workspace import Workspace
+
+SCHEMA_VERSION = 1
+QUANTS = ("fp32", "int8", "int4")
+# auto keeps a quantized candidate only if it picks the fp32 model's greedy token at least this
+# often and keeps every verified step's logit vector this close (cosine). Models with random
+# weights have nearly tied logits, so the agreement floor is looser than a trained model would need.
+QUALITY_FLOOR = {"greedy_agreement": 0.75, "cosine_min": 0.95}
+FLAG_PCT = 10.0
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# -- prediction ----------------------------------------------------------------------------------
+
+def predict(ws: Workspace, card: Card, device: str, runtime: str, quant: str, bench: BenchReport,
+            fingerprint: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """Predicted vs measured decode and prefill, or None with the reason; plus warnings.
+
+    Raises UserError when the card and the table disagree on the vocabulary.
+    """
+    from merino_mobile.latency import predict_latency
+    from merino_mobile.lut import load_lut
+
+    try:
+        lut = load_lut(ws, device, runtime, quant)
+    except UserError as e:
+        return {"reason": str(e)}, []
+    warnings: list[str] = []
+    mism = lut.fingerprint.mismatch(fingerprint)
+    if mism:
+        why = (f"{lut.source} was measured on another setup ({'; '.join(mism)}); re-profile "
+               f"`merino-mobile profile --device {device} --runtime {runtime} --quant {quant}`")
+        return {"reason": why}, [why]
+    heads = {p.vocab for p, _ in lut.entries.get("head", {}).get("decode", [])}
+    if heads and card.vocab not in heads:
+        raise UserError(f"card {card.name!r} has vocab {card.vocab} but {lut.source} measured the "
+                        f"head at vocab {sorted(heads)}: they come from different search spaces; "
+                        f"profile with a space of vocab {card.vocab} (--space) or deploy with "
+                        f"--no-predict")
+    context = bench.prompt + bench.generate
+    out: dict[str, Any] = {"lut": lut.source, "lut_fingerprint": lut.fingerprint.describe()}
+    for phase, length, measured in (("decode", context, bench.decode_ms_per_token.median),
+                                    ("prefill", bench.prompt, bench.ttft_ms.median)):
+        lengths = {p.context for p, _ in lut.entries.get("layer", {}).get(phase, [])}
+        if lengths and not min(lengths) <= length <= max(lengths):
+            warnings.append(f"{phase} length {length} is outside the measured {phase} lengths "
+                            f"{sorted(lengths)} of {lut.source}: the prediction is extrapolated")
+        pred = predict_latency(card, lut, length, phase)
+        err = 100 * (pred - measured) / measured
+        out[phase] = {"length": length, "predicted_ms": pred, "measured_ms": measured,
+                      "error_pct": err, "flagged": abs(err) > FLAG_PCT}
+    for phase in ("decode", "prefill"):
+        if out[phase]["flagged"]:
+            warnings.append(f"predicted {phase} latency is off by {out[phase]['error_pct']:+.1f}% "
+                            f"(more than {FLAG_PCT:g}%)")
+    return out, warnings
+
+
+# -- memory bandwidth and roofline ---------------------------------------------------------------
+
+def host_copy_bandwidth(mbytes: int = 64, repeats: int = 7) -> float:
+    """Bytes/s of a large numpy copy on this host (read + write counted), best of `repeats`."""
+    import numpy as np
+
+    a = np.ones(mbytes * (1 << 20) // 8)
+    b = np.empty_like(a)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.nbytes / best
+
+
+def device_bandwidth(ws: Workspace, device: str) -> dict[str, Any] | None:
+    """The device's measured memory bandwidth, measured once and kept in devices/<name>/."""
+    from merino_mobile.device.profiles import load_profile
+
+    path = ws.devices / device / "bandwidth.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    prof = load_profile(ws, device)
+    if prof.transport != "local":
+        return None  # a phone needs the copy test run on it: not available yet
+    data = {"schema_version": SCHEMA_VERSION, "device": device, "method": "numpy copy of 64 MiB, "
+            "read + write bytes, best of 7", "bytes_per_s": host_copy_bandwidth(), "date": now()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, data)
+    return data
+
+
+def roofline(ws: Workspace, card: Card, device: str, quant: str,
+             bench: BenchReport) -> dict[str, Any] | None:
+    bw = device_bandwidth(ws, device)
+    if bw is None:
+        return {"share": None, "reason": f"no measured bandwidth for {device}"}
+    wb = accounting.weight_bytes(card, quant)
+    floor_ms = 1000 * wb / bw["bytes_per_s"]
+    return {"weight_bytes": wb, "bandwidth_gbs": bw["bytes_per_s"] / 1e9, "floor_ms": floor_ms,
+            "share": floor_ms / bench.decode_ms_per_token.median}
+
+
+# -- deploy --------------------------------------------------------------------------------------
+
+@dataclass
+class Candidate:
+    format: str
+    quant: str
+    export: dict[str, Any]
+    bench: BenchReport | None
+    error: str | None = None
+
+    @property
+    def quality(self) -> dict[str, Any]:
+        v = self.export.get("verification", {})
+        return {k: v[k] for k in ("greedy_agreement", "cosine_min", "passed") if k in v}
+
+    @property
+    def quality_ok(self) -> bool:
+        q = self.quality
+        if self.quant == "fp32":
+            return q.get("passed") is not False
+        return all(q.get(k, -1) >= floor for k, floor in QUALITY_FLOOR.items())
+
+    def to_json(self, chosen: bool) -> dict[str, Any]:
+        b = self.bench
+        return {"format": self.format, "quant": self.quant, "quality": self.quality,
+                "quality_ok": self.quality_ok, "error": self.error, "chosen": chosen,
+                "artifact": self.export.get("artifact"),
+                "size_bytes": b.size_bytes if b else None,
+                "decode_tokens_per_s": b.decode_tokens_per_s.median if b else None,
+                "prefill_tokens_per_s": b.prefill_tokens_per_s.median if b else None}
+
+
+def _default_runtime(ws: Workspace, device: str) -> str:
+    from merino_mobile.device.profiles import load_profile
+
+    return load_profile(ws, device).runtimes[0]
+
+
+def _export_and_bench(ws: Workspace, card: Card, device: str, fmt: str, quant: str, out: Path,
+                      prompt: int, generate: int, repeat: int, verify: bool) -> Candidate:
+    from merino_mobile.export import export
+
+    res = export(card, fmt, quant, out, force=True, cache_len=prompt + generate, verify=verify)
+    b = bench_artifact(ws, res.artifact, device, prompt=prompt, generate=generate, repeat=repeat)
+    return Candidate(fmt, quant, res.to_json(), b)
+
+
+def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = None,
+           quant: str = "int8", *, prompt: int = DEFAULT_PROMPT,
+           generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
+           predict_latency: bool = True, command: str = "merino-mobile deploy") -> dict[str, Any]:
+    """Export `card`, bench it on `device`, compare with the latency table, write the report."""
+    from merino_mobile.export import FORMATS
+
+    fmt = fmt or FORMAT_OF_RUNTIME[_default_runtime(ws, device)]
+    if fmt != "auto" and fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}; choose executorch, onnx, coreml or auto")
+    if quant != "auto" and quant not in QUANTS:
+        raise UserError(f"unknown --quant {quant!r}; choose fp32, int8, int4 or auto")
+    if prompt + generate > card.context:
+        raise UserError(f"--prompt {prompt} + --generate {generate} exceeds the context of card "
+                        f"{card.name!r} ({card.context})")
+    out = ws.root / "build" / card.name / f"{device}-{fmt}-{quant}"
+    if (out / "report.json").exists() and not force:
+        raise UserError(f"{out / 'report.json'} exists from an earlier deploy; pass --force to "
+                        f"replace it")
+    # the device must be able to run what we export (say which runtimes it has, early)
+    runtimes = [RUNTIME_OF_FORMAT[fmt]] if fmt != "auto" else None
+    dev = open_for(ws, device, runtimes[0] if runtimes else _default_runtime(ws, device))
+    try:
+        have = dev.runtimes()
+    finally:
+        dev.cleanup()
+    pairs = [(FORMAT_OF_RUNTIME[r], q) for r in (runtimes or have)
+             for q in ([quant] if quant != "auto" else QUANTS)]
+    auto = len(pairs) > 1
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cands: list[Candidate] = []
+    for f, q in pairs:
+        where = out / "candidates" / f"{f}-{q}" if auto else out / "artifact"
+        try:
+            cands.append(_export_and_bench(ws, card, device, f, q, where, prompt, generate,
+                                           repeat, verify=auto or q != "fp32"))
+        except UserError as e:
+            if not auto:
+                raise
+            cands.append(Candidate(f, q, {}, None, str(e)))
+    # an explicit --quant is the user's choice: its quality is reported, not judged
+    ok = [c for c in cands if c.bench is not None and (c.quality_ok or not auto)]
+    if not ok:
+        raise UserError("no candidate ran with acceptable quality: " + "; ".join(
+            f"{c.format}/{c.quant}: {c.error or 'quality ' + str(c.quality)}" for c in cands))
+    best = max(ok, key=lambda c: c.bench.decode_tokens_per_s.median)
+    b = best.bench
+    runtime = RUNTIME_OF_FORMAT[best.format]
+    from merino_mobile.device.base import Fingerprint
+
+    fp = Fingerprint.from_json(b.fingerprint)
+    fp = Fingerprint(**{**fp.__dict__, "quant": best.quant})
+    pred, warnings = (predict(ws, card, device, runtime, best.quant, b, fp) if predict_latency
+                      else ({"reason": "--no-predict"}, []))
+    summary = {"name": card.name, "params": accounting.params(card), "depth": card.depth,
+               "vocab": card.vocab, "context": card.context,
+               "weight_bytes": accounting.weight_bytes(card, best.quant),
+               "blocks": [c for c in card.to_json()["blocks"]]}
+    report = {
+        "schema_version": SCHEMA_VERSION, "kind": "merino-mobile-deploy", "command": command,
+        "date": now(), "device": device, "format": best.format, "quant": best.quant,
+        "requested": {"format": fmt, "quant": quant}, "runtime": runtime,
+        "prompt": prompt, "generate": generate, "repeat": repeat,
+        "cache_len": prompt + generate, "card": summary, "fingerprint": b.fingerprint,
+        "artifact": best.export["artifact"], "export": best.export, "bench": b.to_json(),
+        "load_ms": b.load_ms, "ttft_ms": b.ttft_ms.to_json(),
+        "prefill_tokens_per_s": b.prefill_tokens_per_s.to_json(),
+        "decode_tokens_per_s": b.decode_tokens_per_s.to_json(),
+        "decode_ms_per_token": b.decode_ms_per_token.to_json(),
+        "peak_rss_bytes": b.peak_rss_bytes, "size_bytes": b.size_bytes,
+        "prediction": pred, "roofline": roofline(ws, card, device, best.quant, b),
+        "candidates": [c.to_json(c is best) for c in cands] if auto else [],
+        "quality_floor": QUALITY_FLOOR, "warnings": warnings,
+        "wall_s": round(time.perf_counter() - t0, 1), "out_dir": str(out), "plots": [],
+    }
+    if auto:
+        chosen = out / "artifact"
+        if chosen.exists():
+            shutil.rmtree(chosen)
+        shutil.copytree(Path(best.export["artifact"]).parent, chosen)
+        report["artifact"] = str(chosen / Path(best.export["artifact"]).name)
+    if pred and pred.get("decode"):
+        report["plots"].append(str(plot_prediction(pred, out / "latency.png")))
+    shown = [c for c in cands if c.bench] if auto else [best]
+    report["plots"].append(str(plot_rates(
+        [f"{c.format} {c.quant}" for c in shown],
+        [c.bench.decode_tokens_per_s.median for c in shown],
+        [c.bench.prefill_tokens_per_s.median for c in shown], out / "throughput.png",
+        f"{card.name} on {device}")))
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(deploy_markdown(report))
+    return report
+
+
+# -- compare -------------------------------------------------------------------------------------
+
+def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | None = None,
+            quant: str = "int8", *, baseline: str | None = None, prompt: int = DEFAULT_PROMPT,
+            generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
+            predict_latency: bool = True,
+            command: str = "merino-mobile compare") -> dict[str, Any]:
+    """Deploy every card with one runtime and quantization; ratios against the baseline card.
+
+    A card already deployed with the same settings (its report.json exists) is reused, not
+    re-measured, unless `force`.
+    """
+    if not cards:
+        raise UserError("give at least one card to compare")
+    names = [c.name for c in cards]
+    if len(set(names)) != len(names):
+        raise UserError(f"cards must have distinct names, got {names}")
+    base = baseline or names[-1]
+    if base not in names:
+        raise UserError(f"--baseline {base!r} is not among the compared cards {names}")
+    fmt = fmt or FORMAT_OF_RUNTIME[_default_runtime(ws, device)]
+    if fmt == "auto" or quant == "auto":
+        raise UserError("compare measures every card with one --format and --quant (not auto)")
+    out = ws.root / "build" / f"compare-{device}-{fmt}-{quant}"
+    if (out / "compare.json").exists() and not force:
+        raise UserError(f"{out / 'compare.json'} exists; pass --force to replace it")
+    reports = {}
+    for card in cards:
+        path = ws.root / "build" / card.name / f"{device}-{fmt}-{quant}" / "report.json"
+        old = json.loads(path.read_text()) if path.is_file() else None
+        if old and not force and (old["prompt"], old["generate"]) == (prompt, generate):
+            reports[card.name] = old
+            continue
+        reports[card.name] = deploy(ws, card, device, fmt, quant, prompt=prompt,
+                                    generate=generate, repeat=repeat, force=True,
+                                    predict_latency=predict_latency, command=command)
+    ref = reports[base]
+    rows = []
+    for card in cards:
+        r = reports[card.name]
+        tps = r["decode_tokens_per_s"]["median"]
+        rows.append({
+            "card": card.name, "params": r["card"]["params"], "size_bytes": r["size_bytes"],
+            "ttft_ms": r["ttft_ms"]["median"], "decode_tokens_per_s": tps,
+            "prefill_tokens_per_s": r["prefill_tokens_per_s"]["median"],
+            "speedup": tps / ref["decode_tokens_per_s"]["median"],
+            "size_ratio": ref["size_bytes"] / r["size_bytes"],
+            "params_ratio": ref["card"]["params"] / r["card"]["params"],
+            "report": str(Path(r["out_dir"]) / "report.md"),
+        })
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"schema_version": SCHEMA_VERSION, "kind": "merino-mobile-compare",
+              "command": command, "date": now(), "device": device, "format": fmt,
+              "quant": quant, "baseline": base, "prompt": prompt, "generate": generate,
+              "repeat": repeat, "rows": rows, "out_dir": str(out)}
+    result["plot"] = str(plot_rates(
+        [r["card"] for r in rows], [r["decode_tokens_per_s"] for r in rows],
+        [r["prefill_tokens_per_s"] for r in rows], out / "compare.png",
+        f"{device}, {fmt} {quant}: baseline {base}"))
+    write_json(out / "compare.json", result)
+    (out / "compare.md").write_text(compare_markdown(result))
+    return result
