@@ -164,3 +164,29 @@ def test_adb_profile_without_backend_is_unknown(tmp_path):
     except ModuleNotFoundError:
         assert probe(prof).reachable is None
         assert "ADB backend not installed" in probe(prof).detail
+
+
+@pytest.mark.slow
+def test_host_runs_a_folder_of_onnx_models(tmp_path):
+    """ONNX Runtime path: one .onnx per method; the KV cache inputs ONNX adds are zero-filled."""
+    from merino_mobile.export.onnx import to_onnx
+    from merino_mobile.profile import make_grid, micro_model
+    from merino_mobile.store import Point
+
+    space = tmp_path / "tiny.toml"
+    space.write_text("widths = [64]\nffn_ratios = [2.0]\nhead_dim = 32\nvocab = 256\n"
+                     "context = 64\n")
+    grid = make_grid(space, "full", [16], [])
+    folder = tmp_path / "prog.onnx.d"
+    specs = []
+    for name, p in (("m0", Point("layer", "decode", width=64, ffn_ratio=2.0, heads=2,
+                                 context=16)),
+                    ("m1", Point("projection", "decode", width=64, width_out=128, context=1))):
+        module, args, inputs = micro_model(p, grid)
+        to_onnx(module, args, "fp32", folder / f"{name}.onnx")
+        specs.append(MethodSpec(name, inputs))
+    dev = host(tmp_path)
+    handle = dev.prepare(folder)
+    assert handle.runtime == "onnxruntime"
+    res = dev.benchmark(handle, BenchRequest("onnxruntime", tuple(specs), **FAST))
+    assert res["m0"].ok and res["m1"].ok, (res["m0"].error, res["m1"].error)
