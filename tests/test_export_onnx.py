@@ -126,6 +126,16 @@ def test_refuses_unsupported_quant_with_the_supported_list(plain, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_refuses_a_card_beyond_the_protobuf_limit(plain, tmp_path, monkeypatch):
+    import merino_mobile.export.onnx as onnx_export
+
+    # a real over-2-GB card would need 2 GB of RAM here; lower the limit instead
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 4 * params(PLAIN))
+    with pytest.raises(UserError, match="at most 2 GB.*--format executorch"):
+        export_onnx(plain, "fp32", tmp_path / "m.onnx", prompt_len=8)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_unreadable_artifact_is_a_user_error(plain, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")

@@ -38,6 +38,7 @@ from merino_mobile.model import Decoder
 QUANTS = ("fp32", "int8", "int4")
 PAST, PRESENT = "past.", "present."
 OPSET = 18
+PROTOBUF_LIMIT = 2**31 - 2**24  # an ONNX file is one protobuf message (< 2 GiB), graph included
 
 
 def mutated_buffers(module: nn.Module, example_args: tuple) -> list[str]:
@@ -261,6 +262,11 @@ def decoder_args(model: Decoder, prompt_len: int) -> tuple[tuple, dict]:
 
 def export_onnx(model: Decoder, quant: str, path: Path, *, prompt_len: int) -> Path:
     """Write the decoder as ONNX: (tokens, start, past caches) -> (logits, present caches)."""
+    weight_bytes = 4 * sum(p.numel() for p in model.parameters())
+    if weight_bytes >= PROTOBUF_LIMIT:
+        raise UserError(f"card {model.card.name!r} has {weight_bytes / 1e9:.1f} GB of fp32 "
+                        "weights; an ONNX file holds at most 2 GB (protobuf limit; external "
+                        "weight files are not supported here): export it with --format executorch")
     model.reset_cache()
     args, shapes = decoder_args(model, prompt_len)
     return to_onnx(model, args, quant, path, dynamic_shapes=shapes,
