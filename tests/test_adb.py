@@ -735,3 +735,31 @@ def test_dynamic_inputs_are_padded_to_the_bound():
     too_long = MethodSpec("forward", (InputSpec((1, 9), "int64", 7),))
     with pytest.raises(UserError, match=r"shape \[1, 9\], outside the exported bound \[1, 8\]"):
         fit_inputs(too_long, [bytes(72)], [(1, 8)])
+
+
+@pytest.mark.slow
+def test_bench_an_exported_decoder_on_the_loopback_phone(tmp_path, warm):
+    """`merino-mobile bench` through AdbDevice: a tiny decoder exported by the real exporter,
+    prefill at a prompt below its cache bound (--input_shapes) and decode, on the phone."""
+    from merino_mobile.bench import bench_artifact
+    from merino_mobile.card import Block, Card
+    from merino_mobile.export import export
+    from merino_mobile.workspace import Workspace
+
+    card = Card(name="tiny", vocab=256, context=48, head_dim=16,
+                blocks=(Block(64, 4.0, 4, 2, shared=True),))
+    artifact = Path(export(card, "executorch", "fp32", tmp_path / "out", verify=False).artifact)
+    ws = Workspace.resolve(tmp_path / "ws")
+    ws.devices.mkdir(parents=True)
+    warm.wait_ready()
+    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm) as d:
+        write_profile(ws.devices / "loopback-pixel7.toml", d.address, RUNNER,
+                      remote_dir="/data/local/tmp/merino-mobile")
+        report = bench_artifact(ws, artifact, "loopback-pixel7", prompt=8, generate=8, repeat=3)
+        runs = [c for c in d.commands if "--model_path=" in c]
+    assert report.fingerprint["model"] == "Pixel 7" and report.cpus == [6, 7]
+    assert report.ttft_ms.median > 0 and report.decode_ms_per_token.median > 0
+    assert report.load_ms is not None and report.load_ms > 0
+    assert any("--input_shapes=1x8," in c for c in runs)  # the prompt, below the bound
+    assert any("--input_shapes=1x1," in c for c in runs)  # a decode step
+    assert all("taskset c0 " in c for c in runs)
