@@ -1,0 +1,181 @@
+"""`merino-mobile deploy` and `compare`: real exports run on this host, reports on disk."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from merino_mobile.card import Block, Card, save_card
+from merino_mobile.cli import main
+from merino_mobile.device.base import Fingerprint
+from merino_mobile.device.host import HostDevice
+from merino_mobile.device.profiles import load_profile
+from merino_mobile.lut import Lut, lut_path
+from merino_mobile.store import Point
+from merino_mobile.workspace import Workspace
+
+A = Card(name="tiny-a", vocab=256, context=32, head_dim=16, blocks=(Block(64, 2.0, 4, 1),))
+B = Card(name="tiny-b", vocab=256, context=32, head_dim=16, blocks=(Block(64, 2.0, 4, 2),))
+FAST = ("--prompt", "8", "--generate", "8", "--repeat", "2")
+
+
+def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["merino-mobile", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def table_for(ws: Workspace, runtime: str, quant: str, vocab: int, ms: float = 0.05) -> Lut:
+    """A latency table with this host's fingerprint and hand-set terms: it stands in for a
+    profile run (tested in test_profile.py), so that the prediction arithmetic is checkable."""
+    fp = HostDevice(load_profile(ws, "host")).fingerprint(runtime, quant)
+    fp = Fingerprint(**{**fp.__dict__, "date": ""})
+    layer = [(Point("layer", ph, width=64, ffn_ratio=2.0, heads=4, context=c), ms * (c / 8))
+             for ph, cs in (("decode", (8, 16)), ("prefill", (8,))) for c in cs]
+    entries = {
+        "fixed": {"decode": [(Point("fixed", "decode", context=c), ms) for c in (8, 16)]},
+        "layer": {"decode": layer[:2], "prefill": layer[2:]},
+        "embedding": {"decode": [(Point("embedding", "decode", width=64, vocab=4096,
+                                        context=1), ms / 10)]},
+        "head": {"decode": [(Point("head", "decode", width=64, vocab=vocab), ms)]},
+    }
+    lut = Lut("host", runtime, quant, fp, entries)
+    lut.save(lut_path(ws.devices, "host", runtime, quant))
+    return lut
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ws")
+    for card in (A, B):
+        save_card(card, root / "models" / f"{card.name}.json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def deployed(workspace) -> dict:
+    """tiny-b deployed with ExecuTorch int8 against a table that covers decode 16, prefill 8."""
+    table_for(Workspace(workspace), "executorch", "int8", vocab=256)
+    mp = pytest.MonkeyPatch()
+    code, out = _run_plain(mp, "deploy", "tiny-b", "--format", "executorch", *FAST,
+                           "--workspace", str(workspace), "--json")
+    mp.undo()
+    assert code == 0, out
+    return json.loads(out)
+
+
+def _run_plain(mp, *args: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    mp.setattr(sys, "argv", ["merino-mobile", *args])
+    buf = io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(buf):
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, buf.getvalue()
+
+
+@pytest.mark.slow
+def test_deploy_report_has_every_field(deployed, workspace):
+    r = deployed
+    out = Path(r["out_dir"])
+    assert out == workspace / "build" / "tiny-b" / "host-executorch-int8"
+    for f in ("report.json", "report.md", "throughput.png", "latency.png", "artifact/model.pte",
+              "artifact/card.json", "artifact/export.json"):
+        assert (out / f).is_file(), f
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(r))
+    assert (r["format"], r["quant"], r["runtime"], r["device"]) == (
+        "executorch", "int8", "executorch", "host")
+    assert r["load_ms"] > 0 and r["peak_rss_bytes"] > 0 and r["size_bytes"] > 0
+    for key in ("ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s"):
+        assert 0 < r[key]["p10"] <= r[key]["median"] <= r[key]["p90"]
+    assert r["fingerprint"]["cpu"] and r["fingerprint"]["runtime_version"]
+    assert r["cache_len"] == 16 and r["card"]["params"] > 0
+    # predicted vs measured, from the table: decode at prompt + generate, prefill at the prompt
+    p = r["prediction"]
+    assert p["decode"]["length"] == 16 and p["prefill"]["length"] == 8
+    for phase in ("decode", "prefill"):
+        q = p[phase]
+        assert q["measured_ms"] == pytest.approx(r["decode_ms_per_token"]["median"]
+                                                 if phase == "decode" else r["ttft_ms"]["median"])
+        assert q["error_pct"] == pytest.approx(
+            100 * (q["predicted_ms"] - q["measured_ms"]) / q["measured_ms"])
+        assert q["flagged"] == (abs(q["error_pct"]) > 10)
+    roof = r["roofline"]
+    assert roof["share"] > 0 and roof["bandwidth_gbs"] > 0.1
+    assert (workspace / "devices" / "host" / "bandwidth.json").is_file()
+    md = (out / "report.md").read_text()
+    for word in ("Predicted vs measured", "tg8", "pp8", "time to first token", "peak RSS",
+                 "fingerprint key", "latency.png", "roofline"):
+        assert word in md, word
+
+
+@pytest.mark.slow
+def test_deploy_never_overwrites_a_report(monkeypatch, capsys, deployed, workspace):
+    code, _, err = run(monkeypatch, capsys, "deploy", "tiny-b", "--format", "executorch",
+                       *FAST, "--workspace", str(workspace))
+    assert code == 2 and "report.json exists" in err and "--force" in err
+
+
+@pytest.mark.slow
+def test_card_and_table_with_different_vocab_is_an_error(monkeypatch, capsys, tmp_path):
+    save_card(A, tmp_path / "models" / "tiny-a.json")
+    table_for(Workspace(tmp_path), "onnxruntime", "int8", vocab=50272)
+    code, _, err = run(monkeypatch, capsys, "deploy", "tiny-a", "--format", "onnx", *FAST,
+                       "--workspace", str(tmp_path))
+    assert code == 2 and "vocab 256" in err and "50272" in err and "--no-predict" in err
+
+
+@pytest.mark.slow
+def test_onnx_deploy_and_compare_ratios_come_from_the_same_measurements(monkeypatch, capsys,
+                                                                         workspace):
+    code, out, err = run(monkeypatch, capsys, "compare", "tiny-a", "tiny-b", "--format", "onnx",
+                         "--baseline", "tiny-b", *FAST, "--workspace", str(workspace), "--json")
+    assert code == 0, err
+    c = json.loads(out)
+    assert Path(c["plot"]).is_file() and c["baseline"] == "tiny-b"
+    reports = {row["card"]: json.loads((Path(row["report"]).parent / "report.json").read_text())
+               for row in c["rows"]}
+    base = reports["tiny-b"]
+    for row in c["rows"]:
+        r = reports[row["card"]]
+        assert r["format"] == "onnx" and r["runtime"] == "onnxruntime"
+        assert row["speedup"] == (r["decode_tokens_per_s"]["median"]
+                                  / base["decode_tokens_per_s"]["median"])
+        assert row["size_ratio"] == base["size_bytes"] / r["size_bytes"]
+    rows = {row["card"]: row for row in c["rows"]}
+    assert rows["tiny-b"]["speedup"] == 1.0 and rows["tiny-a"]["params_ratio"] > 1.0
+    # no table for onnxruntime in this workspace: said so, not invented
+    assert "no latency table" in reports["tiny-a"]["prediction"]["reason"]
+
+    code, _, err = run(monkeypatch, capsys, "compare", "tiny-a", "tiny-b", "--format", "onnx",
+                       *FAST, "--workspace", str(workspace))
+    assert code == 2 and "compare.json exists" in err
+
+
+def test_deploy_refuses_bad_requests(monkeypatch, capsys, tmp_path):
+    save_card(A, tmp_path / "models" / "tiny-a.json")
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "ortonly.toml").write_text(
+        'name = "ortonly"\ntransport = "local"\nruntimes = ["onnxruntime"]\n')
+    code, _, err = run(monkeypatch, capsys, "deploy", "tiny-a", "--device", "ortonly",
+                       "--format", "executorch", *FAST, "--workspace", str(tmp_path))
+    assert code == 2 and "cannot run executorch" in err and "onnxruntime" in err
+    code, _, err = run(monkeypatch, capsys, "deploy", "tiny-a", "--format", "coreml", *FAST,
+                       "--workspace", str(tmp_path))
+    assert code == 2 and "macOS" in err
+    code, _, err = run(monkeypatch, capsys, "deploy", "tiny-a", "--prompt", "30", "--generate",
+                       "8", "--workspace", str(tmp_path))
+    assert code == 2 and "exceeds the context" in err
