@@ -691,6 +691,30 @@ def compare_table(r: dict) -> Table:
                       f"{row['speedup']:.2f}x", f"{row['size_ratio']:.2f}x")
     return table
 
+@app.command("demo")
+def demo_cmd(
+    reduced: bool = typer.Option(False, "--reduced", help="Tiny grid, tiny space and card, no "
+                                 "comparison (what the tests run)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The whole loop on this host: profile, design for a latency it can meet, deploy with
+    ExecuTorch int8, bench, and compare with OPT-125M."""
+    from merino_mobile.deploy import demo
+
+    ws = Workspace.resolve(workspace)
+    r = demo(ws, reduced=reduced, say=lambda m: err.print(f"[cyan]demo:[/cyan] {m}",
+                                                           highlight=False, soft_wrap=True))
+    if as_json:
+        emit_json(r)
+        return
+    if r["compare"]:
+        console.print(compare_table(r["compare"]))
+    steps = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in r["steps"].items())
+    console.print(f"designed {r['card']} for {r['budget_ms']:.3g} ms/token ({r['budget_rule']})")
+    console.print(f"time: {steps}")
+    console.print(f"report: {r['report']}")
+
 
 def main() -> None:
     """Console-script entry point: runs the app, turning UserError into one clear line."""

@@ -303,13 +303,14 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
 def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | None = None,
             quant: str = "int8", *, baseline: str | None = None, prompt: int = DEFAULT_PROMPT,
             generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
-            predict_latency: bool = True,
+            predict_latency: bool = True, remeasure: bool | None = None,
             command: str = "merino-mobile compare") -> dict[str, Any]:
     """Deploy every card with one runtime and quantization; ratios against the baseline card.
 
     A card already deployed with the same settings (its report.json exists) is reused, not
-    re-measured, unless `force`.
+    re-measured, unless `remeasure` (default: `force`, which also replaces compare.json).
     """
+    remeasure = force if remeasure is None else remeasure
     if not cards:
         raise UserError("give at least one card to compare")
     names = [c.name for c in cards]
@@ -328,7 +329,7 @@ def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | N
     for card in cards:
         path = ws.root / "build" / card.name / f"{device}-{fmt}-{quant}" / "report.json"
         old = json.loads(path.read_text()) if path.is_file() else None
-        if old and not force and (old["prompt"], old["generate"]) == (prompt, generate):
+        if old and not remeasure and (old["prompt"], old["generate"]) == (prompt, generate):
             reports[card.name] = old
             continue
         reports[card.name] = deploy(ws, card, device, fmt, quant, prompt=prompt,
@@ -360,3 +361,114 @@ def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | N
     write_json(out / "compare.json", result)
     (out / "compare.md").write_text(compare_markdown(result))
     return result
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+TINY_SPACE = """# A tiny search space for `merino-mobile demo --reduced` (tests, CI).
+schema_version = 1
+name = "demo-tiny"
+vocab = 256
+context = 64
+head_dim = 16
+positions = "learned"
+tied_head = true
+embed_width = 0
+max_blocks = 2
+widths = [32, 64]
+ffn_ratios = [1.0, 2.0]
+depth = [0, 2]
+sharing = true
+order = "non-decreasing"
+"""
+DEMO_COMPARE = "opt-125m"
+
+
+def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPARE,
+         say: Any = None) -> dict[str, Any]:
+    """The whole loop on this host: profile (or reuse the table), design, deploy, compare.
+
+    Budget: the design's decode latency budget is half the predicted latency of the comparison
+    card (a design about twice as fast as it, by the table); `reduced` has no comparison card and
+    uses 1.5x the predicted latency of the smallest design of its tiny space.
+    """
+    from merino_mobile.card import load_card
+    from merino_mobile.design import design_card
+    from merino_mobile.entropy import EntropySettings
+    from merino_mobile.latency import predict_latency as predict_ms
+    from merino_mobile.lut import load_lut
+    from merino_mobile.profile import make_grid, run_profile
+    from merino_mobile.space import load_space
+
+    say = say or (lambda msg: None)
+    t0 = time.perf_counter()
+    steps: dict[str, float] = {}
+    device, runtime, quant = "host", "executorch", "int8"
+    if reduced:
+        space_path = ws.search / "demo-tiny.toml"
+        if not space_path.exists():
+            space_path.parent.mkdir(parents=True, exist_ok=True)
+            space_path.write_text(TINY_SPACE)
+        prompt, generate, repeat = 16, 16, 3
+        grid = make_grid(space_path, "quick", [32], [16])
+    else:
+        space_path = ws.find("search", "default", ".toml")
+        prompt, generate, repeat = DEFAULT_PROMPT, DEFAULT_GENERATE, DEFAULT_REPEAT
+        grid = make_grid(space_path, "quick")
+    context = prompt + generate
+    try:
+        lut = load_lut(ws, device, runtime, quant)
+        say(f"reusing the latency table {lut.source}")
+    except UserError:
+        say(f"profiling {device} ({runtime}, {quant}): {len(grid.points())} micro-benchmarks")
+        run_profile(ws, device, runtime, quant, grid)
+        lut = load_lut(ws, device, runtime, quant)
+    steps["profile_s"] = round(time.perf_counter() - t0, 1)
+
+    space = load_space(space_path)
+    if reduced:
+        smallest = Card(name="smallest", vocab=space.vocab, context=space.context,
+                        head_dim=space.head_dim, blocks=(accounting_block(space),))
+        reference, factor = smallest, 1.5
+    else:
+        reference, factor = load_card(ws.find("models", compare_card, ".json")), 0.5
+    budget = factor * predict_ms(reference, lut, context, "decode")
+    say(f"designing for {budget:.3g} ms per token ({factor:g}x the predicted latency of "
+        f"{reference.name} at context {context})")
+    t1 = time.perf_counter()
+    name = "merino-demo-tiny" if reduced else "merino-demo"
+    d, card, card_path = design_card(
+        ws, space, {"latency_ms": budget}, EntropySettings(), context, quant, lut, "exact", {},
+        name=name, force=True, lut_info={"device": device, "runtime": runtime, "quant": quant})
+    steps["design_s"] = round(time.perf_counter() - t1, 1)
+    say(f"designed {card.name}: {accounting.params(card):,} parameters, predicted "
+        f"{d.metrics.latency_ms:.3g} ms ({card_path})")
+    t1 = time.perf_counter()
+    say(f"deploying {card.name} ({runtime}, {quant}) and benchmarking it")
+    rep = deploy(ws, card, device, "executorch", quant, prompt=prompt, generate=generate,
+                 repeat=repeat, force=True, command="merino-mobile demo")
+    steps["deploy_s"] = round(time.perf_counter() - t1, 1)
+    cmp = None
+    if not reduced:
+        t1 = time.perf_counter()
+        say(f"comparing with {reference.name} (export and bench, reused when already measured)")
+        cmp = compare(ws, [card, reference], device, "executorch", quant,
+                      baseline=reference.name, prompt=prompt, generate=generate, repeat=repeat,
+                      force=True, remeasure=False, command="merino-mobile demo")
+        steps["compare_s"] = round(time.perf_counter() - t1, 1)
+    steps["total_s"] = round(time.perf_counter() - t0, 1)
+    return {"schema_version": SCHEMA_VERSION, "kind": "merino-mobile-demo", "reduced": reduced,
+            "device": device, "runtime": runtime, "quant": quant, "lut": lut.source,
+            "budget_ms": budget, "budget_rule": f"{factor:g}x predicted decode latency of "
+            f"{reference.name} at context {context}", "card": str(card_path),
+            "params": accounting.params(card), "predicted_ms": d.metrics.latency_ms,
+            "report": str(Path(rep["out_dir"]) / "report.md"), "deploy": rep,
+            "compare": cmp, "steps": steps}
+
+
+def accounting_block(space: Any) -> Any:
+    """The smallest block a space allows: its narrowest width and smallest FFN ratio, 1 layer."""
+    from merino_mobile.card import Block
+
+    w, r = min(space.widths), min(space.ffn_ratios)
+    return Block(width=w, ffn_ratio=r, heads=w // space.head_dim, depth=1)

@@ -1,0 +1,44 @@
+"""`merino-mobile demo --reduced`: the whole loop on this host, end to end, with real parts
+(profile of a tiny grid, exact design against the measured table, ExecuTorch deploy and bench)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from merino_mobile.cli import main
+
+
+@pytest.mark.slow
+def test_reduced_demo_runs_the_whole_loop(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["merino-mobile", "demo", "--reduced", "--workspace",
+                                      str(tmp_path), "--json"])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    r = json.loads(out.out)
+    assert r["reduced"] and r["compare"] is None
+    # a measured table was written and used for the design and the prediction
+    assert Path(r["lut"]) == tmp_path / "devices" / "host" / "lut-executorch-int8.json"
+    card = json.loads(Path(r["card"]).read_text())
+    assert card["vocab"] == 256 and card["meta"]["latency_table"]["device"] == "host"
+    assert r["predicted_ms"] <= r["budget_ms"] * (1 + 1e-9)
+    rep = r["deploy"]
+    assert Path(r["report"]).is_file() and rep["format"] == "executorch" and rep["quant"] == "int8"
+    assert rep["prediction"]["decode"]["predicted_ms"] > 0
+    assert rep["decode_tokens_per_s"]["median"] > 0
+    assert set(r["steps"]) == {"profile_s", "design_s", "deploy_s", "total_s"}
+
+    # a second run reuses the table instead of profiling again
+    monkeypatch.setattr(sys, "argv", ["merino-mobile", "demo", "--reduced", "--workspace",
+                                      str(tmp_path), "--json"])
+    main()
+    again = json.loads(capsys.readouterr().out)
+    assert again["lut"] == r["lut"] and again["steps"]["profile_s"] < r["steps"]["profile_s"]
