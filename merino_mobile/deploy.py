@@ -375,9 +375,9 @@ positions = "learned"
 tied_head = true
 embed_width = 0
 max_blocks = 2
-widths = [32, 64]
+widths = [32]
 ffn_ratios = [1.0, 2.0]
-depth = [0, 2]
+depth = [0, 3]
 sharing = true
 order = "non-decreasing"
 """

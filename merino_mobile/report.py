@@ -139,7 +139,7 @@ def deploy_markdown(r: dict[str, Any]) -> str:
                 f"| {c['format']} | {c['quant']} | "
                 f"{_rate(c['decode_tokens_per_s'])} | "
                 f"{human_bytes(c['size_bytes']) if c['size_bytes'] else '-'} | "
-                f"{q.get('greedy_agreement', '-')} | {q.get('cosine_min', '-')} | "
+                f"{_num(q.get('greedy_agreement'))} | {_num(q.get('cosine_min'))} | "
                 f"{'ok' if c['quality_ok'] else 'below floor'} | "
                 f"{'**yes**' if c['chosen'] else ''} |")
         lines += ["", f"Quality floor: {r['quality_floor']}.", ""]
@@ -147,6 +147,10 @@ def deploy_markdown(r: dict[str, Any]) -> str:
         lines += ["## Warnings", ""] + [f"- {w}" for w in r["warnings"]] + [""]
     lines += ["## Plots", "", "![tokens/s](throughput.png)", ""]
     return "\n".join(lines)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
 
 
 def _rate(x: float | None) -> str:
