@@ -414,7 +414,8 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     else:
         space_path = ws.find("search", "default", ".toml")
         prompt, generate, repeat = DEFAULT_PROMPT, DEFAULT_GENERATE, DEFAULT_REPEAT
-        grid = make_grid(space_path, "quick")
+        # one decode context, the one the deploy runs at: fewer points, no interpolation in context
+        grid = make_grid(space_path, "quick", [prompt + generate], [prompt])
     context = prompt + generate
     try:
         lut = load_lut(ws, device, runtime, quant)
