@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from merino_mobile import accounting
@@ -194,6 +195,105 @@ def runner_build_cmd(
                       "profile, or use the default path the shipped profiles expect)")
 
 
+@app.command("devices")
+def devices_cmd(
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List device profiles (devices/*.toml) and whether each is reachable now."""
+    from merino_mobile.device import probe
+    from merino_mobile.device.profiles import all_profiles
+
+    ws = Workspace.resolve(workspace)
+    rows = []
+    for prof in all_profiles(ws):
+        if isinstance(prof, UserError):
+            rows.append({"name": None, "error": str(prof), "reachable": False})
+            continue
+        p = probe(prof)
+        rows.append(prof.to_json() | {"reachable": p.reachable, "detail": p.detail})
+    if as_json:
+        emit_json({"devices": rows})
+        return
+    table = Table(title=f"devices ({ws.devices} and shipped)")
+    for col in ("device", "transport", "threads", "pinned", "reachable"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("detail")
+    mark = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[yellow]unknown[/yellow]"}
+    for r in rows:
+        if r["name"] is None:
+            table.add_row("[red]?[/red]", "", "", "", mark[False], r["error"])
+            continue
+        table.add_row(r["name"], r["transport"], str(r["threads"]),
+                      ",".join(map(str, r["cpus"])) or "-", mark[r["reachable"]], r["detail"])
+    console.print(table)
+
+
+@app.command("profile")
+def profile_cmd(
+    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
+    runtime: str = typer.Option("executorch", "--runtime", help="executorch or onnxruntime."),
+    quant: str = typer.Option("fp32", "--quant", help="fp32, int8 or int4."),
+    grid: str = typer.Option("quick", "--grid", help="quick (a subset) or full (every shape)."),
+    space: str = typer.Option("default", "--space", help="Search space the grid comes from "
+                              "(a file, or a name under search/)."),
+    context: list[int] = typer.Option([], "--context", help="Decode context to measure "
+                                      "(repeatable; default quick 128 512)."),
+    prompt: list[int] = typer.Option([], "--prompt", help="Prefill length to measure "
+                                     "(repeatable; default quick 128; 0 = no prefill)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure the latency table of a device: micro-benchmarks, stored as they finish."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from merino_mobile.profile import describe_grid, make_grid, run_profile
+
+    ws = Workspace.resolve(workspace)
+    g = make_grid(ws.find("search", space, ".toml"), grid, context,
+                  None if not prompt else [p for p in prompt if p > 0])
+    if not as_json:
+        err.print(describe_grid(g), highlight=False)
+    bar = Progress(TextColumn("{task.description}", style="cyan"), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                   TimeRemainingColumn(), console=err, transient=as_json)
+    task = None
+
+    def progress(message: str, done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task(message[:48], total=max(total, 1))
+        bar.update(task, description=message[:48], completed=done, total=max(total, 1))
+
+    with bar:
+        report = run_profile(ws, device, runtime, quant, g, progress=progress)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    table = Table(title=f"profile {report.device} ({runtime}, {quant})", show_header=False)
+    table.add_row("fingerprint", f"{report.fingerprint['cpu']}, {report.fingerprint['cores']} "
+                  f"cores, {report.fingerprint['os']}, {runtime} "
+                  f"{report.fingerprint['runtime_version']}, {report.fingerprint['threads']} "
+                  "threads")
+    table.add_row("points", f"{report.points} ({report.skipped} already stored, "
+                  f"{report.measured} measured now, {report.remeasured} re-measured after drift)")
+    drifts = [s for s in report.sentinel if not s["good"]]
+    table.add_row("sentinel", f"{len(report.sentinel)} checks, {len(drifts)} drifted")
+    table.add_row("time", f"{report.wall_s:.0f} s (export {report.export_s:.0f} s)")
+    table.add_row("table", str(report.lut))
+    table.add_row("failed", f"[red]{len(report.failed)}[/red]" if report.failed else "0")
+    console.print(table)
+    for f in report.failed:
+        err.print(f"[red]failed:[/red] {f}", highlight=False, soft_wrap=True)
+
+
 @app.command("design")
 def design_cmd(
     latency: str | None = typer.Option(None, "--latency", help="Time per generated token on the "
@@ -330,6 +430,37 @@ def design_json(d: Any, card: Card, path: Path | None, context: int) -> dict:
     }
 
 
+@app.command("bench")
+def bench_cmd(
+    artifact: Path = typer.Argument(..., help="An exported model: model.pte, model.onnx or "
+                                    "model.mlpackage (merino-mobile export / deploy)."),
+    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
+    prompt: int = typer.Option(128, "--prompt", help="Prompt tokens of the prefill (pp)."),
+    generate: int = typer.Option(128, "--generate", help="Generated tokens of the decode (tg)."),
+    repeat: int = typer.Option(5, "--repeat", help="Timed runs (median and p10/p90 over them)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure an exported model on a device: load, time to first token, prefill and decode
+    tokens/s, peak memory, size (a llama-bench style table)."""
+    from merino_mobile.bench import bench_artifact, llama_bench_table
+
+    ws = Workspace.resolve(workspace)
+    r = bench_artifact(ws, artifact, device, prompt=prompt, generate=generate, repeat=repeat)
+    if as_json:
+        emit_json(r.to_json())
+        return
+    console.print(llama_bench_table([r], f"{artifact} on {device}"))
+    extra = Table(show_header=False, box=None)
+    extra.add_row("time to first token", f"{r.ttft_ms.median:.2f} ms [{r.ttft_ms.p10:.2f}, "
+                  f"{r.ttft_ms.p90:.2f}] for {r.prompt} tokens")
+    extra.add_row("decode", f"{r.decode_ms_per_token.median:.3f} ms/token")
+    extra.add_row("load", "-" if r.load_ms is None else f"{r.load_ms:.1f} ms")
+    extra.add_row("peak RSS", "-" if r.peak_rss_bytes is None else human_bytes(r.peak_rss_bytes))
+    extra.add_row("device", r.fingerprint.get("cpu", "") + f" ({r.fingerprint.get('os', '')})")
+    console.print(extra)
+
+
 @app.command("train")
 def train_cmd(
     card: str = typer.Argument(..., help="Card file, or a name under models/."),
@@ -405,135 +536,6 @@ def train_cmd(
     table.add_row("speed", f"{result.tokens_per_s:,.0f} tokens/s")
     table.add_row("checkpoint", str(result.checkpoint))
     console.print(table)
-
-
-@app.command("devices")
-def devices_cmd(
-    workspace: Path | None = WorkspaceOpt,
-    as_json: bool = JsonOpt,
-) -> None:
-    """List device profiles (devices/*.toml) and whether each is reachable now."""
-    from merino_mobile.device import probe
-    from merino_mobile.device.profiles import all_profiles
-
-    ws = Workspace.resolve(workspace)
-    rows = []
-    for prof in all_profiles(ws):
-        if isinstance(prof, UserError):
-            rows.append({"name": None, "error": str(prof), "reachable": False})
-            continue
-        p = probe(prof)
-        rows.append(prof.to_json() | {"reachable": p.reachable, "detail": p.detail})
-    if as_json:
-        emit_json({"devices": rows})
-        return
-    table = Table(title=f"devices ({ws.devices} and shipped)")
-    for col in ("device", "transport", "threads", "pinned", "reachable"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("detail")
-    mark = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[yellow]unknown[/yellow]"}
-    for r in rows:
-        if r["name"] is None:
-            table.add_row("[red]?[/red]", "", "", "", mark[False], r["error"])
-            continue
-        table.add_row(r["name"], r["transport"], str(r["threads"]),
-                      ",".join(map(str, r["cpus"])) or "-", mark[r["reachable"]], r["detail"])
-    console.print(table)
-
-
-@app.command("profile")
-def profile_cmd(
-    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
-    runtime: str = typer.Option("executorch", "--runtime", help="executorch or onnxruntime."),
-    quant: str = typer.Option("fp32", "--quant", help="fp32, int8 or int4."),
-    grid: str = typer.Option("quick", "--grid", help="quick (a subset) or full (every shape)."),
-    space: str = typer.Option("default", "--space", help="Search space the grid comes from "
-                              "(a file, or a name under search/)."),
-    context: list[int] = typer.Option([], "--context", help="Decode context to measure "
-                                      "(repeatable; default quick 128 512)."),
-    prompt: list[int] = typer.Option([], "--prompt", help="Prefill length to measure "
-                                     "(repeatable; default quick 128; 0 = no prefill)."),
-    workspace: Path | None = WorkspaceOpt,
-    as_json: bool = JsonOpt,
-) -> None:
-    """Measure the latency table of a device: micro-benchmarks, stored as they finish."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from merino_mobile.profile import describe_grid, make_grid, run_profile
-
-    ws = Workspace.resolve(workspace)
-    g = make_grid(ws.find("search", space, ".toml"), grid, context,
-                  None if not prompt else [p for p in prompt if p > 0])
-    if not as_json:
-        err.print(describe_grid(g), highlight=False)
-    bar = Progress(TextColumn("{task.description}", style="cyan"), BarColumn(),
-                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                   TimeRemainingColumn(), console=err, transient=as_json)
-    task = None
-
-    def progress(message: str, done: int, total: int) -> None:
-        nonlocal task
-        if task is None:
-            task = bar.add_task(message[:48], total=max(total, 1))
-        bar.update(task, description=message[:48], completed=done, total=max(total, 1))
-
-    with bar:
-        report = run_profile(ws, device, runtime, quant, g, progress=progress)
-    if as_json:
-        emit_json(report.to_json())
-        return
-    table = Table(title=f"profile {report.device} ({runtime}, {quant})", show_header=False)
-    table.add_row("fingerprint", f"{report.fingerprint['cpu']}, {report.fingerprint['cores']} "
-                  f"cores, {report.fingerprint['os']}, {runtime} "
-                  f"{report.fingerprint['runtime_version']}, {report.fingerprint['threads']} "
-                  "threads")
-    table.add_row("points", f"{report.points} ({report.skipped} already stored, "
-                  f"{report.measured} measured now, {report.remeasured} re-measured after drift)")
-    drifts = [s for s in report.sentinel if not s["good"]]
-    table.add_row("sentinel", f"{len(report.sentinel)} checks, {len(drifts)} drifted")
-    table.add_row("time", f"{report.wall_s:.0f} s (export {report.export_s:.0f} s)")
-    table.add_row("table", str(report.lut))
-    table.add_row("failed", f"[red]{len(report.failed)}[/red]" if report.failed else "0")
-    console.print(table)
-    for f in report.failed:
-        err.print(f"[red]failed:[/red] {f}", highlight=False, soft_wrap=True)
-
-@app.command("bench")
-def bench_cmd(
-    artifact: Path = typer.Argument(..., help="An exported model: model.pte, model.onnx or "
-                                    "model.mlpackage (merino-mobile export / deploy)."),
-    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
-    prompt: int = typer.Option(128, "--prompt", help="Prompt tokens of the prefill (pp)."),
-    generate: int = typer.Option(128, "--generate", help="Generated tokens of the decode (tg)."),
-    repeat: int = typer.Option(5, "--repeat", help="Timed runs (median and p10/p90 over them)."),
-    workspace: Path | None = WorkspaceOpt,
-    as_json: bool = JsonOpt,
-) -> None:
-    """Measure an exported model on a device: load, time to first token, prefill and decode
-    tokens/s, peak memory, size (a llama-bench style table)."""
-    from merino_mobile.bench import bench_artifact, llama_bench_table
-
-    ws = Workspace.resolve(workspace)
-    r = bench_artifact(ws, artifact, device, prompt=prompt, generate=generate, repeat=repeat)
-    if as_json:
-        emit_json(r.to_json())
-        return
-    console.print(llama_bench_table([r], f"{artifact} on {device}"))
-    extra = Table(show_header=False, box=None)
-    extra.add_row("time to first token", f"{r.ttft_ms.median:.2f} ms [{r.ttft_ms.p10:.2f}, "
-                  f"{r.ttft_ms.p90:.2f}] for {r.prompt} tokens")
-    extra.add_row("decode", f"{r.decode_ms_per_token.median:.3f} ms/token")
-    extra.add_row("load", "-" if r.load_ms is None else f"{r.load_ms:.1f} ms")
-    extra.add_row("peak RSS", "-" if r.peak_rss_bytes is None else human_bytes(r.peak_rss_bytes))
-    extra.add_row("device", r.fingerprint.get("cpu", "") + f" ({r.fingerprint.get('os', '')})")
-    console.print(extra)
 
 
 @app.command("deploy")
@@ -621,6 +623,7 @@ def compare_table(r: dict) -> Table:
                       f"{row['speedup']:.2f}x", f"{row['size_ratio']:.2f}x")
     return table
 
+
 @app.command("demo")
 def demo_cmd(
     reduced: bool = typer.Option(False, "--reduced", help="Tiny grid, tiny space and card, no "
@@ -651,5 +654,5 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
