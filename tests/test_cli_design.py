@@ -120,3 +120,33 @@ def test_latency_without_a_lut_says_which_profile_command_to_run(ws):
     proc = run(ws, "design", "--latency", "50ms", "--device", "host", ok=False)
     assert proc.returncode == 2
     assert "merino-mobile profile --device host" in proc.stderr
+
+
+def test_design_against_a_latency_table_of_this_host(ws):
+    """`design --device host --latency` reads devices/host/lut-*.json (here built from synthetic
+    rows, fingerprinted as this machine) and returns a design whose predicted latency fits."""
+    from test_lut import rows
+
+    from merino_mobile.card import load_card
+    from merino_mobile.device.host import HostDevice
+    from merino_mobile.device.profiles import load_profile
+    from merino_mobile.latency import predict_latency
+    from merino_mobile.lut import Lut, lut_path
+    from merino_mobile.workspace import Workspace
+
+    w = Workspace.resolve(ws)
+    fingerprint = HostDevice(load_profile(w, "host")).fingerprint("executorch", "int8")
+    lut = Lut.from_rows(rows(), fingerprint, "executorch", "int8")
+    lut.save(lut_path(w.devices, "host", "executorch", "int8"))
+
+    out = json.loads(run(ws, "design", "--device", "host", "--latency", "0.4ms", "--space", "tiny",
+                         "--context", "64", "--json").stdout)
+    assert out["lut"] == {"device": "host", "runtime": "executorch", "quant": "int8"}
+    assert 0 < out["predicted_latency_ms"] <= 0.4
+    card = load_card(out["card"])
+    assert predict_latency(card, lut, 64) == pytest.approx(out["predicted_latency_ms"])
+    assert card.meta["latency_table"]["device"] == "host"
+
+    proc = run(ws, "design", "--device", "host", "--latency", "1us", "--space", "tiny",
+               "--context", "64", ok=False)
+    assert proc.returncode == 2 and "latency_ms budget 0.001ms is below the smallest" in proc.stderr
