@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run  # tests/cli_runner.py (pytest puts tests/ on sys.path)
 
 from merino_mobile.bench import decode_positions, explain_failure, llama_bench_rows
 from merino_mobile.card import Block, Card
-from merino_mobile.cli import main
 from merino_mobile.device.base import MethodResult
 from merino_mobile.export import export
 
 TINY = Card(name="tiny-bench", vocab=256, context=32, head_dim=16, blocks=(Block(64, 2.0, 4, 2),))
-
-
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["merino-mobile", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run  # tests/cli_runner.py (pytest puts tests/ on sys.path)
 
 from merino_mobile.card import Block, Card, save_card
 from merino_mobile.cli import main
@@ -20,17 +21,6 @@ from merino_mobile.workspace import Workspace
 A = Card(name="tiny-a", vocab=256, context=32, head_dim=16, blocks=(Block(64, 2.0, 4, 1),))
 B = Card(name="tiny-b", vocab=256, context=32, head_dim=16, blocks=(Block(64, 2.0, 4, 2),))
 FAST = ("--prompt", "8", "--generate", "8", "--repeat", "2")
-
-
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["merino-mobile", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def table_for(ws: Workspace, runtime: str, quant: str, vocab: int, ms: float = 0.05) -> Lut:

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
+from cli_runner import run  # tests/cli_runner.py (pytest puts tests/ on sys.path)
 from safetensors.torch import save_file
 
 from merino_mobile.card import Block, Card, save_card
-from merino_mobile.cli import main
 from merino_mobile.model import build_decoder
 
 TINY = Card(name="tiny-cli", vocab=256, context=16, head_dim=16, blocks=(Block(64, 2.0, 4, 1),))
-
-
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["merino-mobile", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
