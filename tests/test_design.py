@@ -167,3 +167,12 @@ def test_brute_force_refuses_large_spaces():
     space = load_space(BUILTIN / "search" / "default.toml")
     with pytest.raises(UserError, match="use --solver exact"):
         solve(Problem(space, Budgets(params=60e6)), "brute")
+
+
+def test_default_card_names_keep_the_budget_readable():
+    from merino_mobile.design import default_name
+
+    assert default_name({"params": 60e6}, None) == "merino-p60M"
+    assert default_name({"latency_ms": 1.05, "memory": 2e8}, "pixel7") == \
+        "merino-lat1.05ms-m200MB-pixel7"
+    assert default_name({"latency_ms": 50.0}, "host") == "merino-lat50ms-host"

@@ -5,6 +5,7 @@ CLI does with them: design one card, or sweep one budget along a Pareto frontier
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ def solve(problem: Problem, solver: str = "exact", **options: Any) -> Design:
 def _label(name: str, value: float) -> str:
     from merino_mobile.design.exact import _fmt
 
-    return _SHORT[name] + _fmt(name, value).replace(".0", "")
+    # "60.0M" -> "60M", but "1.05ms" stays as it is
+    return _SHORT[name] + re.sub(r"\.0(?=[A-Za-z])", "", _fmt(name, value))
 
 
 def default_name(budgets: dict[str, float], device: str | None) -> str:
