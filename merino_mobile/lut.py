@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from merino_mobile.device.base import Fingerprint
+from merino_mobile.device.base import BENCH_VERSION, Fingerprint
 from merino_mobile.errors import UserError
 from merino_mobile.store import Point, Row
 
@@ -186,7 +186,10 @@ class Lut:
     @classmethod
     def from_rows(cls, rows: Iterable[Row], fingerprint: Fingerprint, runtime: str,
                   quant: str) -> Lut:
-        """Terms from raw measurements: subtract the per-call overhead (`null`), drop failures."""
+        """Terms from raw measurements: subtract the per-call overhead (`null`), divide by the
+        instances a micro-model ran (`merino_mobile.profile.copies`), drop failures."""
+        from merino_mobile.profile import copies
+
         rows = list(rows)
         null: dict[tuple[str, int], float] = {}
         for r in rows:
@@ -199,7 +202,7 @@ class Lut:
                 continue
             ms = r.median_ms
             if p.term != "fixed":
-                ms = max(0.0, ms - _nearest(null, p.phase, _tokens(p)))
+                ms = max(0.0, ms - _nearest(null, p.phase, _tokens(p))) / copies(p, quant)
             entries.setdefault(p.term, {}).setdefault(p.phase, []).append((p, ms))
         failed = [f"{r.point.label()}: {r.error}" for r in rows if not r.ok]
         missing = [t for t in ("fixed", "layer", "embedding", "head") if t not in entries]
@@ -285,7 +288,8 @@ class Lut:
         for term, phases in self.entries.items():
             terms[term] = {phase: [_entry(p, ms) for p, ms in pts] for phase, pts in phases.items()}
         return {
-            "schema_version": SCHEMA_VERSION, "kind": KIND, "device": self.device,
+            "schema_version": SCHEMA_VERSION, "kind": KIND, "bench_version": BENCH_VERSION,
+            "device": self.device,
             "runtime": self.runtime, "quant": self.quant,
             "fingerprint": self.fingerprint.to_json(), "created": self.created,
             "interpolation": "ratio to an nnls FLOPs model, linear on (log width, ffn ratio, "
@@ -306,6 +310,13 @@ class Lut:
         if data.get("schema_version") != SCHEMA_VERSION:
             raise bad(f"schema_version {data.get('schema_version')!r}, this version reads "
                       f"{SCHEMA_VERSION}")
+        version = data.get("bench_version", 1)
+        if version != BENCH_VERSION:
+            again = profile_command(str(data.get("device", "NAME")), str(data.get("runtime")),
+                                    str(data.get("quant")))
+            raise UserError(f"{source} was measured with micro-benchmarks of version {version}; "
+                            f"this merino-mobile measures with version {BENCH_VERSION}. Profile "
+                            f"the device again: {again}")
         try:
             fp = Fingerprint.from_json(data["fingerprint"])
             entries: dict[str, dict[str, list[tuple[Point, float]]]] = {}

@@ -54,6 +54,22 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters, same result) written in ops that XNNPACK runs.
+
+    ExecuTorch's XNNPACK backend has no layer norm: the fused op would run as a portable kernel
+    between two delegate partitions, three times a layer. Its mean runs only over the two inner
+    dimensions of a 4-D tensor, hence the [1, rows, width, 1] view.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        x4 = x.reshape(1, -1, x.shape[-1], 1)  # [1, rows, width, 1]
+        centered = x4 - x4.mean(dim=(2, 3), keepdim=True)
+        var = (centered * centered).mean(dim=(2, 3), keepdim=True)
+        y = (centered * torch.rsqrt(var + self.eps)).reshape(x.shape)
+        return y * self.weight + self.bias
+
+
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int, bias: bool) -> None:
         super().__init__()
@@ -64,17 +80,23 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor,
                 rope: tuple[Tensor, Tensor] | None) -> Tensor:
         b, t, e = x.shape
-        q, k, v = (z.view(b, t, self.heads, self.head_dim).transpose(1, 2)
-                   for z in self.qkv(x).split(e, dim=2))  # each [1, heads, T, head_dim]
+        h, d = self.heads, self.head_dim
+        qkv = self.qkv(x)
+        # slices, not split(): XNNPACK runs slices, a split would end its partition
+        q, k, v = (qkv[:, :, i * e:(i + 1) * e].view(b, t, h, d).transpose(1, 2)
+                   for i in range(3))  # each [1, heads, T, head_dim]
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
         keys, values = cache.update(pos, k, v)
         # the whole static cache is attended; the additive mask (-inf) hides future and
         # never-written slots. Written out rather than F.scaled_dot_product_attention, whose
-        # decomposition adds fully-masked-row guards that split the XNNPACK partitions.
-        scores = (q @ keys.transpose(2, 3)) * (self.head_dim ** -0.5) + mask
-        y = scores.softmax(dim=-1) @ values
-        return self.o(y.transpose(1, 2).reshape(b, t, e))
+        # decomposition adds fully-masked-row guards that split the XNNPACK partitions; and as
+        # 3-D bmm, since a 4-D matmul adds an expand (a copy of the cache) outside XNNPACK.
+        c = keys.shape[2]
+        scores = torch.bmm(q.reshape(h, t, d), keys.reshape(h, c, d).transpose(1, 2))
+        scores = scores * (d ** -0.5) + mask
+        y = torch.bmm(scores.softmax(dim=-1), values.reshape(h, c, d))  # [heads, T, head_dim]
+        return self.o(y.transpose(0, 1).reshape(b, t, e))
 
 
 class FFN(nn.Module):
@@ -92,9 +114,9 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, width: int, ffn_hidden: int, heads: int, bias: bool = True) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(width)
+        self.ln1 = LayerNorm(width)
         self.attn = Attention(width, heads, bias)
-        self.ln2 = nn.LayerNorm(width)
+        self.ln2 = LayerNorm(width)
         self.ffn = FFN(width, ffn_hidden, bias)
 
     def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor,
@@ -153,7 +175,7 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(AdaptiveBlock(b, card.bias) for b in card.blocks)
         self.joins = nn.ModuleList(projection(a.width, b.width)
                                    for a, b in zip(card.blocks, card.blocks[1:], strict=False))
-        self.norm = nn.LayerNorm(last) if card.final_norm else nn.Identity()
+        self.norm = LayerNorm(last) if card.final_norm else nn.Identity()
         self.proj_out = projection(last, e)
         self.head = None if card.tied_head else nn.Linear(e, card.vocab, bias=False)
         self.caches = nn.ModuleList(KVCache(b.heads, self.cache_len, card.head_dim)

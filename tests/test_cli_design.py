@@ -136,7 +136,7 @@ def test_design_against_a_latency_table_of_this_host(ws):
 
     w = Workspace.resolve(ws)
     fingerprint = HostDevice(load_profile(w, "host")).fingerprint("executorch", "int8")
-    lut = Lut.from_rows(rows(), fingerprint, "executorch", "int8")
+    lut = Lut.from_rows(rows("int8"), fingerprint, "executorch", "int8")
     lut.save(lut_path(w.devices, "host", "executorch", "int8"))
 
     out = json.loads(run(ws, "design", "--device", "host", "--latency", "0.4ms", "--space", "tiny",

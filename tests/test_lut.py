@@ -13,6 +13,7 @@ from merino_mobile.device.base import Fingerprint
 from merino_mobile.errors import UserError
 from merino_mobile.latency import predict_latency
 from merino_mobile.lut import Lut, load_lut, lut_path, read_lut
+from merino_mobile.profile import copies
 from merino_mobile.store import Point, Row
 from merino_mobile.workspace import Workspace
 
@@ -27,10 +28,15 @@ def cost(w: int, r: float, c: int) -> float:
     return 0.01 + 2e-7 * (4 * w * w + 2 * w * w * r) + 1e-6 * w * c
 
 
-def rows() -> list[Row]:
+def rows(quant: str = "fp32") -> list[Row]:
+    """Raw measurements of the made-up device, as the profiler stores them: a decode micro-model
+    runs `copies` instances of its term (see `merino_mobile.profile.STREAM_BYTES`), plus one
+    call's overhead of 0.005 ms."""
     out = []
 
     def row(p: Point, ms: float) -> None:
+        if p.term not in ("null", "fixed"):
+            ms = 0.005 + (ms - 0.005) * copies(p, quant)
         out.append(Row(p, ms, ms, ms, 5, None, 2, (), "now", len(out) + 1))
 
     row(Point("null", "decode", context=1), 0.005)

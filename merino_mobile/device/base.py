@@ -85,6 +85,10 @@ class Transport(Protocol):
 # Quantization is not here: the store and the LUT file name key it separately.
 KEY_FIELDS = ("model", "cpu", "cores", "os", "abi", "runtime", "runtime_version", "threads",
               "cpus")
+# How the profiler measures (its micro-models). Bump when they change: it is part of every
+# fingerprint key, so stored measurements and cached programs of another version are not reused,
+# and of every table, which `merino_mobile.lut` refuses when it differs.
+BENCH_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ class Fingerprint:
     def key(self) -> str:
         """Stable hash of the fields that must match for a table to apply (not date/quant)."""
         d = asdict(self)
-        blob = json.dumps({k: d[k] for k in KEY_FIELDS}, sort_keys=True, default=list)
+        blob = json.dumps({k: d[k] for k in KEY_FIELDS} | {"bench": BENCH_VERSION},
+                          sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def describe(self) -> str:
