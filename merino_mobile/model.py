@@ -9,7 +9,7 @@ Data flows top to bottom in the order of this file:
 Every layer is pre-LN (x + attn(ln(x)), x + ffn(ln(x))). The parameter layout follows the card's
 accounting exactly (`merino_mobile.accounting`), so `sum(p.numel())` equals `accounting.params`.
 
-The KV cache is static: one pair of [1, heads, cache_len, head_dim] fp32 buffers per *executed*
+The KV cache is static: one pair of [heads, cache_len, head_dim] fp32 buffers per *executed*
 layer (a shared block reuses its weights, but each of its depth positions sees different inputs
 and so keeps its own cache). `forward(tokens, start)` writes the keys and values of positions
 start..start+T-1 and attends causally over the whole buffer with a mask, so one function with a
@@ -36,20 +36,21 @@ class KVCache(nn.Module):
 
     def __init__(self, heads: int, cache_len: int, head_dim: int) -> None:
         super().__init__()
-        shape = (1, heads, cache_len, head_dim)
+        shape = (heads, cache_len, head_dim)  # batch 1: the decoder serves one sequence
         self.register_buffer("k", torch.zeros(shape), persistent=False)
         self.register_buffer("v", torch.zeros(shape), persistent=False)
 
     def update(self, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [heads, T, head_dim] at positions `pos` [T]; return the whole cache."""
         # index_put_ with a position tensor (not a slice) keeps T dynamic under torch.export;
         # ExecuTorch's own static cache writes the same way.
-        self.k[:, :, pos] = k
-        self.v[:, :, pos] = v
+        self.k[:, pos] = k
+        self.v[:, pos] = v
         return self.k, self.v
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding (GPT-NeoX half-split layout) of x [1, heads, T, head_dim]."""
+    """Rotary embedding (GPT-NeoX half-split layout) of x [..., T, head_dim]; cos, sin [T, dim]."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -63,10 +64,10 @@ class LayerNorm(nn.LayerNorm):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        x4 = x.reshape(1, -1, x.shape[-1], 1)  # [1, rows, width, 1]
+        x4 = x.view(1, -1, x.shape[-1], 1)  # [1, rows, width, 1]
         centered = x4 - x4.mean(dim=(2, 3), keepdim=True)
         var = (centered * centered).mean(dim=(2, 3), keepdim=True)
-        y = (centered * torch.rsqrt(var + self.eps)).reshape(x.shape)
+        y = (centered * torch.rsqrt(var + self.eps)).view(x.shape)
         return y * self.weight + self.bias
 
 
@@ -74,29 +75,30 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int, bias: bool) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, width // heads
-        self.qkv = nn.Linear(width, 3 * width, bias=bias)  # q, k and v in one matmul
+        # three matmuls, not one fused q|k|v: XNNPACK cannot slice a tensor with a dynamic
+        # length, and the slices of a fused output would run outside it
+        self.q = nn.Linear(width, width, bias=bias)
+        self.k = nn.Linear(width, width, bias=bias)
+        self.v = nn.Linear(width, width, bias=bias)
         self.o = nn.Linear(width, width, bias=bias)
 
     def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor,
                 rope: tuple[Tensor, Tensor] | None) -> Tensor:
-        b, t, e = x.shape
+        t = x.shape[1]  # x [1, T, width]: batch 1, like the cache
         h, d = self.heads, self.head_dim
-        qkv = self.qkv(x)
-        # slices, not split(): XNNPACK runs slices, a split would end its partition
-        q, k, v = (qkv[:, :, i * e:(i + 1) * e].view(b, t, h, d).transpose(1, 2)
-                   for i in range(3))  # each [1, heads, T, head_dim]
+        q, k, v = (proj(x).view(t, h, d).transpose(0, 1)
+                   for proj in (self.q, self.k, self.v))  # each [heads, T, head_dim]
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        keys, values = cache.update(pos, k, v)
-        # the whole static cache is attended; the additive mask (-inf) hides future and
+        keys, values = cache.update(pos, k, v)  # [heads, cache_len, head_dim]
+        # The whole static cache is attended; the additive mask (-inf) hides future and
         # never-written slots. Written out rather than F.scaled_dot_product_attention, whose
-        # decomposition adds fully-masked-row guards that split the XNNPACK partitions; and as
-        # 3-D bmm, since a 4-D matmul adds an expand (a copy of the cache) outside XNNPACK.
-        c = keys.shape[2]
-        scores = torch.bmm(q.reshape(h, t, d), keys.reshape(h, c, d).transpose(1, 2))
-        scores = scores * (d ** -0.5) + mask
-        y = torch.bmm(scores.softmax(dim=-1), values.reshape(h, c, d))  # [heads, T, head_dim]
-        return self.o(y.transpose(0, 1).reshape(b, t, e))
+        # decomposition adds fully-masked-row guards that split the XNNPACK partitions; as 3-D
+        # bmm, since a 4-D matmul adds an expand (a copy of the cache) outside XNNPACK; and with
+        # views, not reshapes, which the exporter can keep inside XNNPACK at a dynamic T.
+        scores = torch.bmm(q, keys.transpose(1, 2)) * (d ** -0.5) + mask
+        y = torch.bmm(scores.softmax(dim=-1), values)  # [heads, T, head_dim]
+        return self.o(y.transpose(0, 1).contiguous().view(1, t, h * d))
 
 
 class FFN(nn.Module):
@@ -241,8 +243,8 @@ class Decoder(nn.Module):
 def causal_attention(attn: Attention, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
     """`attn` over x [B, T, width] with a causal mask and no cache (the training path)."""
     b, t, e = x.shape
-    q, k, v = (z.view(b, t, attn.heads, attn.head_dim).transpose(1, 2)
-               for z in attn.qkv(x).split(e, dim=2))
+    q, k, v = (proj(x).view(b, t, attn.heads, attn.head_dim).transpose(1, 2)
+               for proj in (attn.q, attn.k, attn.v))
     if rope is not None:
         q, k = rotate(q, *rope), rotate(k, *rope)
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -83,7 +83,7 @@ def test_package_structure_and_compression(plain, packages, quant, op, dtype):
     assert info["ops"]["write_state"] == 4 and "scatter_nd" in info["ops"]
     assert set(info["weights"]) == {dtype}
     if op:
-        assert info["ops"][op] == 10  # embedding, positions, and 4 matrices in each of 2 layers
+        assert info["ops"][op] == 14  # embedding, positions, 6 matrices (q k v o up down) x 2
     else:
         assert not any(t.startswith("constexpr") for t in info["ops"])
     if platform.system() != "Darwin":

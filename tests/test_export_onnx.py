@@ -64,7 +64,7 @@ def test_fp32_matches_eager_with_cache_as_inputs_and_outputs(plain, fp32_plain):
     assert list(inputs) == ["tokens", "start"] + [PAST + c for c in caches]
     assert outputs == ["logits"] + [PRESENT + c for c in caches]
     assert isinstance(inputs["tokens"].shape[1], str)  # T is dynamic: prefill and decode
-    assert inputs[PAST + caches[0]].shape == [1, 4, 64, 16]
+    assert inputs[PAST + caches[0]].shape == [4, 64, 16]  # heads, cache_len, head_dim
 
     result = verify_onnx(plain, fp32_plain, "fp32")
     assert result["passed"], result

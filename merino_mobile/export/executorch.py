@@ -99,6 +99,31 @@ def _cached_cia_op_table() -> Iterator[None]:
         decomp_utils._collect_all_valid_cia_ops = original
 
 
+def _infer_dynamic_views(program: torch.export.ExportedProgram) -> int:
+    """Write the one dynamic size of each view as -1 (inferred); return how many changed.
+
+    torch.export records `x.view(1, -1, w)` at a dynamic T as view(x, [1, T, w]) with T symbolic,
+    and XNNPACK refuses symbolic view sizes, so every such view ran outside the delegate and split
+    its partition (five partitions a layer instead of three). A view with a single unknown size
+    is exactly what XNNPACK's reshape infers, so the graph is rewritten to say so.
+    """
+    views = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default)
+    changed = 0
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target not in views:
+            continue
+        shape = list(node.args[1])
+        symbolic = [i for i, size in enumerate(shape) if not isinstance(size, int)]
+        if len(symbolic) == 1 and -1 not in shape:
+            shape[symbolic[0]] = -1
+            node.args = (node.args[0], shape, *node.args[2:])
+            changed += 1
+    if changed:
+        program.graph.eliminate_dead_code()
+        program.graph_module.recompile()
+    return changed
+
+
 def lower_to_pte(methods: dict[str, Method], quant: str, path: Path) -> Path:
     """Lower modules to one ExecuTorch program with a method each, delegated to XNNPACK.
 
@@ -125,6 +150,8 @@ def lower_to_pte(methods: dict[str, Method], quant: str, path: Path) -> Path:
                 module = _quantize_int8(module, args, dynamic_shapes)
             programs[name] = torch.export.export(module, args, dynamic_shapes=dynamic_shapes,
                                                  strict=False)
+            if dynamic_shapes:
+                _infer_dynamic_views(programs[name])
     with _cached_cia_op_table():
         edge = to_edge_transform_and_lower(
             programs, partitioner=[XnnpackPartitioner()],
