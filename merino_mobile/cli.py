@@ -649,8 +649,26 @@ def demo_cmd(
     console.print(f"report: {r['report']}")
 
 
+def quiet_dependencies() -> None:
+    """Hide the toolchain's own deprecation chatter (torch, torchao, ExecuTorch warn about their
+    internals on every export), which buried the progress and results. MERINO_MOBILE_VERBOSE=1
+    keeps it."""
+    import logging
+    import os
+    import warnings
+
+    if os.environ.get("MERINO_MOBILE_VERBOSE"):
+        return
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
+    for name in ("torch", "torchao", "executorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main() -> None:
     """Console-script entry point: runs the app, turning UserError into one clear line."""
+    quiet_dependencies()
     try:
         app()
     except UserError as e:
