@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from merino_mobile.card import Block, Card
-from merino_mobile.device.base import Fingerprint
+from merino_mobile.device.base import BENCH_VERSION, Fingerprint
 from merino_mobile.errors import UserError
 from merino_mobile.latency import predict_latency
 from merino_mobile.lut import Lut, load_lut, lut_path, read_lut
@@ -140,6 +140,17 @@ def test_corrupt_or_hand_edited_table_is_a_schema_error_with_the_path(tmp_path, 
     path = lut.save(tmp_path / "lut.json")
     path.write_text(damage(json.loads(path.read_text())))
     with pytest.raises(UserError, match=f"{path}: not a valid latency table"):
+        read_lut(path)
+
+
+def test_table_of_another_micro_benchmark_version_is_refused(tmp_path):
+    lut = Lut.from_rows(rows(), FP, "executorch", "fp32")
+    path = lut.save(tmp_path / "lut.json")
+    data = json.loads(path.read_text())
+    assert data["bench_version"] == BENCH_VERSION
+    path.write_text(json.dumps(data | {"bench_version": BENCH_VERSION - 1}))
+    with pytest.raises(UserError, match="profile the device again: merino-mobile profile "
+                                        "--device host --runtime executorch --quant fp32"):
         read_lut(path)
 
 

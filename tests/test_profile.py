@@ -17,7 +17,7 @@ import pytest
 from merino_mobile.errors import UserError
 from merino_mobile.lut import load_lut, read_lut
 from merino_mobile.profile import batches, make_grid, run_profile
-from merino_mobile.store import ProfileLock, Store
+from merino_mobile.store import Point, ProfileLock, Store
 from merino_mobile.workspace import Workspace
 
 SPACE = """widths = [64, 128]
@@ -82,6 +82,29 @@ def test_grid_from_the_space(tmp_path):
     assert default.contexts == (128, 512)
     with pytest.raises(UserError, match="unknown grid"):
         make_grid(ws.search / "tiny.toml", "medium")
+
+
+def test_decode_micro_models_stream_their_weights_through_copies():
+    from torch import nn
+
+    from merino_mobile.model import DecoderLayer
+    from merino_mobile.profile import MAX_COPIES, STREAM_BYTES, copies, micro_model, weight_bytes
+
+    grid = make_grid(Path(__file__).parents[1] / "search" / "default.toml", "quick")
+    small = Point("layer", "decode", width=128, ffn_ratio=1.0, heads=2, context=16)
+    mid = Point("layer", "decode", width=768, ffn_ratio=4.0, heads=12, context=16)
+    wide = Point("layer", "decode", width=1024, ffn_ratio=4.0, heads=16, context=16)
+    assert copies(small, "int8") == MAX_COPIES  # 0.2 MB a copy: capped
+    n = copies(mid, "fp32")  # 28 MB a copy: as many as it takes to read STREAM_BYTES
+    assert 1 < n < MAX_COPIES and (n - 1) * weight_bytes(mid, "fp32") < STREAM_BYTES
+    assert copies(wide, "fp32") == 1  # 50 MB: one copy already streams
+    assert copies(Point("layer", "prefill", width=128, ffn_ratio=1.0, heads=2, context=16),
+                  "int8") == 1  # prefill is compute-bound
+    module, _, _ = micro_model(small, grid, "int8")
+    layers = [m for m in module.modules() if isinstance(m, DecoderLayer)]
+    assert len(layers) == MAX_COPIES and len({id(m.attn.q.weight) for m in layers}) == MAX_COPIES
+    head, _, _ = micro_model(Point("head", "decode", width=128, vocab=256), grid, "int8")
+    assert sum(isinstance(m, nn.Linear) for m in head.modules()) == MAX_COPIES
 
 
 @pytest.mark.slow
