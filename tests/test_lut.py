@@ -149,7 +149,7 @@ def test_table_of_another_micro_benchmark_version_is_refused(tmp_path):
     data = json.loads(path.read_text())
     assert data["bench_version"] == BENCH_VERSION
     path.write_text(json.dumps(data | {"bench_version": BENCH_VERSION - 1}))
-    with pytest.raises(UserError, match="profile the device again: merino-mobile profile "
+    with pytest.raises(UserError, match="Profile the device again: merino-mobile profile "
                                         "--device host --runtime executorch --quant fp32"):
         read_lut(path)
 
