@@ -72,6 +72,20 @@ def test_host_runs_executorch_in_a_worker(tmp_path, pte):
 
 
 @pytest.mark.slow
+def test_peak_rss_is_the_workers_own_not_its_parents(tmp_path, pte):
+    """The parent holds 1.5 GB when it starts the worker (as a deploy does right after exporting a
+    large model); Linux's ru_maxrss would report the parent's high-water mark for the worker."""
+    ballast = bytearray(1536 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: resident
+    dev = host(tmp_path)
+    res = dev.benchmark(dev.prepare(pte), request("small"))
+    del ballast
+    (r,) = res.results
+    assert r.ok, r.error
+    assert 10e6 < r.peak_rss_bytes < 1e9, r.peak_rss_bytes
+
+
+@pytest.mark.slow
 def test_missing_method_fails_that_method_only(tmp_path, pte):
     dev = host(tmp_path)
     res = dev.benchmark(dev.prepare(pte), request("nope", "small"))

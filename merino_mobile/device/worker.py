@@ -163,9 +163,20 @@ def main() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """This process's resident-set high-water mark (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """This process's resident-set high-water mark.
+
+    On Linux, VmHWM of /proc/self/status: ru_maxrss keeps the high-water mark of the process that
+    forked us across exec, so a worker started by a deploy that had just exported a large model
+    reported that process's gigabytes, not its own. Elsewhere ru_maxrss (bytes on macOS).
+    """
     import resource
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
