@@ -7,8 +7,9 @@ Each LUT term of `merino_mobile.latency` is a micro-model built from the very mo
 uses (`merino_mobile.model.DecoderLayer`, `KVCache`), exported by the real exporter for the runtime
 and quantization (`lower_to_pte`, `to_onnx`), and timed by the device's runtime:
 
-- layer: one DecoderLayer with its KV cache; decode is one token attending a cache of `context`
-  slots, prefill is `context` tokens at once (the cache is as long as the prompt);
+- layer: one DecoderLayer with its KV cache (at decode, up to MAX_COPIES distinct ones in a row,
+  see STREAM_BYTES); decode is one token attending a cache of `context` slots, prefill is
+  `context` tokens at once (the cache is as long as the prompt);
 - projection: a bias-free Linear between widths; embedding: token plus learned-position lookup;
 - head: the final LayerNorm and the vocabulary projection of the last position;
 - fixed: positions and attention mask, what the whole model computes once per call;
