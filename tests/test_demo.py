@@ -4,26 +4,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-from merino_mobile.cli import main
+from cli_runner import run  # tests/cli_runner.py (pytest puts tests/ on sys.path)
 
 
 @pytest.mark.slow
 def test_reduced_demo_runs_the_whole_loop(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(sys, "argv", ["merino-mobile", "demo", "--reduced", "--workspace",
-                                      str(tmp_path), "--json"])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    r = json.loads(out.out)
+    code, out, err = run(monkeypatch, capsys, "demo", "--reduced", "--workspace", str(tmp_path),
+                         "--json")
+    assert code == 0, err
+    r = json.loads(out)
     assert r["reduced"] and r["compare"] is None
     # a measured table was written and used for the design and the prediction
     assert Path(r["lut"]) == tmp_path / "devices" / "host" / "lut-executorch-int8.json"
