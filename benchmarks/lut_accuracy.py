@@ -1,19 +1,21 @@
 """How well the host's latency table predicts whole models: share within +-10%, MAPE.
 
-    python benchmarks/lut_accuracy.py [--n 30] [--context 512] [--grid quick] [--workspace DIR]
+    python benchmarks/lut_accuracy.py [--n 30] [--context 256] [--quant int8] [--workspace DIR]
 
-1. Profiles the default search space's grid on the `host` device (ExecuTorch, fp32) in a fresh
-   workspace (or --workspace, which resumes and reuses its exports), timing the whole profile.
+1. Profiles the default search space's quick grid on the `host` device (ExecuTorch, --quant;
+   decode contexts 128 and 512, so --context 256 is between them, as for a user of `profile`
+   then `design`) in a fresh workspace (or --workspace, which resumes and reuses its exports),
+   timing the whole profile.
 2. Draws --n random architectures of the default space (seeded), builds each decoder with a KV
-   cache of --context positions, exports it with the project's exporter (`export_executorch`),
-   and measures one decode step at that context on the same host device, the same way.
-3. Compares with `predict_latency(card, lut, context)`; prints a table and writes
+   cache of --context positions and exports it with the project's exporter (`export_executorch`),
+   several side by side (`merino_mobile.parallel`), after the profile and timed apart from it.
+3. Measures one decode step of each at that context on the same host device, the same way, and
+   compares with `predict_latency(card, lut, context)`; prints a table and writes
    benchmarks/results/lut_accuracy.json.
 
 Whole models are capped at --max-params (default 60M) and --max-depth (12) so 30 exports fit in
 minutes on a small machine; the architectures are otherwise uniform over the space's choices.
-Exports are cached in the workspace by content; `--export-only` fills that cache (for example in
-parallel with a profiling run).
+Exports are cached in the workspace by content; `--export-only` fills that cache.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import shutil
 import statistics
@@ -51,13 +54,37 @@ def random_card(space, rng: random.Random, name: str, max_params: int, max_depth
             return card
 
 
+def card_path(build: Path, card, context: int, quant: str) -> Path:
+    """Where a card's .pte is cached: one file per content (card, context, quantization)."""
+    key = hashlib.sha256(json.dumps([card.to_json(), context, quant],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    return build / f"{card.name}-{key}.pte"
+
+
+def export_card(card, path: Path, context: int, quant: str) -> float:
+    """Export one whole model (a `merino_mobile.parallel` job); seconds it took."""
+    from merino_mobile.export.executorch import export_executorch
+    from merino_mobile.model import build_decoder
+
+    model = build_decoder(card, cache_len=context, seed=0)
+    te = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = export_executorch(model, quant, path.with_suffix(f".partial-{os.getpid()}.pte"),
+                            prompt_len=8)
+    tmp.replace(path)
+    return time.perf_counter() - te
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--grid", default="quick")
-    ap.add_argument("--quant", default="fp32")
+    ap.add_argument("--grid-context", type=int, action="append", default=[],
+                    help="Decode context the profile measures (repeatable; default the grid's "
+                         "own, quick 128 and 512: the whole models' --context is interpolated)")
+    ap.add_argument("--quant", default="int8")
     ap.add_argument("--max-params", type=float, default=60e6)
     ap.add_argument("--max-depth", type=int, default=12)
     ap.add_argument("--workspace", type=Path, default=None)
@@ -75,9 +102,8 @@ def main() -> int:
     from merino_mobile.device import open_device
     from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
     from merino_mobile.device.profiles import load_profile
-    from merino_mobile.export.executorch import export_executorch
     from merino_mobile.latency import predict_latency
-    from merino_mobile.model import build_decoder
+    from merino_mobile.parallel import Job, run_jobs
     from merino_mobile.profile import describe_grid, make_grid, run_profile
     from merino_mobile.space import load_space
     from merino_mobile.workspace import Workspace
@@ -88,7 +114,7 @@ def main() -> int:
         shutil.copy(ROOT / "devices" / "host.toml", root / "devices" / "host.toml")
     ws = Workspace.resolve(root)
     space_path = ROOT / "search" / "default.toml"
-    grid = make_grid(space_path, args.grid, [args.context])
+    grid = make_grid(space_path, args.grid, args.grid_context)
     print(describe_grid(grid), flush=True)
 
     def progress(msg: str, done: int, total: int) -> None:
@@ -100,23 +126,22 @@ def main() -> int:
              for i in range(args.n)]
     build = ws.state / "bench-models"
 
-    def exported(card) -> tuple[Path, float]:
-        """The card's .pte, exported once per content (cards, context, quantization)."""
-        key = hashlib.sha256(json.dumps([card.to_json(), args.context, args.quant],
-                                        sort_keys=True).encode()).hexdigest()[:16]
-        path = build / f"{card.name}-{key}.pte"
-        if path.exists():
-            return path, 0.0
-        model = build_decoder(card, cache_len=args.context, seed=0)
+    def export_all() -> tuple[dict[str, float], float]:
+        """Export the missing whole models, side by side (`merino_mobile.parallel`); the
+        seconds each took, and the wall time of all."""
+        missing = [c for c in cards if not card_path(build, c, args.context, args.quant).exists()]
         te = time.perf_counter()
-        tmp = export_executorch(model, args.quant, build / f"{key}.partial.pte", prompt_len=8)
-        tmp.replace(path)
-        return path, time.perf_counter() - te
+        secs = run_jobs([Job(c.name, export_card, (c, card_path(build, c, args.context,
+                                                                    args.quant),
+                                                   args.context, args.quant), cost=c.depth)
+                         for c in missing], progress=progress) if missing else []
+        for c, sec in zip(missing, secs, strict=True):
+            print(f"{c.name}: exported in {sec:.0f} s", flush=True)
+        return dict(zip((c.name for c in missing), secs, strict=True)), \
+            time.perf_counter() - te
 
     if args.export_only:
-        for card in cards:
-            path, s = exported(card)
-            print(f"{card.name}: {path.name} ({s:.0f} s)", flush=True)
+        export_all()
         return 0
 
     if args.stored:
@@ -127,6 +152,7 @@ def main() -> int:
         fp = HostDevice(load_profile(ws, "host")).fingerprint("executorch", args.quant)
         store = Store.open(ws.state)
         rows_ = store.rows(fp.key, "executorch", args.quant)
+        store.close()
         lut = Lut.from_rows(rows_, fp, "executorch", args.quant)
         profile_s, export_s, reused = None, None, sum(r.ok for r in rows_)
         print(f"table from {reused} stored points", flush=True)
@@ -141,11 +167,13 @@ def main() -> int:
 
         lut = read_lut(Path(report.lut))
 
+    export_secs, models_export_wall = export_all()
     device = open_device(load_profile(ws, "host"))
     prof = device.profile.measure
     rows = []
     for card in cards:
-        pte, export_s = exported(card)
+        pte = card_path(build, card, args.context, args.quant)
+        model_export_s = export_secs.get(card.name, 0.0)
         # one decode step: a token at position context-1, attending the whole cache
         spec = MethodSpec("forward", (InputSpec((1, 1), "int64", 7),
                                       InputSpec((1,), "int64", args.context - 1)))
@@ -157,7 +185,8 @@ def main() -> int:
         row = {"card": card.to_json(), "params": accounting.params(card), "depth": card.depth,
                "widths": [b.width for b in card.blocks], "predicted_ms": predicted,
                "measured_ms": res.median if res.ok else None, "p10_ms": res.p10 if res.ok else None,
-               "p90_ms": res.p90 if res.ok else None, "error": res.error, "export_s": export_s}
+               "p90_ms": res.p90 if res.ok else None, "error": res.error,
+               "export_s": model_export_s}
         if res.ok:
             row["error_pct"] = 100 * (predicted - res.median) / res.median
         rows.append(row)
@@ -171,7 +200,8 @@ def main() -> int:
         "schema_version": 1, "device": "host", "runtime": "executorch", "quant": args.quant,
         "context": args.context, "grid": args.grid, "grid_points": len(grid.points()),
         "profile_wall_s": profile_s, "profile_export_s": export_s,
-        "profile_reused_points": reused, "models": len(rows), "measured": len(good),
+        "profile_reused_points": reused, "models_export_wall_s": models_export_wall,
+        "models": len(rows), "measured": len(good),
         "within_10pct": sum(e <= 10 for e in errs) / len(errs) if errs else None,
         "mape_pct": statistics.fmean(errs) if errs else None,
         "median_ape_pct": statistics.median(errs) if errs else None,

@@ -195,10 +195,14 @@ def _default_runtime(ws: Workspace, device: str) -> str:
 
 
 def _export_and_bench(ws: Workspace, card: Card, device: str, fmt: str, quant: str, out: Path,
-                      prompt: int, generate: int, repeat: int, verify: bool) -> Candidate:
-    from merino_mobile.export import export
+                      prompt: int, generate: int, repeat: int, verify: bool,
+                      reuse: bool = False) -> Candidate:
+    from merino_mobile.export import export, reusable_export
 
-    res = export(card, fmt, quant, out, force=True, cache_len=prompt + generate, verify=verify)
+    res = reusable_export(out, card, fmt, quant, prompt + generate) if reuse else None
+    if res is None:
+        res = export(card, fmt, quant, out, force=True, cache_len=prompt + generate,
+                     verify=verify)
     b = bench_artifact(ws, res.artifact, device, prompt=prompt, generate=generate, repeat=repeat)
     return Candidate(fmt, quant, res.to_json(), b)
 
@@ -206,8 +210,11 @@ def _export_and_bench(ws: Workspace, card: Card, device: str, fmt: str, quant: s
 def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = None,
            quant: str = "int8", *, prompt: int = DEFAULT_PROMPT,
            generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
-           predict_latency: bool = True, command: str = "merino-mobile deploy") -> dict[str, Any]:
-    """Export `card`, bench it on `device`, compare with the latency table, write the report."""
+           predict_latency: bool = True, command: str = "merino-mobile deploy",
+           reuse_export: bool = False) -> dict[str, Any]:
+    """Export `card`, bench it on `device`, compare with the latency table, write the report.
+    `reuse_export`: keep an artifact already exported there from the same card and settings
+    (`merino_mobile.export.reusable_export`)."""
     from merino_mobile.export import FORMATS
 
     fmt = fmt or FORMAT_OF_RUNTIME[_default_runtime(ws, device)]
@@ -218,7 +225,7 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
     if prompt + generate > card.context:
         raise UserError(f"--prompt {prompt} + --generate {generate} exceeds the context of card "
                         f"{card.name!r} ({card.context})")
-    out = ws.root / "build" / card.name / f"{device}-{fmt}-{quant}"
+    out = deploy_dir(ws, card.name, device, fmt, quant)
     if (out / "report.json").exists() and not force:
         raise UserError(f"{out / 'report.json'} exists from an earlier deploy; pass --force to "
                         f"replace it")
@@ -239,7 +246,8 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
         where = out / "candidates" / f"{f}-{q}" if auto else out / "artifact"
         try:
             cands.append(_export_and_bench(ws, card, device, f, q, where, prompt, generate,
-                                           repeat, verify=auto or q != "fp32"))
+                                           repeat, verify=auto or q != "fp32",
+                                           reuse=reuse_export))
         except UserError as e:
             if not auto:
                 raise
@@ -304,7 +312,8 @@ def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | N
             quant: str = "int8", *, baseline: str | None = None, prompt: int = DEFAULT_PROMPT,
             generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
             predict_latency: bool = True, remeasure: bool | None = None,
-            command: str = "merino-mobile compare") -> dict[str, Any]:
+            command: str = "merino-mobile compare", reuse_export: bool = False
+            ) -> dict[str, Any]:
     """Deploy every card with one runtime and quantization; ratios against the baseline card.
 
     A card already deployed with the same settings (its report.json exists) is reused, not
@@ -327,14 +336,15 @@ def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | N
         raise UserError(f"{out / 'compare.json'} exists; pass --force to replace it")
     reports = {}
     for card in cards:
-        path = ws.root / "build" / card.name / f"{device}-{fmt}-{quant}" / "report.json"
+        path = deploy_dir(ws, card.name, device, fmt, quant) / "report.json"
         old = json.loads(path.read_text()) if path.is_file() else None
         if old and not remeasure and (old["prompt"], old["generate"]) == (prompt, generate):
             reports[card.name] = old
             continue
         reports[card.name] = deploy(ws, card, device, fmt, quant, prompt=prompt,
                                     generate=generate, repeat=repeat, force=True,
-                                    predict_latency=predict_latency, command=command)
+                                    predict_latency=predict_latency, command=command,
+                                    reuse_export=reuse_export)
     ref = reports[base]
     rows = []
     for card in cards:
@@ -381,22 +391,41 @@ depth = [0, 3]
 sharing = true
 order = "non-decreasing"
 """
-DEMO_COMPARE = "opt-125m"
+DEMO_COMPARE = "opt-350m"
+DEMO_SPEEDUP = 4.0  # the design's budget: the comparison card's predicted latency / this
+
+
+def deploy_dir(ws: Workspace, card: str, device: str, fmt: str, quant: str) -> Path:
+    """Where `deploy` writes a card's artifact and reports."""
+    return ws.root / "build" / card / f"{device}-{fmt}-{quant}"
+
+
+def export_for_deploy(card: Card, out: Path, fmt: str, quant: str, cache_len: int) -> str:
+    """Export `card` where `deploy(..., reuse_export=True)` will find it (a parallel job)."""
+    from merino_mobile.export import export, reusable_export
+
+    if reusable_export(out, card, fmt, quant, cache_len) is None:
+        export(card, fmt, quant, out, force=True, cache_len=cache_len, verify=quant != "fp32")
+    return str(out)
 
 
 def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPARE,
-         say: Any = None) -> dict[str, Any]:
+         say: Any = None, workers: int | None = None, progress: Any = None
+         ) -> dict[str, Any]:
     """The whole loop on this host: profile (or reuse the table), design, deploy, compare.
 
-    Budget: the design's decode latency budget is half the predicted latency of the comparison
-    card (a design about twice as fast as it, by the table); `reduced` has no comparison card and
-    uses 1.5x the predicted latency of the smallest design of its tiny space.
+    Budget: the design's decode latency budget is the predicted latency of the comparison card
+    over DEMO_SPEEDUP (the paper's MeRino-64M is 4.9x faster than OPT-350M); `reduced` has no
+    comparison card and uses 1.5x the predicted latency of the smallest design of its tiny space.
+    The comparison card is exported while the profile's programs are (`workers` processes side
+    by side), so the export of a 331M-parameter model hides behind the profile's.
     """
     from merino_mobile.card import load_card
     from merino_mobile.design import design_card
     from merino_mobile.entropy import EntropySettings
     from merino_mobile.latency import predict_latency as predict_ms
     from merino_mobile.lut import load_lut
+    from merino_mobile.parallel import Job
     from merino_mobile.profile import make_grid, run_profile
     from merino_mobile.space import load_space
 
@@ -417,22 +446,29 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
         # one decode context, the one the deploy runs at: fewer points, no interpolation in context
         grid = make_grid(space_path, "quick", [prompt + generate], [prompt])
     context = prompt + generate
-    try:
-        lut = load_lut(ws, device, runtime, quant)
-        say(f"reusing the latency table {lut.source}")
-    except UserError:
-        say(f"profiling {device} ({runtime}, {quant}): {len(grid.points())} micro-benchmarks")
-        run_profile(ws, device, runtime, quant, grid)
-        lut = load_lut(ws, device, runtime, quant)
-    steps["profile_s"] = round(time.perf_counter() - t0, 1)
-
     space = load_space(space_path)
     if reduced:
         smallest = Card(name="smallest", vocab=space.vocab, context=space.context,
                         head_dim=space.head_dim, blocks=(accounting_block(space),))
         reference, factor = smallest, 1.5
     else:
-        reference, factor = load_card(ws.find("models", compare_card, ".json")), 0.5
+        reference = load_card(ws.find("models", compare_card, ".json"))
+        factor = 1 / DEMO_SPEEDUP
+    try:
+        lut = load_lut(ws, device, runtime, quant)
+        say(f"reusing the latency table {lut.source}")
+    except UserError:
+        extra = [] if reduced else [Job(
+            f"{reference.name} (whole model)", export_for_deploy,
+            (reference, deploy_dir(ws, reference.name, device, "executorch", quant) / "artifact",
+             "executorch", quant, context), cost=8.0 * reference.depth)]
+        say(f"profiling {device} ({runtime}, {quant}): {len(grid.points())} micro-benchmarks"
+            + (f"; {reference.name} is exported beside them" if extra else ""))
+        run_profile(ws, device, runtime, quant, grid, progress=progress, workers=workers,
+                    extra_jobs=extra)
+        lut = load_lut(ws, device, runtime, quant)
+    steps["profile_s"] = round(time.perf_counter() - t0, 1)
+
     budget = factor * predict_ms(reference, lut, context, "decode")
     say(f"designing for {budget:.3g} ms per token ({factor:g}x the predicted latency of "
         f"{reference.name} at context {context})")
@@ -455,10 +491,11 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     cmp = None
     if not reduced:
         t1 = time.perf_counter()
-        say(f"comparing with {reference.name} (export and bench, reused when already measured)")
+        say(f"comparing with {reference.name} (its export is reused when the profile made it)")
         cmp = compare(ws, [card, reference], device, "executorch", quant,
                       baseline=reference.name, prompt=prompt, generate=generate, repeat=repeat,
-                      force=True, remeasure=False, command="merino-mobile demo")
+                      force=True, remeasure=False, command="merino-mobile demo",
+                      reuse_export=True)
         steps["compare_s"] = round(time.perf_counter() - t1, 1)
     steps["total_s"] = round(time.perf_counter() - t0, 1)
     return {"schema_version": SCHEMA_VERSION, "kind": "merino-mobile-demo", "reduced": reduced,

@@ -187,9 +187,7 @@ class Lut:
     def from_rows(cls, rows: Iterable[Row], fingerprint: Fingerprint, runtime: str,
                   quant: str) -> Lut:
         """Terms from raw measurements: subtract the per-call overhead (`null`), divide by the
-        instances a micro-model ran (`merino_mobile.profile.copies`), drop failures."""
-        from merino_mobile.profile import copies
-
+        instances one timed call ran (`Row.per_call`), drop failures."""
         rows = list(rows)
         null: dict[tuple[str, int], float] = {}
         for r in rows:
@@ -202,7 +200,7 @@ class Lut:
                 continue
             ms = r.median_ms
             if p.term != "fixed":
-                ms = max(0.0, ms - _nearest(null, p.phase, _tokens(p))) / copies(p, quant)
+                ms = max(0.0, ms - _nearest(null, p.phase, _tokens(p))) / r.per_call
             entries.setdefault(p.term, {}).setdefault(p.phase, []).append((p, ms))
         failed = [f"{r.point.label()}: {r.error}" for r in rows if not r.ok]
         missing = [t for t in ("fixed", "layer", "embedding", "head") if t not in entries]

@@ -7,8 +7,8 @@ Each LUT term of `merino_mobile.latency` is a micro-model built from the very mo
 uses (`merino_mobile.model.DecoderLayer`, `KVCache`), exported by the real exporter for the runtime
 and quantization (`lower_to_pte`, `to_onnx`), and timed by the device's runtime:
 
-- layer: one DecoderLayer with its KV cache (at decode, up to MAX_COPIES distinct ones in a row,
-  see STREAM_BYTES); decode is one token attending a cache of `context` slots, prefill is
+- layer: one DecoderLayer with its KV cache (at decode, several distinct ones timed in turn, see
+  STREAM_BYTES); decode is one token attending a cache of `context` slots, prefill is
   `context` tokens at once (the cache is as long as the prompt);
 - projection: a bias-free Linear between widths; embedding: token plus learned-position lookup;
 - head: the final LayerNorm and the vocabulary projection of the last position;
@@ -29,9 +29,10 @@ are measured again and the new level becomes the reference.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import math
+import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from merino_mobile.device.base import (
     MethodSpec,
 )
 from merino_mobile.errors import UserError
+from merino_mobile.parallel import Job, run_jobs
 from merino_mobile.store import Point, ProfileLock, Store
 from merino_mobile.workspace import Workspace
 
@@ -63,12 +65,21 @@ MAX_METHODS = 24
 MAX_PROGRAM_BYTES = 160e6
 # A micro-benchmark calls one term many times, so weights that fit in the caches (32 MB of L3
 # here) are timed hot, while a whole model, larger than any cache it runs on, streams its weights
-# from DRAM every token. So a decode micro-model of a term with weights holds `copies` distinct
-# instances, run one after the other, that read up to STREAM_BYTES of weights per call; the table
-# stores the time of one. Each copy is exported and lowered, so MAX_COPIES bounds the cost: the
-# narrowest layers (under 12 MB at 4 copies) are still partly timed warm.
+# from DRAM every token. So a decode term with weights is timed as `copies` distinct instances
+# called one after the other, which read up to STREAM_BYTES of weights between two calls of one
+# instance; the table stores the time of one. Where the copies live depends on the device:
+# - a device that `replicates` (the host) loads the exported single instance `copies` times and
+#   calls them in turn: nothing extra to export, so up to MAX_INSTANCES. Measured on this host
+#   (int8 decode layer of width 512, 1.5 MB): 0.67 ms a call with 16 instances, 0.66 ms a layer
+#   in a 32-layer program, 0.52 with 4 copies, 0.22 hot;
+# - elsewhere (a phone's executor_runner runs one method once) the copies are built into the
+#   micro-model and each is exported and lowered, so MAX_COPIES bounds that cost.
 STREAM_BYTES = 48e6
 MAX_COPIES = 4
+MAX_INSTANCES = 32
+# Exports run in worker processes side by side (`merino_mobile.parallel`) when their summed
+# `_export_cost` reaches this (about 10 layers): a spawned worker spends seconds importing torch.
+PARALLEL_MIN_COST = 60.0
 
 
 # -- the grid ------------------------------------------------------------------------------------
@@ -86,6 +97,8 @@ class Grid:
     contexts: tuple[int, ...]
     prompts: tuple[int, ...]
     projection_widths: tuple[int, ...]
+    embedding_widths: tuple[int, ...] = ()  # () = every width
+
 
     def points(self) -> list[Point]:
         """Every point, in a fixed order (batches, and so cached programs, depend on it)."""
@@ -97,7 +110,7 @@ class Grid:
         for phase, lengths in (("decode", (1,)), ("prefill", self.prompts)):
             for t in lengths:
                 pts += [Point("embedding", phase, width=w, vocab=EMBED_VOCAB, context=t)
-                        for w in self.widths]
+                        for w in self.embedding_widths or self.widths]
                 pts += [Point("projection", phase, width=a, width_out=b, context=t)
                         for a in self.projection_widths for b in self.projection_widths if a != b]
         for phase, lengths in (("decode", self.contexts), ("prefill", self.prompts)):
@@ -129,7 +142,8 @@ def make_grid(space: Path, grid: str = "quick", contexts: Sequence[int] = (),
     """The grid of a search-space TOML (keys widths, ffn_ratios, head_dim, vocab, context).
 
     quick: every other width (both ends kept), 3 FFN ratios, 2 decode contexts, 1 prompt length,
-    projections among 4 widths; full: everything, 6 contexts, 3 prompt lengths.
+    projections among 3 widths, embeddings at 4 (both are small terms that interpolate well);
+    full: everything, 6 contexts, 3 prompt lengths.
     """
     from merino_mobile.device.profiles import tomllib
 
@@ -170,7 +184,8 @@ def make_grid(space: Path, grid: str = "quick", contexts: Sequence[int] = (),
     if any(c < 1 for c in ctx):
         raise UserError(f"contexts must be positive, got {list(contexts)}")
     return Grid(grid, tuple(widths), tuple(ratios), head_dim, vocab, max_context, tuple(ctx),
-                tuple(prm), _spread(widths, 4) if quick else tuple(widths))
+                tuple(prm), _spread(widths, 3) if quick else tuple(widths),
+                _spread(widths, 4) if quick else ())
 
 
 # -- micro-models --------------------------------------------------------------------------------
@@ -189,24 +204,28 @@ def weight_bytes(p: Point, quant: str) -> float:
     return 0.0
 
 
-def copies(p: Point, quant: str) -> int:
-    """Instances of a term in its micro-model (see STREAM_BYTES); prefill is compute-bound."""
+def copies(p: Point, quant: str, replicated: bool = False) -> int:
+    """Instances of a term timed in turn (see STREAM_BYTES); prefill is compute-bound.
+    `replicated`: the device loads them (up to MAX_INSTANCES), else the micro-model holds them
+    (up to MAX_COPIES)."""
     b = weight_bytes(p, quant)
     if p.phase != "decode" or b <= 0:
         return 1
-    return max(1, min(MAX_COPIES, math.ceil(STREAM_BYTES / b)))
+    cap = MAX_INSTANCES if replicated else MAX_COPIES
+    return max(1, min(cap, math.ceil(STREAM_BYTES / b)))
 
 
-def micro_model(p: Point, grid: Grid, quant: str = "fp32"
+def micro_model(p: Point, grid: Grid, quant: str = "fp32", n: int | None = None
                 ) -> tuple[Any, tuple, tuple[InputSpec, ...]]:
-    """(module, example args, input specs) of one point's micro-benchmark."""
+    """(module, example args, input specs) of one point's micro-benchmark, with `n` instances
+    of its term (default `copies(p, quant)`)."""
     import torch
     from torch import nn
 
     from merino_mobile.model import DecoderLayer, KVCache, LayerNorm
 
     t = 1 if p.phase == "decode" else p.context
-    n = copies(p, quant)
+    n = copies(p, quant) if n is None else n
     if p.term == "layer":
         cache_len = p.context
 
@@ -298,22 +317,27 @@ def _example(specs: Sequence[InputSpec]) -> tuple:
     return tuple(make_inputs(tuple(specs), torch_tensors=True))
 
 
-def _point_bytes(p: Point, grid: Grid, quant: str) -> float:
+def in_program(p: Point, quant: str, replicated: bool) -> int:
+    """Instances of a point's term built into its micro-model (1 when the device replicates)."""
+    return 1 if replicated else copies(p, quant)
+
+
+def _point_bytes(p: Point, grid: Grid, quant: str, replicated: bool) -> float:
     """Bytes a point adds to its program: its weights in the program's format, every copy."""
     if p.term == "embedding":  # lookups stay fp32
         return 4.0 * p.width * (p.vocab + grid.max_context)
-    return weight_bytes(p, quant) * copies(p, quant)
+    return weight_bytes(p, quant) * in_program(p, quant, replicated)
 
 
-def batches(points: Sequence[Point], grid: Grid, quant: str = "fp32"
+def batches(points: Sequence[Point], grid: Grid, quant: str = "fp32", replicated: bool = False
             ) -> list[tuple[Point, ...]]:
     """Consecutive points grouped into programs of at most MAX_METHODS methods and
-    MAX_PROGRAM_BYTES of fp32 weights (a program is exported and loaded as a whole)."""
+    MAX_PROGRAM_BYTES of weights (a program is exported and loaded as a whole)."""
     out: list[tuple[Point, ...]] = []
     cur: list[Point] = []
     size = 0.0
     for p in points:
-        b = _point_bytes(p, grid, quant)
+        b = _point_bytes(p, grid, quant, replicated)
         if cur and (len(cur) >= MAX_METHODS or size + b > MAX_PROGRAM_BYTES):
             out.append(tuple(cur))
             cur, size = [], 0.0
@@ -329,51 +353,83 @@ def method_name(i: int) -> str:
 
 
 def _versions(runtime: str) -> dict[str, str]:
-    pkgs = ("torch", "executorch") if runtime == "executorch" else ("torch", "onnx", "onnxscript")
-    out = {}
-    for pkg in pkgs:
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = "none"
-    return out
+    from merino_mobile.export import package_versions
+
+    return package_versions(("torch", "executorch") if runtime == "executorch"
+                            else ("torch", "onnx", "onnxscript"))
 
 
-def program_hash(batch: Sequence[Point], grid: Grid, runtime: str, quant: str) -> str:
+def program_hash(batch: Sequence[Point], grid: Grid, runtime: str, quant: str,
+                 replicated: bool = False) -> str:
     blob = json.dumps({"bench": BENCH_VERSION, "runtime": runtime, "quant": quant,
                        "versions": _versions(runtime), "max_context": grid.max_context,
-                       "points": [p.key for p in batch]}, sort_keys=True)
+                       "points": [p.key for p in batch],
+                       "copies": [in_program(p, quant, replicated) for p in batch]},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def export_batch(batch: Sequence[Point], grid: Grid, runtime: str, quant: str,
-                 cache_dir: Path) -> tuple[Path, tuple[MethodSpec, ...]]:
-    """The program of a batch (from the cache when its content was exported before)."""
-    h = program_hash(batch, grid, runtime, quant)
-    built = [micro_model(p, grid, quant) for p in batch]
-    specs = tuple(MethodSpec(method_name(i), s) for i, (_, _, s) in enumerate(built))
+                 cache_dir: Path, replicated: bool = False
+                 ) -> tuple[Path, tuple[MethodSpec, ...]]:
+    """The program of a batch (from the cache when its content was exported before); with
+    `replicated`, each method holds one instance and its spec asks the device for `copies`."""
+    h = program_hash(batch, grid, runtime, quant, replicated)
+    built = [micro_model(p, grid, quant, in_program(p, quant, replicated)) for p in batch]
+    specs = tuple(MethodSpec(method_name(i), s, copies(p, quant) if replicated else 1)
+                  for i, (p, (_, _, s)) in enumerate(zip(batch, built, strict=True)))
     cache_dir.mkdir(parents=True, exist_ok=True)
+    path = program_path(batch, grid, runtime, quant, cache_dir, replicated)
     if runtime == "executorch":
-        path = cache_dir / f"{h}.pte"
         if not path.is_file():
             from merino_mobile.export.executorch import lower_to_pte
 
-            tmp = cache_dir / f"{h}.partial.pte"
+            # a temporary name of this process: a killed export never leaves a cached
+            # half-program, and two exports of one program never write one file
+            tmp = cache_dir / f"{h}.partial-{os.getpid()}.pte"
             methods = {method_name(i): (m, args, None) for i, (m, args, _) in enumerate(built)}
-            # write under a temporary name: a killed export never leaves a cached half-program
             lower_to_pte(methods, quant, tmp)
             tmp.replace(path)
         return path, specs
-    folder = cache_dir / f"{h}.onnx.d"
-    if not folder.is_dir():
+    if not path.is_dir():
         from merino_mobile.export.onnx import to_onnx
 
-        tmp = cache_dir / f"{h}.partial.onnx.d"
+        tmp = cache_dir / f"{h}.partial-{os.getpid()}.onnx.d"
         tmp.mkdir(exist_ok=True)
         for i, (m, args, _) in enumerate(built):
             to_onnx(m, args, quant, tmp / f"{method_name(i)}.onnx")
-        tmp.replace(folder)
-    return folder, specs
+        if path.is_dir():  # another process finished it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.replace(path)
+    return path, specs
+
+
+def program_path(batch: Sequence[Point], grid: Grid, runtime: str, quant: str, cache_dir: Path,
+                 replicated: bool = False) -> Path:
+    """Where a batch's program is cached (a .pte file, or a folder of .onnx files)."""
+    h = program_hash(batch, grid, runtime, quant, replicated)
+    return cache_dir / (f"{h}.pte" if runtime == "executorch" else f"{h}.onnx.d")
+
+
+def _export_cost(batch: Sequence[Point]) -> float:
+    """Relative lowering time of a program (a layer costs several small terms)."""
+    return 2.0 + sum(4.0 if p.term == "layer" else 1.0 for p in batch)
+
+
+def export_jobs(batches_: Sequence[Sequence[Point]], grid: Grid, runtime: str, quant: str,
+                cache_dir: Path, replicated: bool = False) -> list[Job]:
+    """Export jobs (`merino_mobile.parallel`) of the batches whose program is not cached yet."""
+    out, seen = [], set()
+    for b in batches_:
+        path = program_path(b, grid, runtime, quant, cache_dir, replicated)
+        if path.exists() or path in seen:
+            continue
+        seen.add(path)
+        out.append(Job(f"{len(b)} micro-model{'s' * (len(b) > 1)}", export_batch,
+                       (tuple(b), grid, runtime, quant, cache_dir, replicated),
+                       _export_cost(b)))
+    return out
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -407,8 +463,13 @@ Progress = Callable[[str, int, int], None]  # (message, done, total)
 def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: str = "fp32",
                 grid: Grid | None = None, *, progress: Progress | None = None,
                 on_event: Callable[[str, str, int], None] | None = None,
-                max_redo: int = 2) -> ProfileReport:
-    """Measure every missing point of `grid` on `device`, store each at once, write the LUT."""
+                max_redo: int = 2, workers: int | None = None,
+                extra_jobs: Sequence[Job] = ()) -> ProfileReport:
+    """Measure every missing point of `grid` on `device`, store each at once, write the LUT.
+
+    Every missing program is exported first, `workers` processes side by side (default: the
+    usable cores), together with `extra_jobs` (the demo's reference model); then the points are
+    timed with nothing else running."""
     from merino_mobile import device as devices
     from merino_mobile.device.profiles import load_profile
     from merino_mobile.lut import Lut, lut_path
@@ -432,7 +493,7 @@ def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: 
             try:
                 store.save_fingerprint(fp)
                 report = _measure(ws, dev, store, fp, runtime, quant, grid, progress, on_event,
-                                  max_redo)
+                                  max_redo, workers, extra_jobs)
                 lut = Lut.from_rows(store.rows(fp.key, runtime, quant), fp, runtime, quant)
             finally:
                 store.close()
@@ -444,7 +505,8 @@ def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: 
 
 
 def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, quant: str,
-             grid: Grid, progress: Progress | None, on_event: Any, max_redo: int) -> ProfileReport:
+             grid: Grid, progress: Progress | None, on_event: Any, max_redo: int,
+             workers: int | None = None, extra_jobs: Sequence[Job] = ()) -> ProfileReport:
     prof = dev.profile
     cache = ws.state / "cache"
     wanted = grid.points()
@@ -452,10 +514,22 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
     report = ProfileReport(prof.name, runtime, quant, grid.to_json(), fp.to_json(),
                            points=len(wanted), skipped=sum(p.key in done for p in wanted),
                            measured=0)
-    all_batches = batches(wanted, grid, quant)
+    replicated = bool(dev.replicates)
+    all_batches = batches(wanted, grid, quant, replicated)
     queue = deque(b for b in all_batches if any(p.key not in done for p in b))
     total = len(wanted) - report.skipped
     count = 0
+    # export first, side by side; the sentinel's program is needed only when something is timed
+    jobs = export_jobs(list(queue) + [b for b in all_batches if queue and grid.sentinel() in b],
+                       grid, runtime, quant, cache, replicated)
+    if jobs or extra_jobs:
+        te = time.perf_counter()
+        all_jobs = [*jobs, *extra_jobs]
+        if workers is None and sum(j.cost for j in all_jobs) < PARALLEL_MIN_COST:
+            workers = 1  # a few small programs: starting worker processes costs more
+        # the progress of this phase counts exports (its total differs from the points')
+        run_jobs(all_jobs, workers, progress)
+        report.export_s += time.perf_counter() - te
     failed: dict[str, str] = {}
     dev_cpus = tuple(prof.cpus)
 
@@ -467,9 +541,9 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
         te = time.perf_counter()
         if progress:
             progress(f"exporting {len(batch)} micro-models", count, total)
-        artifact, specs = export_batch(batch, grid, runtime, quant, cache)
+        artifact, specs = export_batch(batch, grid, runtime, quant, cache, replicated)
         report.export_s += time.perf_counter() - te
-        h = program_hash(batch, grid, runtime, quant)
+        h = program_hash(batch, grid, runtime, quant, replicated)
         keys = {p.key for p in only}
         chosen = tuple(s for p, s in zip(batch, specs, strict=True) if p.key in keys)
         by_name = {method_name(i): p for i, p in enumerate(batch)}
@@ -480,7 +554,8 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
 
         def keep(p: Point, r: Any) -> None:
             nonlocal count
-            store.record(fp.key, runtime, quant, p, r, prof.threads, dev_cpus, h)
+            store.record(fp.key, runtime, quant, p, r, prof.threads, dev_cpus, h,
+                         in_program(p, quant, replicated))
             stored.add(r.name)
             count += 1
             if r.ok:
@@ -515,9 +590,12 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
     redo = 0
     sentinel = grid.sentinel()
 
+    # the sentinel is one of the grid's points: timed from that point's program
+    sentinel_batch = next((b for b in all_batches if sentinel in b), (sentinel,))
+
     def measure_sentinel() -> float | None:
-        (_, r), = bench((sentinel,), (sentinel,), store_points=False)
-        return r.median if r.ok else None
+        results = bench(sentinel_batch, (sentinel,), store_points=False)
+        return results[0][1].median if results and results[0][1].ok else None
 
     def check_sentinel() -> bool:
         """Measure the sentinel; False when it drifted (confirmed by a second measurement)."""

@@ -30,7 +30,7 @@ from typing import Any
 from merino_mobile.device.base import Fingerprint, MethodResult
 from merino_mobile.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added points.per_call (version 1 files are upgraded in place)
 TERMS = ("fixed", "null", "layer", "projection", "embedding", "head")
 
 _SCHEMA = """
@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS points (
     artifact TEXT NOT NULL,       -- content hash of the exported program it came from
     measured_at TEXT NOT NULL,
     seq INTEGER NOT NULL,         -- measurement order, for re-measuring after a drift
+    per_call INTEGER NOT NULL DEFAULT 1,  -- instances of the term one timed call ran
     PRIMARY KEY (fingerprint, runtime, quant, point)
 );
 CREATE TABLE IF NOT EXISTS sentinels (
@@ -112,6 +113,7 @@ class Row:
     cpus: tuple[int, ...]
     measured_at: str
     seq: int
+    per_call: int = 1  # instances of the term one timed call ran
 
     @property
     def ok(self) -> bool:
@@ -139,6 +141,7 @@ class Store:
             self.db.executescript(_SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                             (str(SCHEMA_VERSION),))
+            self._upgrade()
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.path}: not a usable profiling database ({e}); move it away "
                             f"and rerun `merino-mobile profile` to measure again") from None
@@ -146,6 +149,16 @@ class Store:
         if version and int(version[0]) != SCHEMA_VERSION:
             raise UserError(f"{self.path}: schema_version {version[0]} is not supported (this "
                             f"version reads {SCHEMA_VERSION})")
+
+    def _upgrade(self) -> None:
+        """Version 1 -> 2: add points.per_call. Version 1 rows are from older micro-benchmarks
+        (another BENCH_VERSION, so another fingerprint key): kept, never mixed with new ones."""
+        (version,) = self.db.execute(
+            "SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if int(version) == 1:
+            with self._write() as db:
+                db.execute("ALTER TABLE points ADD COLUMN per_call INTEGER NOT NULL DEFAULT 1")
+                db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
 
     @classmethod
     def open(cls, state_dir: Path) -> Store:
@@ -192,29 +205,30 @@ class Store:
         return int(row[0]) + 1
 
     def record(self, fp_key: str, runtime: str, quant: str, point: Point, result: MethodResult,
-               threads: int, cpus: Iterable[int], artifact: str) -> int:
-        """Store one finished point (replacing an earlier failure or a drifted value); its seq."""
+               threads: int, cpus: Iterable[int], artifact: str, per_call: int = 1) -> int:
+        """Store one finished point (replacing an earlier failure or a drifted value); its seq.
+        `per_call`: instances of the term in the timed method (the table divides by it)."""
         ok = result.ok
         with self._write() as db:
             seq = self._next_seq(db)
             db.execute(
-                "INSERT OR REPLACE INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (fp_key, runtime, quant, point.key,
                  result.median if ok else None, result.p10 if ok else None,
                  result.p90 if ok else None, json.dumps(list(result.samples_ms)),
                  None if ok else (result.error or "no samples"), threads,
-                 json.dumps(list(cpus)), artifact, _now(), seq))
+                 json.dumps(list(cpus)), artifact, _now(), seq, int(per_call)))
         return seq
 
     def rows(self, fp_key: str, runtime: str, quant: str) -> list[Row]:
         """Every stored point of one (device fingerprint, runtime, quantization), in order."""
         cur = self.db.execute(
             "SELECT point, median_ms, p10_ms, p90_ms, samples_ms, error, threads, cpus, "
-            "measured_at, seq FROM points WHERE fingerprint=? AND runtime=? AND quant=? "
-            "ORDER BY seq", (fp_key, runtime, quant))
+            "measured_at, seq, per_call FROM points WHERE fingerprint=? AND runtime=? AND "
+            "quant=? ORDER BY seq", (fp_key, runtime, quant))
         return [Row(Point.from_key(p), med, p10, p90, len(json.loads(s)), err, th,
-                    tuple(json.loads(c)), at, seq)
-                for p, med, p10, p90, s, err, th, c, at, seq in cur]
+                    tuple(json.loads(c)), at, seq, pc)
+                for p, med, p10, p90, s, err, th, c, at, seq, pc in cur]
 
     def measured(self, fp_key: str, runtime: str, quant: str) -> set[str]:
         """Keys of the points measured successfully (what a rerun skips)."""

@@ -169,3 +169,30 @@ def test_deploy_refuses_bad_requests(monkeypatch, capsys, tmp_path):
     code, _, err = run(monkeypatch, capsys, "deploy", "tiny-a", "--prompt", "30", "--generate",
                        "8", "--workspace", str(tmp_path))
     assert code == 2 and "exceeds the context" in err
+
+
+@pytest.mark.slow
+def test_an_export_made_beforehand_is_reused_only_when_it_matches(tmp_path):
+    """The demo exports its comparison card in a worker while profiling (`export_for_deploy`);
+    deploy(reuse_export=True) then benches that artifact instead of exporting again."""
+    from merino_mobile.deploy import deploy, deploy_dir, export_for_deploy
+    from merino_mobile.export import reusable_export
+
+    ws = Workspace(tmp_path)
+    out = deploy_dir(ws, A.name, "host", "executorch", "int8") / "artifact"
+    export_for_deploy(A, out, "executorch", "int8", 16)
+    made = (out / "model.pte").stat().st_mtime_ns
+    assert reusable_export(out, A, "executorch", "int8", 16) is not None
+    # another card, cache length or quantization is another export
+    assert reusable_export(out, B, "executorch", "int8", 16) is None
+    assert reusable_export(out, A, "executorch", "int8", 32) is None
+    assert reusable_export(out, A, "executorch", "fp32", 16) is None
+    rep = deploy(ws, A, "host", "executorch", "int8", prompt=8, generate=8, repeat=2,
+                 predict_latency=False, reuse_export=True)
+    assert (out / "model.pte").stat().st_mtime_ns == made
+    assert rep["export"]["toolchain"]["executorch"] == "1.5.1"
+    assert rep["export"]["verification"]["passed"] is True
+    # without reuse, deploy exports again
+    deploy(ws, A, "host", "executorch", "int8", prompt=8, generate=8, repeat=2,
+           predict_latency=False, force=True)
+    assert (out / "model.pte").stat().st_mtime_ns != made

@@ -86,6 +86,28 @@ def test_peak_rss_is_the_workers_own_not_its_parents(tmp_path, pte):
 
 
 @pytest.mark.slow
+def test_instances_are_loaded_with_their_own_weights(tmp_path):
+    """MethodSpec.instances > 1: the worker calls that many loads of the method in turn, each
+    with its own packed weights (4 MB here), which is what keeps a profiled term's weights out of
+    the caches. Methods of one loaded program would share them; the peak RSS tells."""
+    from merino_mobile.export.executorch import lower_to_pte
+
+    x = torch.randn(1, 1024)
+    pte = lower_to_pte({"wide": (nn.Linear(1024, 1024, bias=False), (x,), None)}, "fp32",
+                       tmp_path / "wide.pte")
+    dev = host(tmp_path)
+    handle = dev.prepare(pte)
+    rss = {}
+    for n in (1, 8):
+        spec = MethodSpec("wide", (InputSpec((1, 1024)),), instances=n)
+        (r,) = dev.benchmark(handle, BenchRequest("executorch", (spec,), **FAST)).results
+        assert r.ok, r.error
+        assert 3 <= len(r.samples_ms) <= 5
+        rss[n] = r.peak_rss_bytes
+    assert rss[8] - rss[1] > 7 * 4e6 * 0.9, rss
+
+
+@pytest.mark.slow
 def test_missing_method_fails_that_method_only(tmp_path, pte):
     dev = host(tmp_path)
     res = dev.benchmark(dev.prepare(pte), request("nope", "small"))
@@ -182,7 +204,8 @@ def test_adb_profile_without_backend_is_unknown(tmp_path):
 
 @pytest.mark.slow
 def test_host_runs_a_folder_of_onnx_models(tmp_path):
-    """ONNX Runtime path: one .onnx per method; the KV cache inputs ONNX adds are zero-filled."""
+    """ONNX Runtime path: one .onnx per method; the KV cache inputs ONNX adds are zero-filled;
+    a method with instances runs one session per instance."""
     from merino_mobile.export.onnx import to_onnx
     from merino_mobile.profile import make_grid, micro_model
     from merino_mobile.store import Point
@@ -198,7 +221,7 @@ def test_host_runs_a_folder_of_onnx_models(tmp_path):
                     ("m1", Point("projection", "decode", width=64, width_out=128, context=1))):
         module, args, inputs = micro_model(p, grid)
         to_onnx(module, args, "fp32", folder / f"{name}.onnx")
-        specs.append(MethodSpec(name, inputs))
+        specs.append(MethodSpec(name, inputs, instances=3 if name == "m0" else 1))
     dev = host(tmp_path)
     handle = dev.prepare(folder)
     assert handle.runtime == "onnxruntime"

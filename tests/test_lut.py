@@ -29,15 +29,15 @@ def cost(w: int, r: float, c: int) -> float:
 
 
 def rows(quant: str = "fp32") -> list[Row]:
-    """Raw measurements of the made-up device, as the profiler stores them: a decode micro-model
-    runs `copies` instances of its term (see `merino_mobile.profile.STREAM_BYTES`), plus one
-    call's overhead of 0.005 ms."""
+    """Raw measurements of the made-up device, as the profiler stores them for a device without
+    `replicates`: a decode micro-model runs `copies` instances of its term in one call (see
+    `merino_mobile.profile.STREAM_BYTES`), plus one call's overhead of 0.005 ms."""
     out = []
 
     def row(p: Point, ms: float) -> None:
-        if p.term not in ("null", "fixed"):
-            ms = 0.005 + (ms - 0.005) * copies(p, quant)
-        out.append(Row(p, ms, ms, ms, 5, None, 2, (), "now", len(out) + 1))
+        n = 1 if p.term in ("null", "fixed") else copies(p, quant)
+        ms = 0.005 + (ms - 0.005) * n
+        out.append(Row(p, ms, ms, ms, 5, None, 2, (), "now", len(out) + 1, n))
 
     row(Point("null", "decode", context=1), 0.005)
     for c in CONTEXTS:

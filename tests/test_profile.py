@@ -107,10 +107,28 @@ def test_decode_micro_models_stream_their_weights_through_copies():
     assert sum(isinstance(m, nn.Linear) for m in head.modules()) == MAX_COPIES
 
 
+def test_a_replicating_device_gets_one_instance_per_method_and_loads_the_copies(tmp_path):
+    """The host loads copies itself: each method holds one instance and asks for `copies`."""
+    from merino_mobile.model import DecoderLayer
+    from merino_mobile.profile import MAX_INSTANCES, copies, in_program, micro_model, program_hash
+
+    grid = make_grid(Path(__file__).parents[1] / "search" / "default.toml", "quick")
+    small = Point("layer", "decode", width=128, ffn_ratio=1.0, heads=2, context=16)
+    assert copies(small, "int8", replicated=True) == MAX_INSTANCES
+    assert in_program(small, "int8", True) == 1 and in_program(small, "int8", False) > 1
+    module, _, _ = micro_model(small, grid, "int8", in_program(small, "int8", True))
+    assert sum(isinstance(m, DecoderLayer) for m in module.modules()) == 1
+    # the program's content differs (one instance or several), so its cache entry does too
+    assert program_hash((small,), grid, "executorch", "int8", True) != \
+        program_hash((small,), grid, "executorch", "int8", False)
+
+
 @pytest.mark.slow
 def test_tiny_profile_measures_everything_and_writes_the_lut(profiled):
     ws, report = profiled
     assert report.points == 10 and report.measured == 10 and report.failed == []
+    # one program (the sentinel is timed from it), complete: no temporary file left
+    assert [p.suffix for p in (ws.state / "cache").iterdir()] == [".pte"]
     lut = read_lut(Path(report.lut))
     assert Path(report.lut) == ws.devices / "host" / "lut-executorch-fp32.json"
     assert lut.fingerprint.threads == 1 and lut.fingerprint.runtime_version == "1.5.1"

@@ -40,6 +40,31 @@ def test_forget_since_returns_the_points_after_a_good_sentinel(tmp_path):
     assert store.measured(FP.key, "executorch", "fp32") == {pts[0].key}
 
 
+def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    """A store written before points.per_call existed (schema 1, as the tool wrote it until
+    bench version 3) opens, keeps its rows (per_call 1) and records new ones with per_call."""
+    import sqlite3
+
+    from merino_mobile.store import _SCHEMA
+
+    db = sqlite3.connect(tmp_path / "profile.db")
+    db.executescript(_SCHEMA.replace(
+        "    per_call INTEGER NOT NULL DEFAULT 1,  -- instances of the term one timed call ran\n",
+        ""))
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    old = Point("head", width=64, vocab=256)
+    db.execute("INSERT INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+               (FP.key, "executorch", "fp32", old.key, 1.0, 1.0, 1.0, "[1.0]", None, 2, "[]",
+                "h", "then", 1))
+    db.commit()
+    db.close()
+    store = Store.open(tmp_path)
+    new = Point("head", width=128, vocab=256)
+    store.record(FP.key, "executorch", "fp32", new, MethodResult("m", (2.0,)), 2, (), "h", 4)
+    rows = store.rows(FP.key, "executorch", "fp32")
+    assert [(r.point, r.per_call) for r in rows] == [(old, 1), (new, 4)]
+
+
 def test_point_keys_are_canonical():
     a = Point("layer", "decode", width=64, ffn_ratio=2.0, heads=2, context=16)
     assert Point.from_key(a.key) == a

@@ -555,6 +555,8 @@ def input_files(method: MethodSpec) -> list[bytes]:
 class AdbDevice:
     """A phone the profiler measures on, reached through an AdbTransport."""
 
+    replicates = False  # executor_runner runs one instance of a method per process
+
     def __init__(self, profile: DeviceProfile, transport: AdbTransport | None = None,
                  runner: Path | str | None = None) -> None:
         if profile.adb is None:

@@ -88,7 +88,7 @@ KEY_FIELDS = ("model", "cpu", "cores", "os", "abi", "runtime", "runtime_version"
 # How the profiler measures (its micro-models). Bump when they change: it is part of every
 # fingerprint key, so stored measurements and cached programs of another version are not reused,
 # and of every table, which `merino_mobile.lut` refuses when it differs.
-BENCH_VERSION = 2
+BENCH_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -164,13 +164,19 @@ class MethodSpec:
 
     name: str
     inputs: tuple[InputSpec, ...]
+    # Load the method this many times, each with its own copy of the weights, and call the copies
+    # in turn (one sample is one call): a device with `replicates` keeps weights out of the caches
+    # this way (see `merino_mobile.profile.STREAM_BYTES`); others are only ever asked for 1.
+    instances: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "inputs": [i.to_json() for i in self.inputs]}
+        return {"name": self.name, "inputs": [i.to_json() for i in self.inputs],
+                "instances": self.instances}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> MethodSpec:
-        return cls(d["name"], tuple(InputSpec.from_json(i) for i in d["inputs"]))
+        return cls(d["name"], tuple(InputSpec.from_json(i) for i in d["inputs"]),
+                   int(d.get("instances", 1)))
 
 
 @dataclass(frozen=True)
@@ -314,6 +320,9 @@ class Device(Protocol):
 
     name: str
     profile: DeviceProfile
+    # True when benchmark() honours MethodSpec.instances > 1 (loads a method several times with
+    # distinct weights); otherwise the profiler builds the copies into the program instead.
+    replicates: bool
 
     def fingerprint(self, runtime: str, quant: str) -> Fingerprint:
         """Hardware, OS and runtime identity, with the threads and pinning this device uses."""

@@ -75,6 +75,8 @@ def time_predict(model: Any, inputs: dict[str, Any], request: BenchRequest) -> t
 class CoreMLDevice:
     """This Mac, running .mlpackage artifacts through Core ML with fixed compute units."""
 
+    replicates = False
+
     def __init__(self, profile: Any, compute_units: str = "ALL") -> None:
         self.profile, self.name = profile, profile.name
         self.compute_units = check_compute_units(compute_units)

@@ -113,6 +113,8 @@ def _machine_model() -> str:
 class HostDevice:
     """This machine as a device (see the module docstring)."""
 
+    replicates = True  # the worker loads a method once per MethodSpec.instances
+
     def __init__(self, profile: DeviceProfile) -> None:
         self.profile = profile
         self.name = profile.name

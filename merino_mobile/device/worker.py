@@ -2,7 +2,9 @@
 
 It reads one JSON job on stdin ({"artifact", "threads", "cpus", "request"}; the request is a
 `base.BenchRequest`), pins itself to `cpus`, fixes the runtime's thread count, and times each method
-under the shared stopping rule. It writes one JSON object per line on stdout, flushed at once:
+under the shared stopping rule (a method with `instances` > 1 is loaded that many times and the
+copies are called in turn, one call per sample). It writes one JSON object per line on stdout,
+flushed at once:
 
     {"event": "ready", "pid": 123, "threads": 2, "cpus": [0, 1]}
     {"event": "start", "method": "m0"}
@@ -20,6 +22,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +58,16 @@ def make_inputs(specs: tuple[InputSpec, ...], torch_tensors: bool = False) -> li
     return out
 
 
-def time_calls(call: Any, request: BenchRequest) -> list[float]:
+def time_calls(calls: Sequence[Any], request: BenchRequest) -> list[float]:
+    """Samples (ms) of calls made in turn, one call per sample, after `warmup` rounds of all."""
     for _ in range(request.warmup):
-        call()
+        for call in calls:
+            call()
     samples = Samples(request)
+    i = 0
     while True:
+        call = calls[i % len(calls)]
+        i += 1
         t0 = time.perf_counter_ns()
         call()
         if samples.add((time.perf_counter_ns() - t0) / 1e6):
@@ -77,17 +85,25 @@ class ExecutorchRunner:
         # The XNNPACK delegate shares this process-wide threadpool; resetting it fixes the count.
         _C._unsafe_reset_threadpool(threads)
         self.threads = _C._threadpool_get_thread_count()
+        self.artifact = artifact
         self.program = _C._load_program(artifact)
         self.names = {self.program.get_method_name(i) for i in range(self.program.num_methods())}
 
-    def caller(self, spec: MethodSpec) -> Any:
+    def callers(self, spec: MethodSpec) -> list[Any]:
+        """One call per instance. Methods loaded from one program share their packed weights
+        (measured: as fast as one method called again), so every further instance comes from
+        its own load of the program (about 15 MB each, the weights are memory-mapped)."""
+        from executorch.extension.pybindings import _C
+
         if spec.name not in self.names:
             raise ValueError(f"the program has no method {spec.name!r} (it has "
                              f"{sorted(self.names)})")
-        method = self.program.load_method(spec.name)
         inputs = make_inputs(spec.inputs, torch_tensors=True)
+        programs = [self.program] + [_C._load_program(self.artifact)
+                                     for _ in range(spec.instances - 1)]
+        methods = [prog.load_method(spec.name) for prog in programs]
         # Outputs are not cloned: a runner on a phone does not copy them either.
-        return lambda: method.call(inputs, clone_outputs=False)
+        return [lambda m=m: m.call(inputs, clone_outputs=False) for m in methods]
 
 
 class OnnxRunner:
@@ -106,14 +122,17 @@ class OnnxRunner:
         self.files = ({f.stem: f for f in sorted(path.glob("*.onnx"))} if path.is_dir()
                       else {"forward": path})
 
-    def caller(self, spec: MethodSpec) -> Any:
+    def callers(self, spec: MethodSpec) -> list[Any]:
+        """One call per instance: a session each (sessions never share their weights)."""
         import numpy as np
         import onnxruntime as ort
 
         if spec.name not in self.files:
             raise ValueError(f"no model {spec.name!r} (have {sorted(self.files)})")
-        session = ort.InferenceSession(str(self.files[spec.name]), self.opts,
-                                       providers=["CPUExecutionProvider"])
+        sessions = [ort.InferenceSession(str(self.files[spec.name]), self.opts,
+                                         providers=["CPUExecutionProvider"])
+                    for _ in range(spec.instances)]
+        session = sessions[0]
         declared = session.get_inputs()
         if len(declared) < len(spec.inputs):
             raise ValueError(f"the model takes {len(declared)} inputs, the request gives "
@@ -125,7 +144,7 @@ class OnnxRunner:
                 raise ValueError(f"input {d.name} has a dynamic shape {d.shape}; give it")
             dtype = np.int64 if "int64" in d.type else np.float32
             feeds[d.name] = np.zeros(d.shape, dtype)
-        return lambda: session.run(None, feeds)
+        return [lambda s=s: s.run(None, feeds) for s in sessions]
 
 
 def main() -> int:
@@ -150,10 +169,11 @@ def main() -> int:
         emit(event="start", method=spec.name)
         try:
             t0 = time.perf_counter()
-            call = runner.caller(spec)
-            load_ms = program_ms + (time.perf_counter() - t0) * 1e3
+            calls = runner.callers(spec)
+            # several instances: the load time of one
+            load_ms = program_ms + (time.perf_counter() - t0) * 1e3 / len(calls)
             program_ms = 0.0
-            samples = time_calls(call, request)
+            samples = time_calls(calls, request)
         except Exception as e:  # a runtime error in one method must not stop the others
             emit(event="failed", method=spec.name, error=f"{type(e).__name__}: {e}".strip())
             continue

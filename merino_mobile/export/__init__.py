@@ -105,6 +105,48 @@ def _format_functions(fmt: str):
     return export_coreml, verify_coreml
 
 
+def package_versions(pkgs: tuple[str, ...]) -> dict[str, str]:
+    """Installed version of each package ("none" when it is not installed)."""
+    import importlib.metadata
+
+    out = {}
+    for pkg in pkgs:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "none"
+    return out
+
+
+def toolchain(fmt: str) -> dict[str, str]:
+    """Versions of the packages that shaped an artifact of `fmt` (recorded in export.json)."""
+    return package_versions({"executorch": ("torch", "executorch"),
+                             "onnx": ("torch", "onnx", "onnxruntime"),
+                             "coreml": ("torch", "coremltools")}[fmt])
+
+
+def reusable_export(out_dir: Path, card: Card, fmt: str, quant: str,
+                    cache_len: int) -> ExportResult | None:
+    """The export already in `out_dir` when it is of this very card, format, quantization, cache
+    length and toolchain (what `export` would write again), else None."""
+    out_dir = Path(out_dir)
+    try:
+        meta = json.loads((out_dir / "export.json").read_text())
+        same_card = json.loads((out_dir / "card.json").read_text()) == card.to_json()
+    except (OSError, ValueError):
+        return None
+    artifact = out_dir / ARTIFACT.get(fmt, "")
+    if not (same_card and artifact.exists() and meta.get("format") == fmt
+            and meta.get("quant") == quant and meta.get("cache_len") == cache_len
+            and meta.get("toolchain") == toolchain(fmt)):
+        return None
+    known = ExportResult.__dataclass_fields__
+    return ExportResult(**{k: v for k, v in meta.items() if k in known and k != "artifact"},
+                        artifact=artifact,
+                        extra={k: v for k, v in meta.items()
+                               if k not in known and k != "schema_version"})
+
+
 def export(card: Card, fmt: str, quant: str, out_dir: Path, *, force: bool = False,
            checkpoint: Path | None = None, cache_len: int | None = None, verify: bool = True,
            prompt_len: int = DEFAULT_PROMPT_LEN, seed: int = 0) -> ExportResult:
@@ -131,7 +173,7 @@ def export(card: Card, fmt: str, quant: str, out_dir: Path, *, force: bool = Fal
         result = ExportResult(format=fmt, quant=quant, artifact=out_dir / built.name,
                               size_bytes=disk_size(built), export_seconds=round(seconds, 3),
                               verification=verification, card=card.name,
-                              cache_len=model.cache_len)
+                              cache_len=model.cache_len, extra={"toolchain": toolchain(fmt)})
         (tmp / "card.json").write_text(json.dumps(card.to_json(), indent=2) + "\n")
         (tmp / "export.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
         _replace_dir(tmp, out_dir)
