@@ -70,8 +70,8 @@ MAX_PROGRAM_BYTES = 160e6
 # instance; the table stores the time of one. Where the copies live depends on the device:
 # - a device that `replicates` (the host) loads the exported single instance `copies` times and
 #   calls them in turn: nothing extra to export, so up to MAX_INSTANCES. Measured on this host
-#   (int8 decode layer of width 512, 1.5 MB): 0.67 ms a call with 16 instances, 0.66 ms a layer
-#   in a 32-layer program, 0.52 with 4 copies, 0.22 hot;
+#   by benchmarks/cold_weights.py (int8 decode layer of width 512, 1.6 MB): 0.60 ms a call with
+#   31 instances, 0.67 ms a layer of a 32-layer program, 0.47 with 4 copies, 0.25 hot;
 # - elsewhere (a phone's executor_runner runs one method once) the copies are built into the
 #   micro-model and each is exported and lowered, so MAX_COPIES bounds that cost.
 STREAM_BYTES = 48e6
@@ -98,7 +98,6 @@ class Grid:
     prompts: tuple[int, ...]
     projection_widths: tuple[int, ...]
     embedding_widths: tuple[int, ...] = ()  # () = every width
-
 
     def points(self) -> list[Point]:
         """Every point, in a fixed order (batches, and so cached programs, depend on it)."""
