@@ -241,8 +241,8 @@ def profile_cmd(
                                       "(repeatable; default quick 128 512)."),
     prompt: list[int] = typer.Option([], "--prompt", help="Prefill length to measure "
                                      "(repeatable; default quick 128; 0 = no prefill)."),
-    jobs: int | None = typer.Option(None, "--jobs", help="Processes exporting side by side "
-                                    "before timing starts (default: the usable cores, or "
+    jobs: int | None = typer.Option(None, "--jobs", min=1, help="Processes exporting side by "
+                                    "side before timing starts (default: the usable cores, or "
                                     "$MERINO_MOBILE_JOBS)."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
@@ -259,8 +259,6 @@ def profile_cmd(
                   None if not prompt else [p for p in prompt if p > 0])
     if not as_json:
         err.print(describe_grid(g), highlight=False)
-    if jobs is not None and jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {jobs}")
     bar, progress = profile_bar(transient=as_json)
     with bar:
         report = run_profile(ws, device, runtime, quant, g, progress=progress, workers=jobs)
@@ -646,8 +644,8 @@ def compare_table(r: dict) -> Table:
 def demo_cmd(
     reduced: bool = typer.Option(False, "--reduced", help="Tiny grid, tiny space and card, no "
                                  "comparison (what the tests run)."),
-    jobs: int | None = typer.Option(None, "--jobs", help="Processes exporting side by side "
-                                    "while profiling (default: the usable cores)."),
+    jobs: int | None = typer.Option(None, "--jobs", min=1, help="Processes exporting side by "
+                                    "side while profiling (default: the usable cores)."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -657,8 +655,6 @@ def demo_cmd(
     latency table and the exports."""
     from merino_mobile.deploy import demo
 
-    if jobs is not None and jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {jobs}")
     ws = Workspace.resolve(workspace)
     bar, progress = profile_bar(transient=True)
     with bar:

@@ -214,6 +214,27 @@ def copies(p: Point, quant: str, replicated: bool = False) -> int:
     return max(1, min(cap, math.ceil(STREAM_BYTES / b)))
 
 
+def input_specs(p: Point) -> tuple[InputSpec, ...]:
+    """The inputs of a point's micro-benchmark method (see `micro_model`)."""
+    t = 1 if p.phase == "decode" else p.context
+    if p.term == "layer":
+        # decode writes slot context-1 and sees all slots; prefill writes slots 0..T-1
+        pos_fill: str | int = p.context - 1 if p.phase == "decode" else "arange"
+        return (InputSpec((1, t, p.width)), InputSpec((t,), "int64", pos_fill),
+                InputSpec((t, p.context), "bool", 1))
+    if p.term == "projection":
+        return (InputSpec((1, t, p.width)),)
+    if p.term == "embedding":  # tokens, positions
+        return (InputSpec((1, t), "int64", 7), InputSpec((t,), "int64", "arange"))
+    if p.term == "fixed":  # tokens, start position
+        return (InputSpec((1, t), "int64", 7), InputSpec((1,), "int64", 0))
+    if p.term == "head":
+        return (InputSpec((1, 1, p.width)),)
+    if p.term == "null":
+        return (InputSpec((1, t, NULL_WIDTH)),)
+    raise ValueError(f"unknown term {p.term!r}")
+
+
 def micro_model(p: Point, grid: Grid, quant: str = "fp32", n: int | None = None
                 ) -> tuple[Any, tuple, tuple[InputSpec, ...]]:
     """(module, example args, input specs) of one point's micro-benchmark, with `n` instances
@@ -223,8 +244,8 @@ def micro_model(p: Point, grid: Grid, quant: str = "fp32", n: int | None = None
 
     from merino_mobile.model import DecoderLayer, KVCache, LayerNorm
 
-    t = 1 if p.phase == "decode" else p.context
     n = copies(p, quant) if n is None else n
+    specs = input_specs(p)
     if p.term == "layer":
         cache_len = p.context
 
@@ -243,9 +264,6 @@ def micro_model(p: Point, grid: Grid, quant: str = "fp32", n: int | None = None
                 return x
 
         # decode writes slot context-1 and sees all slots; prefill writes slots 0..T-1
-        pos_fill: str | int = cache_len - 1 if p.phase == "decode" else "arange"
-        specs = (InputSpec((1, t, p.width)), InputSpec((t,), "int64", pos_fill),
-                 InputSpec((t, cache_len), "bool", 1))
         return LayerBench(), _example(specs), specs
     if p.term == "projection":
         class ProjectionBench(nn.Module):
@@ -258,7 +276,6 @@ def micro_model(p: Point, grid: Grid, quant: str = "fp32", n: int | None = None
                 # every instance reads the same input: the sum keeps all of them in the graph
                 return sum(proj(x) for proj in self.proj)
 
-        specs = (InputSpec((1, t, p.width)),)
         return ProjectionBench(), _example(specs), specs
     if p.term == "embedding":
         rows = grid.max_context
@@ -272,7 +289,6 @@ def micro_model(p: Point, grid: Grid, quant: str = "fp32", n: int | None = None
             def forward(self, tokens, pos):
                 return self.embed(tokens) + self.pos_embed(pos)
 
-        specs = (InputSpec((1, t), "int64", 7), InputSpec((t,), "int64", "arange"))
         return EmbedBench(), _example(specs), specs
     if p.term == "head":
         class HeadBench(nn.Module):
@@ -286,7 +302,6 @@ def micro_model(p: Point, grid: Grid, quant: str = "fp32", n: int | None = None
                 y = self.norm(x[:, -1, :])
                 return sum(head(y) for head in self.heads)
 
-        specs = (InputSpec((1, 1, p.width)),)
         return HeadBench(), _example(specs), specs
     if p.term == "fixed":
         cache_len = p.context
@@ -298,14 +313,12 @@ def micro_model(p: Point, grid: Grid, quant: str = "fp32", n: int | None = None
                 # tokens feed an output so no exporter drops the input as unused
                 return pos, mask, tokens[:, -1:]
 
-        specs = (InputSpec((1, t), "int64", 7), InputSpec((1,), "int64", 0))
         return FixedBench(), _example(specs), specs
     if p.term == "null":
         class NullBench(nn.Module):
             def forward(self, x):
                 return x + 1.0
 
-        specs = (InputSpec((1, t, NULL_WIDTH)),)
         return NullBench(), _example(specs), specs
     raise ValueError(f"unknown term {p.term!r}")
 
@@ -374,11 +387,14 @@ def export_batch(batch: Sequence[Point], grid: Grid, runtime: str, quant: str,
     """The program of a batch (from the cache when its content was exported before); with
     `replicated`, each method holds one instance and its spec asks the device for `copies`."""
     h = program_hash(batch, grid, runtime, quant, replicated)
-    built = [micro_model(p, grid, quant, in_program(p, quant, replicated)) for p in batch]
-    specs = tuple(MethodSpec(method_name(i), s, copies(p, quant) if replicated else 1)
-                  for i, (p, (_, _, s)) in enumerate(zip(batch, built, strict=True)))
+    specs = tuple(MethodSpec(method_name(i), input_specs(p),
+                             copies(p, quant) if replicated else 1)
+                  for i, p in enumerate(batch))
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = program_path(batch, grid, runtime, quant, cache_dir, replicated)
+    if path.exists():  # exported before (or by an export worker): no module is built
+        return path, specs
+    built = [micro_model(p, grid, quant, in_program(p, quant, replicated)) for p in batch]
     if runtime == "executorch":
         if not path.is_file():
             from merino_mobile.export.executorch import lower_to_pte
