@@ -244,6 +244,10 @@ def profile_cmd(
     jobs: int | None = typer.Option(None, "--jobs", min=1, help="Processes exporting side by "
                                     "side before timing starts (default: the usable cores, or "
                                     "$MERINO_MOBILE_JOBS)."),
+    passes: int | None = typer.Option(None, "--passes", min=1, help="Times every point is "
+                                      "read, pass after pass; the table takes the median "
+                                      "(default: the device profile's [measure] passes; host "
+                                      "2). Raising it later measures only the new readings."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -261,7 +265,8 @@ def profile_cmd(
         err.print(describe_grid(g), highlight=False)
     bar, progress = profile_bar(transient=as_json)
     with bar:
-        report = run_profile(ws, device, runtime, quant, g, progress=progress, workers=jobs)
+        report = run_profile(ws, device, runtime, quant, g, progress=progress, workers=jobs,
+                             passes=passes)
     if as_json:
         emit_json(report.to_json())
         return
@@ -270,7 +275,8 @@ def profile_cmd(
                   f"cores, {report.fingerprint['os']}, {runtime} "
                   f"{report.fingerprint['runtime_version']}, {report.fingerprint['threads']} "
                   "threads")
-    table.add_row("points", f"{report.points} ({report.skipped} already stored, "
+    passes = f" readings, {report.passes} passes" if report.passes > 1 else ""
+    table.add_row("points", f"{report.points}{passes} ({report.skipped} already stored, "
                   f"{report.measured} measured now, {report.remeasured} re-measured after drift)")
     drifts = [s for s in report.sentinel if not s["good"]]
     table.add_row("sentinel", f"{len(report.sentinel)} checks, {len(drifts)} drifted")

@@ -8,6 +8,8 @@ Each term's micro-benchmark is timed as one runtime call, so every number contai
 overhead once. The table stores terms without it: term = max(0, measured - null), where `null` is
 a method that does nothing at the same phase and length; the `fixed` term is the measured cost of
 a call that only builds the positions and the attention mask, like the whole model does once.
+A point read in several passes of the profile (`Point.reading`) enters the table once, as the
+median of its readings.
 
 Interpolation (the choice, and why). Latencies grow like the FLOPs of a term, which are quadratic
 in width: linear interpolation of milliseconds between widths 128 and 256 would overestimate a
@@ -187,22 +189,30 @@ class Lut:
     def from_rows(cls, rows: Iterable[Row], fingerprint: Fingerprint, runtime: str,
                   quant: str) -> Lut:
         """Terms from raw measurements: subtract the per-call overhead (`null`), divide by the
-        instances one timed call ran (`Row.per_call`), drop failures."""
+        instances one timed call ran (`Row.per_call`), drop failures; a point read in several
+        passes (`Point.reading`) gets the median of its readings."""
         rows = list(rows)
-        null: dict[tuple[str, int], float] = {}
+        nulls: dict[tuple[str, int], list[float]] = {}
         for r in rows:
             if r.ok and r.point.term == "null":
-                null[r.point.phase, _tokens(r.point)] = r.median_ms
-        entries: dict[str, dict[str, list[tuple[Point, float]]]] = {}
+                nulls.setdefault((r.point.phase, _tokens(r.point)), []).append(r.median_ms)
+        null = {k: float(np.median(v)) for k, v in nulls.items()}
+        readings: dict[Point, list[float]] = {}
         for r in rows:
-            p = r.point
+            p = r.point.shape
             if not r.ok or p.term == "null":
                 continue
             ms = r.median_ms
             if p.term != "fixed":
                 ms = max(0.0, ms - _nearest(null, p.phase, _tokens(p))) / r.per_call
-            entries.setdefault(p.term, {}).setdefault(p.phase, []).append((p, ms))
-        failed = [f"{r.point.label()}: {r.error}" for r in rows if not r.ok]
+            readings.setdefault(p, []).append(ms)
+        entries: dict[str, dict[str, list[tuple[Point, float]]]] = {}
+        for p, values in readings.items():
+            entries.setdefault(p.term, {}).setdefault(p.phase, []).append(
+                (p, float(np.median(values))))
+        read = {r.point.shape for r in rows if r.ok}
+        failed = [f"{r.point.label()}: {r.error}" for r in rows
+                  if not r.ok and r.point.shape not in read]
         missing = [t for t in ("fixed", "layer", "embedding", "head") if t not in entries]
         if missing:
             raise UserError(f"the measurements of {fingerprint.device} ({runtime}, {quant}) have "

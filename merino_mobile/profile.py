@@ -36,14 +36,13 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from merino_mobile.device.base import (
     BENCH_VERSION,
     RUNTIMES,
-    BenchRequest,
     Device,
     InputSpec,
     MethodSpec,
@@ -467,6 +466,7 @@ class ProfileReport:
     lut: str | None = None
     wall_s: float = 0.0
     export_s: float = 0.0
+    passes: int = 1  # readings of each point: `points`, `skipped`, `measured` count readings
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}
@@ -479,8 +479,11 @@ def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: 
                 grid: Grid | None = None, *, progress: Progress | None = None,
                 on_event: Callable[[str, str, int], None] | None = None,
                 max_redo: int = 2, workers: int | None = None,
-                extra_jobs: Sequence[Job] = ()) -> ProfileReport:
+                extra_jobs: Sequence[Job] = (), passes: int | None = None) -> ProfileReport:
     """Measure every missing point of `grid` on `device`, store each at once, write the LUT.
+
+    `passes` (default the device profile's `[measure] passes`) reads every point that many
+    times, pass after pass; the table takes the median of a point's readings.
 
     Every missing program is exported first, `workers` processes side by side (default: the
     usable cores), together with `extra_jobs` (the demo's reference model); then the points are
@@ -508,7 +511,8 @@ def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: 
             try:
                 store.save_fingerprint(fp)
                 report = _measure(ws, dev, store, fp, runtime, quant, grid, progress, on_event,
-                                  max_redo, workers, extra_jobs)
+                                  max_redo, workers, extra_jobs,
+                                  passes or prof.measure.passes)
                 lut = Lut.from_rows(store.rows(fp.key, runtime, quant), fp, runtime, quant)
             finally:
                 store.close()
@@ -521,21 +525,36 @@ def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: 
 
 def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, quant: str,
              grid: Grid, progress: Progress | None, on_event: Any, max_redo: int,
-             workers: int | None = None, extra_jobs: Sequence[Job] = ()) -> ProfileReport:
+             workers: int | None = None, extra_jobs: Sequence[Job] = (), passes: int = 1
+             ) -> ProfileReport:
     prof = dev.profile
     cache = ws.state / "cache"
-    wanted = grid.points()
+    passes = max(1, passes)
+    base = grid.points()
+    wanted = [replace(p, reading=k) for k in range(passes) for p in base]
     done = store.measured(fp.key, runtime, quant)
     report = ProfileReport(prof.name, runtime, quant, grid.to_json(), fp.to_json(),
                            points=len(wanted), skipped=sum(p.key in done for p in wanted),
-                           measured=0)
+                           measured=0, passes=passes)
     replicated = bool(dev.replicates)
-    all_batches = batches(wanted, grid, quant, replicated)
-    queue = deque(b for b in all_batches if any(p.key not in done for p in b))
+    all_batches = batches(base, grid, quant, replicated)
+
+    def unread(batch: Sequence[Point], k: int, among: set[str] | None = None) -> list[Point]:
+        """The points of a batch whose k-th reading is not stored (or, given `among`, whose
+        k-th reading's key is among those)."""
+        keys = [(p, replace(p, reading=k).key) for p in batch]
+        if among is None:
+            return [p for p, key in keys if key not in done]
+        return [p for p, key in keys if key in among]
+
+    # pass after pass: each pass reads every point once, so the readings of one point are
+    # minutes apart and the table's median is not one moment of a shared machine's load
+    queue = deque((b, k) for k in range(passes) for b in all_batches if unread(b, k))
     total = len(wanted) - report.skipped
     count = 0
     # export first, side by side; the sentinel's program is needed only when something is timed
-    jobs = export_jobs(list(queue) + [b for b in all_batches if queue and grid.sentinel() in b],
+    to_export = list({id(b): b for b, _ in queue}.values())
+    jobs = export_jobs(to_export + [b for b in all_batches if queue and grid.sentinel() in b],
                        grid, runtime, quant, cache, replicated)
     if jobs or extra_jobs:
         te = time.perf_counter()
@@ -548,10 +567,10 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
     failed: dict[str, str] = {}
     dev_cpus = tuple(prof.cpus)
 
-    def bench(batch: Sequence[Point], only: Sequence[Point],
+    def bench(batch: Sequence[Point], only: Sequence[Point], reading: int = 0,
               store_points: bool = True) -> list[tuple[Point, Any]]:
-        """Export (or reuse) a batch's program and time `only` of its points; each finished
-        point is committed the moment the device reports it."""
+        """Export (or reuse) a batch's program and time `only` of its points (their `reading`);
+        each finished point is committed the moment the device reports it."""
         nonlocal count
         te = time.perf_counter()
         if progress:
@@ -563,12 +582,11 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
         chosen = tuple(s for p, s in zip(batch, specs, strict=True) if p.key in keys)
         by_name = {method_name(i): p for i, p in enumerate(batch)}
         stored: set[str] = set()
-        m = prof.measure
-        req = BenchRequest(runtime, chosen, m.warmup, m.min_repeats, m.max_repeats,
-                           m.target_spread, m.max_seconds, m.timeout_s)
+        req = prof.measure.request(runtime, chosen)
 
         def keep(p: Point, r: Any) -> None:
             nonlocal count
+            p = replace(p, reading=reading)
             store.record(fp.key, runtime, quant, p, r, prof.threads, dev_cpus, h,
                          in_program(p, quant, replicated))
             stored.add(r.name)
@@ -640,13 +658,13 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
     if queue:
         check_sentinel()
     while queue:
-        batch = queue.popleft()
-        todo = [p for p in batch if p.key not in done]
+        batch, k = queue.popleft()
+        todo = unread(batch, k)
         if not todo:
             continue
         if prof.cooldown.pause_s:
             time.sleep(prof.cooldown.pause_s)
-        bench(batch, todo)
+        bench(batch, todo, k)
         since += len(todo)
         if since >= prof.sentinel.every or not queue:
             since = 0
@@ -658,7 +676,8 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
                 report.measured -= len(keys & {p.key for p in wanted})
                 report.remeasured += len(keys)
                 total += len(keys)
-                queue.extend(b for b in all_batches if any(p.key in keys for p in b))
+                queue.extend((b, k) for k in range(passes) for b in all_batches
+                             if unread(b, k, keys))
                 # the next sentinel decides whether the machine has settled
     report.failed = sorted(failed.values())
     return report

@@ -1,7 +1,8 @@
 """The durable store of profiling measurements: SQLite at `<workspace>/.merino-mobile/profile.db`.
 
-One row per finished measurement point, committed the moment it is measured, keyed by
-(device fingerprint key, runtime, quantization, point key). WAL mode keeps readers (a `lut` export)
+One row per finished measurement point (per reading, when a profile reads points in several
+passes), committed the moment it is measured, keyed by (device fingerprint key, runtime,
+quantization, point key). WAL mode keeps readers (a `lut` export)
 from blocking the writer and makes every commit crash-safe, so `profile` interrupted at any moment
 (Ctrl-C, kill -9, a lost device, a full disk) loses at most the point being measured and a rerun
 measures only what is missing. The unique key makes a duplicate impossible, not merely unlikely.
@@ -22,7 +23,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ class Point:
     layer: width, ffn_ratio, heads, context; projection: width, width_out, context;
     embedding: width, vocab, context; head: width, vocab; fixed/null: context.
     For decode, `context` is the KV-cache length attended; for prefill, the prompt length.
+    `reading` numbers the profile's passes over the grid (0, the first, is left out of the key):
+    each pass times every point once more, and the table takes the median of the readings.
     """
 
     term: str
@@ -83,6 +86,12 @@ class Point:
     context: int = 0
     width_out: int = 0
     vocab: int = 0
+    reading: int = 0
+
+    @property
+    def shape(self) -> Point:
+        """The point itself, whichever reading of it this is."""
+        return replace(self, reading=0)
 
     @property
     def key(self) -> str:
@@ -95,8 +104,10 @@ class Point:
 
     def label(self) -> str:
         shape = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in asdict(self).items() if v and k not in ("term", "phase"))
-        return f"{self.term}[{self.phase}]({shape})"
+                          for k, v in asdict(self).items()
+                          if v and k not in ("term", "phase", "reading"))
+        again = f" #{self.reading + 1}" if self.reading else ""
+        return f"{self.term}[{self.phase}]({shape}){again}"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,11 @@ from merino_mobile.device.base import (
     Fingerprint,
     InputSpec,
     MethodSpec,
+    Samples,
     percentile,
     should_stop,
 )
-from merino_mobile.device.profiles import load_profile, read_profile
+from merino_mobile.device.profiles import Measure, load_profile, read_profile
 from merino_mobile.errors import UserError
 from merino_mobile.workspace import Workspace
 
@@ -57,6 +59,28 @@ def test_stopping_rule():
     assert should_stop([1.0, 2.0, 3.0] * 4, 0.1, r)  # cap on repeats
     assert should_stop([1.0, 2.0, 3.0], 200, r)  # cap on time
     assert percentile([1, 2, 3, 4, 5], 50) == 3 and percentile([0, 10], 10) == 1
+    # a minimum time: a tight spread is not enough before min_seconds of timing
+    slow = BenchRequest("executorch", (), min_repeats=3, max_repeats=10, target_spread=1.1,
+                        max_seconds=100, min_seconds=0.5)
+    assert not should_stop([1.0, 1.0, 1.05], 0.1, slow)
+    assert should_stop([1.0, 1.0, 1.05], 0.6, slow)
+    assert should_stop([1.0] * 10, 0.1, slow)  # the repeat cap still ends it
+
+
+def test_samples_time_at_least_min_seconds():
+    """The worker's accumulator keeps sampling a steady method until min_seconds have passed."""
+    req = BenchRequest("executorch", (), min_repeats=3, max_repeats=10**6, target_spread=1.5,
+                       max_seconds=5.0, min_seconds=0.2)
+    samples = Samples(req)
+    t0 = time.perf_counter()
+    while not samples.add(0.01):
+        time.sleep(0.001)
+    assert time.perf_counter() - t0 >= 0.2 - 1e-3
+    assert len(samples.values) > 3
+    # the device profile's settings reach the request
+    m = Measure(min_seconds=0.25, max_repeats=99)
+    r = m.request("onnxruntime", ())
+    assert (r.runtime, r.min_seconds, r.max_repeats) == ("onnxruntime", 0.25, 99)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -69,6 +70,30 @@ def test_exact_on_grid_points_after_removing_the_call_overhead():
     assert lut.projection(128, 128) == 0.0
     assert lut.fixed("decode") == pytest.approx(0.02)
     assert lut.failed == ["head[decode](width=512, vocab=256): runtime worker killed by SIGSEGV"]
+
+
+def test_a_point_read_in_several_passes_gets_the_median_of_its_readings():
+    base = rows()
+    layer = next(r for r in base if r.point.term == "layer")
+    null = next(r for r in base if r.point.term == "null")
+
+    def reading(r: Row, k: int, ms: float) -> Row:
+        return replace(r, point=replace(r.point, reading=k), median_ms=ms)
+
+    # the layer read twice more (one reading far off), the null twice more, one reading failed
+    more = [reading(layer, 1, 3 * layer.median_ms), reading(layer, 2, 1.1 * layer.median_ms),
+            reading(null, 1, 0.004), reading(null, 2, 0.006),
+            replace(reading(layer, 3, 0.0), median_ms=None, error="reading lost")]
+    lut = Lut.from_rows(base + more, FP, "executorch", "fp32")
+    p = layer.point
+    n = layer.per_call
+    want = (1.1 * layer.median_ms - 0.005) / n  # median of 1, 1.1 and 3 times; null's median
+    assert lut.layer(p.width, p.ffn_ratio, p.heads, p.context) == pytest.approx(want)
+    # one entry per point in the table, and a failed reading of a read point is no failure
+    assert len(lut.entries["layer"]["decode"]) == len({r.point for r in base
+                                                        if r.point.term == "layer"})
+    assert not any("reading lost" in f for f in lut.failed)
+    assert Point.from_key(replace(p, reading=2).key).reading == 2 and "reading" not in p.key
 
 
 def test_between_and_beyond_the_grid():

@@ -41,16 +41,17 @@ max_repeats = {repeats}
 target_spread = {spread}
 max_seconds = {seconds}
 timeout_s = 60.0
+passes = {passes}
 """
 
 
 def workspace(root: Path, spread: float = 1.5, seconds: float = 0.2,
-              repeats: int = 20) -> Workspace:
+              repeats: int = 20, passes: int = 1) -> Workspace:
     (root / "search").mkdir(parents=True, exist_ok=True)
     (root / "devices").mkdir(exist_ok=True)
     (root / "search" / "tiny.toml").write_text(SPACE)
     (root / "devices" / "host.toml").write_text(HOST.format(spread=spread, seconds=seconds,
-                                                                  repeats=repeats))
+                                                                  repeats=repeats, passes=passes))
     return Workspace.resolve(root)
 
 
@@ -150,6 +151,28 @@ def test_rerun_measures_nothing_twice(profiled):
 
 
 @pytest.mark.slow
+def test_passes_read_every_point_again_and_a_rerun_adds_only_missing_readings(profiled,
+                                                                               tmp_path):
+    src, _ = profiled
+    ws = workspace(tmp_path, passes=2)
+    shutil.copytree(src.state / "cache", ws.state / "cache")
+    report = run_profile(ws, "host", grid=tiny_grid(ws))
+    assert report.points == 20 and report.measured == 20 and report.export_s < 5
+    keys = stored(ws)
+    assert len(keys) == len(set(keys)) == 20
+    assert sorted(Point.from_key(k).reading for k in keys) == [0] * 10 + [1] * 10
+    assert {Point.from_key(k).shape.key for k in keys} == set(stored(src))
+    # the table holds each point once (the null call is subtracted, not stored)
+    lut = read_lut(Path(report.lut))
+    assert sum(len(pts) for phases in lut.entries.values() for pts in phases.values()) == 9
+    # a third pass asked later: only the new readings are timed
+    ws = workspace(tmp_path, passes=3)
+    more = run_profile(ws, "host", grid=tiny_grid(ws))
+    assert (more.points, more.skipped, more.measured) == (30, 20, 10)
+    assert len(set(stored(ws))) == 30
+
+
+@pytest.mark.slow
 def test_worker_crash_fails_one_point_and_a_rerun_fills_it(profiled, tmp_path):
     src, _ = profiled
     # each point times for max_seconds, so the signal lands while the chosen method runs
@@ -177,7 +200,7 @@ def test_kill_9_mid_profile_then_resume_gives_the_same_points(profiled, tmp_path
     shutil.copytree(src.state / "cache", ws.state / "cache")
     cmd = [sys.executable, "-c", "from merino_mobile.cli import main; main()", "profile",
            "--device", "host", "--space", "tiny", "--grid", "full", "--context", "16",
-           "--prompt", "0", "--workspace", str(ws.root), "--json"]
+           "--prompt", "0", "--passes", "1", "--workspace", str(ws.root), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

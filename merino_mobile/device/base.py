@@ -17,9 +17,11 @@ A backend is one module under `merino_mobile.device` exposing two functions:
 ("local" -> host.py, "adb" -> adb.py).
 
 Measurement discipline (shared by every backend so numbers mean the same thing everywhere):
-`warmup` untimed calls, then timed calls until at least `min_repeats` samples exist and the spread
-p90/p10 is at most `target_spread`, or `max_repeats` samples or `max_seconds` of timing are reached
-(`should_stop`). A result keeps every sample; `MethodResult.median/p10/p90` summarize them.
+`warmup` untimed calls, then timed calls until at least `min_repeats` samples and `min_seconds` of
+timing exist and the spread p90/p10 is at most `target_spread`, or `max_repeats` samples or
+`max_seconds` of timing are reached (`should_stop`). `min_seconds` keeps a fast method from being
+judged on a few milliseconds of a shared machine's load. A result keeps every sample;
+`MethodResult.median/p10/p90` summarize them.
 A method that crashes the runtime, raises, or exceeds `timeout_s` is a failed `MethodResult` with
 the reason, never an exception: one bad micro-benchmark must not end a profiling run.
 """
@@ -191,6 +193,7 @@ class BenchRequest:
     target_spread: float = 1.15
     max_seconds: float = 2.0
     timeout_s: float = 120.0
+    min_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -219,7 +222,7 @@ def should_stop(samples: Sequence[float], elapsed_s: float, request: BenchReques
     n = len(samples)
     if n >= request.max_repeats or (elapsed_s >= request.max_seconds and n >= 1):
         return True
-    if n < request.min_repeats:
+    if n < request.min_repeats or elapsed_s < request.min_seconds:
         return False
     p10 = percentile(samples, 10)
     return p10 > 0 and percentile(samples, 90) / p10 <= request.target_spread
@@ -379,6 +382,6 @@ class Samples:
         n, r = len(self.values), self.request
         if n >= r.max_repeats or self.elapsed_s >= r.max_seconds:
             return True
-        if n < r.min_repeats or (n > 32 and n % max(1, n // 8)):
+        if n < r.min_repeats or self.elapsed_s < r.min_seconds or (n > 32 and n % max(1, n // 8)):
             return False
         return should_stop(self.values, self.elapsed_s, r)

@@ -34,6 +34,9 @@ A profile says how to reach the device and how to run on it (a phone's looks lik
     target_spread = 1.15
     max_seconds = 2.0
     timeout_s = 120.0
+    min_seconds = 0.0                  # time at least this long, whatever the spread
+    passes = 1                         # `profile` reads every point this many times, pass after
+                                       # pass; the table takes the median
 
 Every table and key except name/transport is optional. Errors name the file and the problem.
 """
@@ -44,7 +47,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from merino_mobile.device.base import RUNTIMES
+from merino_mobile.device.base import RUNTIMES, BenchRequest, MethodSpec
 from merino_mobile.errors import UserError
 from merino_mobile.workspace import Workspace
 
@@ -89,6 +92,14 @@ class Measure:
     target_spread: float = 1.15
     max_seconds: float = 2.0
     timeout_s: float = 120.0
+    min_seconds: float = 0.0
+    passes: int = 1
+
+    def request(self, runtime: str, methods: tuple[MethodSpec, ...]) -> BenchRequest:
+        """A benchmark request for `methods` under these settings."""
+        return BenchRequest(runtime, methods, self.warmup, self.min_repeats, self.max_repeats,
+                            self.target_spread, self.max_seconds, self.timeout_s,
+                            self.min_seconds)
 
 
 @dataclass(frozen=True)
