@@ -262,7 +262,6 @@ def micro_model(p: Point, grid: Grid, quant: str = "fp32", n: int | None = None
                     x = layer(x, cache, pos, mask)
                 return x
 
-        # decode writes slot context-1 and sees all slots; prefill writes slots 0..T-1
         return LayerBench(), _example(specs), specs
     if p.term == "projection":
         class ProjectionBench(nn.Module):
