@@ -81,28 +81,38 @@ def export_card(card, path: Path, context: int, quant: str) -> float:
     return time.perf_counter() - te
 
 
-def term_breakdown(card, lut, context: int) -> dict[str, float]:
-    """The prediction's terms (ms), as `merino_mobile.latency.predict_latency` sums them."""
+def term_breakdown(card, lut, context: int, hot: bool = False) -> dict[str, float]:
+    """The prediction's terms (ms) as `merino_mobile.latency.predict_latency` sums them before
+    it blends streaming and (`hot`) cache-resident timings."""
     from merino_mobile.accounting import transitions
 
     return {
         "fixed": lut.fixed("decode"),
         "embedding": lut.embedding(card.embedding_width, card.vocab, "decode", context),
-        "layers": sum(b.depth * lut.layer(b.width, b.ffn_ratio, b.heads, context, "decode")
-                      for b in card.blocks),
-        "projections": sum(lut.projection(a, b, "decode", context)
+        "layers": sum(b.depth * lut.layer(b.width, b.ffn_ratio, b.heads, context, "decode",
+                                          hot=hot) for b in card.blocks),
+        "projections": sum(lut.projection(a, b, "decode", context, hot=hot)
                            for a, b in transitions(card)),
-        "head": lut.head(card.embedding_width, card.vocab, "decode"),
+        "head": lut.head(card.embedding_width, card.vocab, "decode", hot=hot),
     }
 
 
-def measure_all(ws, cards, build: Path, args) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Each model's median per round (ms), and the errors of models that failed."""
+def measure_all(ws, cards, build: Path, args, grid
+                ) -> tuple[dict[str, list[float]], dict[str, str], list[float]]:
+    """Each model's median per round (ms), the errors of models that failed, and the profile's
+    sentinel point timed once per round beside them (ms, as the profile times it)."""
     from merino_mobile.device import open_device
     from merino_mobile.device.base import InputSpec, MethodSpec
     from merino_mobile.device.profiles import load_profile
+    from merino_mobile.profile import batches, export_batch
 
     device = open_device(load_profile(ws, "host"))
+    sentinel = grid.sentinel()
+    batch = next(b for b in batches(grid.points(), grid, args.quant, True) if sentinel in b)
+    program, specs = export_batch(batch, grid, "executorch", args.quant, ws.state / "cache", True)
+    sentinel_req = device.profile.measure.request("executorch", (specs[batch.index(sentinel)],))
+    sentinel_handle = device.prepare(program)
+    sentinel_ms: list[float] = []
     # one decode step: a token at position context-1, attending the whole cache
     spec = MethodSpec("forward", (InputSpec((1, 1), "int64", 7),
                                   InputSpec((1,), "int64", args.context - 1)))
@@ -124,9 +134,13 @@ def measure_all(ws, cards, build: Path, args) -> tuple[dict[str, list[float]], d
                 rounds[card.name].append(res.median)
             else:
                 errors[card.name] = res.error or "failed"
-        print(f"  round {r + 1}/{args.rounds} measured", flush=True)
+        res = next(iter(device.benchmark(sentinel_handle, sentinel_req).results))
+        if res.ok:
+            sentinel_ms.append(res.median)
+        print(f"  round {r + 1}/{args.rounds} measured (sentinel "
+              f"{res.median if res.ok else float('nan'):.3f} ms)", flush=True)
     device.cleanup()
-    return rounds, errors
+    return rounds, errors, sentinel_ms
 
 
 def main() -> int:
@@ -161,7 +175,7 @@ def main() -> int:
 
     from merino_mobile import accounting
     from merino_mobile.device.profiles import load_profile
-    from merino_mobile.latency import predict_latency
+    from merino_mobile.latency import cold_fraction, predict_latency
     from merino_mobile.parallel import Job, run_jobs
     from merino_mobile.profile import describe_grid, make_grid, run_profile
     from merino_mobile.space import load_space
@@ -213,6 +227,7 @@ def main() -> int:
         rows_ = store.rows(fp.key, "executorch", args.quant)
         store.close()
         lut = Lut.from_rows(rows_, fp, "executorch", args.quant)
+        lut.cache_bytes = load_profile(ws, "host").cache_bytes()  # as `profile` records it
         profile_s, export_s, reused = None, None, sum(r.ok for r in rows_)
         print(f"table from {reused} stored points", flush=True)
     else:
@@ -226,10 +241,19 @@ def main() -> int:
 
         lut = read_lut(Path(report.lut))
 
+    # the level of the machine while the table was measured: the profile's good sentinel readings
+    from merino_mobile.store import Store
+
+    store = Store.open(ws.state)
+    profile_sentinel = [ms for ms, _, good in store.sentinels(lut.fingerprint.key, "executorch",
+                                                              args.quant) if good]
+    store.close()
+
     if args.measured:
         earlier = json.loads(args.measured.read_text())
         by_card = {json.dumps(r["card"], sort_keys=True): r for r in earlier["rows"]}
         rounds, errors, export_secs = {}, {}, {}
+        sentinel_ms = earlier.get("sentinel_round_ms", [])
         for c in cards:
             r = by_card.get(json.dumps(c.to_json(), sort_keys=True))
             if r is None or "round_ms" not in r:
@@ -242,16 +266,21 @@ def main() -> int:
         models_export_wall = earlier.get("models_export_wall_s")
     else:
         export_secs, models_export_wall = export_all()
-        rounds, errors = measure_all(ws, cards, build, args)
+        rounds, errors, sentinel_ms = measure_all(ws, cards, build, args, grid)
     rows = []
     for card in cards:
         predicted = predict_latency(card, lut, args.context)
+        working_set = accounting.decode_working_set(card, args.context, args.quant)
         meds = rounds[card.name]
         ok = card.name not in errors and bool(meds)
         measured = statistics.median(meds) if ok else None
         row = {"card": card.to_json(), "params": accounting.params(card), "depth": card.depth,
                "widths": [b.width for b in card.blocks], "predicted_ms": predicted,
                "terms_ms": term_breakdown(card, lut, args.context),
+               "hot_terms_ms": term_breakdown(card, lut, args.context, hot=True),
+               "streaming_ms": predict_latency(card, lut, args.context, cache_aware=False),
+               "working_set_bytes": working_set,
+               "cold_fraction": cold_fraction(working_set, lut.cache_bytes),
                "measured_ms": measured, "round_ms": meds,
                "error": errors.get(card.name), "export_s": export_secs.get(card.name, 0.0)}
         if ok:
@@ -267,6 +296,10 @@ def main() -> int:
               f"{row.get('error_pct', float('nan')):+6.1f}%", flush=True)
     good = [r for r in rows if "error_pct" in r]
     errs = [abs(r["error_pct"]) for r in good]
+    level = (statistics.median(sentinel_ms) / statistics.median(profile_sentinel)
+             if sentinel_ms and profile_sentinel else None)
+    level_errs = ([abs(100 * (level * r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"])
+                   for r in good] if level else [])
     repeat = [r for r in good if "repeat_pct" in r]
     summary = {
         "schema_version": 1, "device": "host", "runtime": "executorch", "quant": args.quant,
@@ -286,6 +319,14 @@ def main() -> int:
                                 if repeat else None),
         "repeat_mape_pct": (statistics.fmean(abs(r["repeat_pct"]) for r in repeat)
                             if repeat else None),
+        "sentinel_round_ms": sentinel_ms, "profile_sentinel_ms": profile_sentinel,
+        # the machine's speed now against while it was profiled (the sentinel point, timed the
+        # profile's way), and the scores of the predictions scaled by it: what is left is the
+        # table's own error, not a shared machine's change of pace between the two
+        "level": level,
+        "within_10pct_at_level": (sum(e <= 10 for e in level_errs) / len(level_errs)
+                                  if level_errs else None),
+        "mape_pct_at_level": statistics.fmean(level_errs) if level_errs else None,
         "fingerprint": lut.fingerprint.to_json(), "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +344,10 @@ def main() -> int:
               f"| {summary['median_ape_pct']:.1f}% | {summary['max_ape_pct']:.1f}% | "
               f"{summary['bias_pct']:+.1f}% | {'-' if rep is None else f'{100 * rep:.0f}%'} | "
               f"{wall} |")
+    if level:
+        print(f"machine level now vs the profile's: {level:.3f} (sentinel); predictions scaled "
+              f"by it: {100 * summary['within_10pct_at_level']:.0f}% within +-10%, MAPE "
+              f"{summary['mape_pct_at_level']:.1f}%")
     print(f"wrote {args.out}")
     return 0
 

@@ -171,3 +171,16 @@ def weight_bytes(card: Card, quant: str = "fp32") -> int:
 def memory_bytes(card: Card, context: int, quant: str = "int8", kv_dtype: str = "fp32") -> int:
     """What the model needs resident to decode at `context`: weights plus KV cache."""
     return weight_bytes(card, quant) + kv_cache_bytes(card, context, kv_dtype)
+
+
+def decode_working_set(card: Card, context: int, quant: str = "int8",
+                       kv_dtype: str = "fp32") -> int:
+    """Bytes one decode step reads: every weight matrix but the lookup tables (a token reads one
+    row of each; a tied head reads the token table whole), and the KV cache at `context`.
+    Whether this fits in the device's last-level cache decides whether the model runs hot
+    (`merino_mobile.latency.predict_latency`)."""
+    total = sum(matrix_bytes(m.rows, m.cols, quant) for m in matrices(card)
+                if m.name not in ("embedding", "positions"))
+    if card.tied_head:
+        total += matrix_bytes(card.vocab, card.embedding_width, quant)
+    return round(total + 4 * vector_params(card) + kv_cache_bytes(card, context, kv_dtype))

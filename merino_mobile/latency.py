@@ -10,10 +10,19 @@ so any object with them works.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from merino_mobile.accounting import transitions
+from merino_mobile.accounting import decode_working_set, transitions
 from merino_mobile.card import Card
+
+# Where a whole model's decode step turns from hot to streaming, as a share of the last-level
+# cache (see `cold_fraction`). Chosen on this host from three measurements of the same 30 models
+# (benchmarks/lut_accuracy.py, README): a model reading a fifth of the 32 MB L3 ran hot, one
+# reading half of it already streamed. A VM's L3 is shared with other tenants' cores, and a
+# model's activations, KV cache and the runtime's own data share it too.
+HOT_BELOW = 0.2
+COLD_ABOVE = 0.5
 
 
 class LatencyTable(Protocol):
@@ -46,13 +55,46 @@ class LatencyTable(Protocol):
         ...
 
 
-def predict_latency(card: Card, table: LatencyTable, context: int, phase: str = "decode") -> float:
-    """Predicted time (ms) of one decode step at `context`, or of a prefill of `context` tokens."""
+def cold_fraction(working_set: float, cache_bytes: float) -> float:
+    """How much of a decode step's weight traffic comes from DRAM, by how the bytes it reads
+    compare with the last-level cache: 0 up to HOT_BELOW of it, 1 from COLD_ABOVE, linear
+    between (a cache's replacement is not a sharp LRU, and other data shares it)."""
+    if cache_bytes <= 0:
+        return 1.0
+    x = working_set / cache_bytes
+    return min(1.0, max(0.0, (x - HOT_BELOW) / (COLD_ABOVE - HOT_BELOW)))
+
+
+def predict_latency(card: Card, table: LatencyTable, context: int, phase: str = "decode",
+                    *, cache_aware: bool = True) -> float:
+    """Predicted time (ms) of one decode step at `context`, or of a prefill of `context` tokens.
+
+    The table's terms are timed with their weights streaming from DRAM (`merino_mobile.profile`,
+    STREAM_BYTES), as in a model larger than the caches. A table that also holds hot timings
+    (`has_hot`, `cache_bytes`; the host's) predicts a decode step of a model whose working set
+    (`accounting.decode_working_set`) fits in the cache from them: each term with weights is
+    hot + cold_fraction * (cold - hot). `cache_aware=False` is the plain sum of streaming terms,
+    the linear model the design solver optimizes (an upper bound for such small models).
+    """
+    blend = (cache_aware and phase == "decode" and getattr(table, "has_hot", False)
+             and getattr(table, "cache_bytes", 0) > 0)
+    f = 1.0
+    if blend:
+        quant = getattr(table, "quant", "fp32")
+        f = cold_fraction(decode_working_set(card, context, quant), table.cache_bytes)
+
+    def weighted(term: Callable[..., float], *args: Any) -> float:
+        cold = term(*args)
+        if not blend or f >= 1.0:
+            return cold
+        hot = term(*args, hot=True)
+        return hot + f * (cold - hot)
+
     total = table.fixed(phase)
     total += table.embedding(card.embedding_width, card.vocab, phase, context)
     for b in card.blocks:
-        total += b.depth * table.layer(b.width, b.ffn_ratio, b.heads, context, phase)
+        total += b.depth * weighted(table.layer, b.width, b.ffn_ratio, b.heads, context, phase)
     for a, b in transitions(card):
-        total += table.projection(a, b, phase, context)
-    total += table.head(card.embedding_width, card.vocab, phase)
+        total += weighted(table.projection, a, b, phase, context)
+    total += weighted(table.head, card.embedding_width, card.vocab, phase)
     return total

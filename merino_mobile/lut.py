@@ -29,7 +29,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -175,13 +175,21 @@ class Lut:
     created: str = ""
     failed: list[str] = field(default_factory=list)
     source: str = "<lut>"
+    # the device's last-level cache (0: unknown); with the hot twins, whole models that fit in
+    # it are predicted hot (`merino_mobile.latency.predict_latency`)
+    cache_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         self._surfaces: dict[tuple[str, str], Surface] = {}
+        self._hot: dict[tuple[str, str], Surface] = {}  # the hot twins (`Point.hot`), if read
         for term, phases in self.entries.items():
             for phase, pts in phases.items():
-                if pts:
-                    self._surfaces[term, phase] = Surface(term, phase, pts)
+                cold = [(p, ms) for p, ms in pts if not p.hot]
+                hot = [(p, ms) for p, ms in pts if p.hot]
+                if cold:
+                    self._surfaces[term, phase] = Surface(term, phase, cold)
+                if hot:
+                    self._hot[term, phase] = Surface(term, phase, hot)
 
     # -- building ------------------------------------------------------------------------------
 
@@ -224,6 +232,12 @@ class Lut:
     # -- LatencyTable --------------------------------------------------------------------------
 
     def _term(self, term: str, phase: str, p: Point) -> float:
+        if p.hot:
+            # a hot reading where one was taken; elsewhere the term as measured
+            hot = self._hot.get((term, phase))
+            if hot is not None:
+                return hot(p)
+            p = replace(p, hot=False)
         surface = self._surfaces.get((term, phase))
         if surface is None and phase == "prefill":
             # no prefill measured for this term: a prefill of T tokens costs T decode steps
@@ -246,26 +260,33 @@ class Lut:
         return float(np.median([ms for _, ms in surface.points]))
 
     def layer(self, width: int, ffn_ratio: float, heads: int, context: int,
-              phase: str = "decode") -> float:
+              phase: str = "decode", hot: bool = False) -> float:
         return self._term("layer", phase, Point("layer", phase, width=width,
                                                 ffn_ratio=float(ffn_ratio), heads=heads,
-                                                context=context))
+                                                context=context, hot=hot))
 
     def projection(self, width_in: int, width_out: int, phase: str = "decode",
-                   context: int = 1) -> float:
+                   context: int = 1, hot: bool = False) -> float:
         if width_in == width_out:
             return 0.0
         return self._term("projection", phase, Point("projection", phase, width=width_in,
-                                                      width_out=width_out, context=context))
+                                                      width_out=width_out, context=context,
+                                                      hot=hot))
 
     def embedding(self, width: int, vocab: int, phase: str = "decode", context: int = 1) -> float:
         return self._term("embedding", phase, Point("embedding", phase, width=width,
                                                     vocab=self._vocab("embedding"),
                                                     context=context))
 
-    def head(self, width: int, vocab: int, phase: str = "decode") -> float:
+    def head(self, width: int, vocab: int, phase: str = "decode", hot: bool = False) -> float:
         # one measured phase serves both: the head runs on the last position only
-        return self._term("head", "decode", Point("head", "decode", width=width, vocab=vocab))
+        return self._term("head", "decode", Point("head", "decode", width=width, vocab=vocab,
+                                                  hot=hot))
+
+    @property
+    def has_hot(self) -> bool:
+        """Whether the profile read hot twins (see `merino_mobile.latency.predict_latency`)."""
+        return bool(self._hot)
 
     def _vocab(self, term: str) -> int:
         # the embedding lookup was measured at one table size; a gather's cost does not grow
@@ -302,8 +323,9 @@ class Lut:
             "fingerprint": self.fingerprint.to_json(), "created": self.created,
             "interpolation": "ratio to an nnls FLOPs model, linear on (log width, ffn ratio, "
                              "log context); exact on grid points",
-            "models": {f"{t}/{ph}": s.coef for (t, ph), s in self._surfaces.items()},
-            "terms": terms, "failed": self.failed,
+            "models": {f"{t}/{ph}": s.coef for (t, ph), s in self._surfaces.items()}
+            | {f"{t}/{ph}/hot": s.coef for (t, ph), s in self._hot.items()},
+            "terms": terms, "failed": self.failed, "cache_bytes": self.cache_bytes,
         }
 
     @classmethod
@@ -341,8 +363,12 @@ class Lut:
                         shape = {k: v for k, v in e.items() if k not in ("ms",)}
                         entries.setdefault(term, {}).setdefault(phase, []).append(
                             (Point(term=term, phase=phase, **shape), float(ms)))
+            cache = data.get("cache_bytes", 0.0)
+            if not isinstance(cache, int | float) or not math.isfinite(cache) or cache < 0:
+                raise bad(f"cache_bytes {cache!r} is not a size in bytes")
             lut = cls(str(data["device"]), str(data["runtime"]), str(data["quant"]), fp, entries,
-                      str(data.get("created", "")), list(data.get("failed", [])), source)
+                      str(data.get("created", "")), list(data.get("failed", [])), source,
+                      float(cache))
         except UserError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -73,6 +73,8 @@ MAX_PROGRAM_BYTES = 160e6
 #   31 instances, 0.67 ms a layer of a 32-layer program, 0.47 with 4 copies, 0.25 hot;
 # - elsewhere (a phone's executor_runner runs one method once) the copies are built into the
 #   micro-model and each is exported and lowered, so MAX_COPIES bounds that cost.
+# A replicating device also times each such term hot (`hot_points`), one instance called again
+# and again, for whole models small enough to stay in the cache (`latency.predict_latency`).
 STREAM_BYTES = 48e6
 MAX_COPIES = 4
 MAX_INSTANCES = 32
@@ -362,6 +364,17 @@ def method_name(i: int) -> str:
     return f"m{i}"
 
 
+def hot_points(points: Sequence[Point], quant: str, replicated: bool) -> list[Point]:
+    """The hot twins of `points` (`Point.hot`): every decode term timed as several instances
+    (`copies`), timed again as one instance called again and again, its weights staying in the
+    caches. Only a device that `replicates` reads them: there the twin is the same method
+    loaded once, nothing more to export. Read in the first pass only."""
+    if not replicated:
+        return []
+    return [replace(p, hot=True) for p in points
+            if not p.hot and copies(p, quant, replicated) > 1]
+
+
 def _versions(runtime: str) -> dict[str, str]:
     from merino_mobile.export import package_versions
 
@@ -513,6 +526,7 @@ def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: 
                                   max_redo, workers, extra_jobs,
                                   passes or prof.measure.passes)
                 lut = Lut.from_rows(store.rows(fp.key, runtime, quant), fp, runtime, quant)
+                lut.cache_bytes = prof.cache_bytes()
             finally:
                 store.close()
             report.lut = str(lut.save(lut_path(ws.devices, prof.name, runtime, quant)))
@@ -530,18 +544,21 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
     cache = ws.state / "cache"
     passes = max(1, passes)
     base = grid.points()
+    replicated = bool(dev.replicates)
     wanted = [replace(p, reading=k) for k in range(passes) for p in base]
+    wanted += hot_points(base, quant, replicated)
     done = store.measured(fp.key, runtime, quant)
     report = ProfileReport(prof.name, runtime, quant, grid.to_json(), fp.to_json(),
                            points=len(wanted), skipped=sum(p.key in done for p in wanted),
                            measured=0, passes=passes)
-    replicated = bool(dev.replicates)
     all_batches = batches(base, grid, quant, replicated)
 
     def unread(batch: Sequence[Point], k: int, among: set[str] | None = None) -> list[Point]:
         """The points of a batch whose k-th reading is not stored (or, given `among`, whose
-        k-th reading's key is among those)."""
+        k-th reading's key is among those); the first pass also reads the hot twins."""
         keys = [(p, replace(p, reading=k).key) for p in batch]
+        if k == 0:
+            keys += [(h, h.key) for h in hot_points(batch, quant, replicated)]
         if among is None:
             return [p for p, key in keys if key not in done]
         return [p for p, key in keys if key in among]
@@ -578,8 +595,21 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
         report.export_s += time.perf_counter() - te
         h = program_hash(batch, grid, runtime, quant, replicated)
         keys = {p.key for p in only}
-        chosen = tuple(s for p, s in zip(batch, specs, strict=True) if p.key in keys)
-        by_name = {method_name(i): p for i, p in enumerate(batch)}
+        handle = dev.prepare(artifact)
+        out = []
+        # the usual (cold) points, then the hot twins: the same methods with one instance each
+        for hot in (False, True):
+            by_name = {method_name(i): replace(p, hot=hot) for i, p in enumerate(batch)
+                       if replace(p, hot=hot).key in keys}
+            chosen = tuple(replace(s, instances=1) if hot else s
+                           for s in specs if s.name in by_name)
+            if chosen:
+                out += _bench_group(handle, chosen, by_name, reading, h, store_points)
+        return out
+
+    def _bench_group(handle: Any, chosen: tuple[MethodSpec, ...], by_name: dict[str, Point],
+                     reading: int, h: str, store_points: bool) -> list[tuple[Point, Any]]:
+        """Time one request's methods; `by_name`: the point each method stands for."""
         stored: set[str] = set()
         req = prof.measure.request(runtime, chosen)
 
@@ -607,7 +637,7 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
 
         if progress:
             progress(f"measuring {len(chosen)} micro-models", count, total)
-        res = dev.benchmark(dev.prepare(artifact), req, on_event=hook)
+        res = dev.benchmark(handle, req, on_event=hook)
         if store_points:  # a backend that does not report results as they finish
             for r in res.results:
                 if r.name not in stored:

@@ -76,6 +76,9 @@ class Point:
     For decode, `context` is the KV-cache length attended; for prefill, the prompt length.
     `reading` numbers the profile's passes over the grid (0, the first, is left out of the key):
     each pass times every point once more, and the table takes the median of the readings.
+    `hot` (decode terms with weights, on a device that `replicates`): the same micro-benchmark
+    with one loaded instance called again and again, so its weights stay in the caches, the way
+    a whole model small enough to fit in them runs (left out of the key when False).
     """
 
     term: str
@@ -87,6 +90,7 @@ class Point:
     width_out: int = 0
     vocab: int = 0
     reading: int = 0
+    hot: bool = False
 
     @property
     def shape(self) -> Point:
@@ -105,9 +109,10 @@ class Point:
     def label(self) -> str:
         shape = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in asdict(self).items()
-                          if v and k not in ("term", "phase", "reading"))
+                          if v and k not in ("term", "phase", "reading", "hot"))
         again = f" #{self.reading + 1}" if self.reading else ""
-        return f"{self.term}[{self.phase}]({shape}){again}"
+        hot = ", hot" if self.hot else ""
+        return f"{self.term}[{self.phase}{hot}]({shape}){again}"
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,30 @@ def test_profile_errors_name_the_problem(tmp_path):
     bad.write_text("transport = 'local'\n[measure]\nwarmpu = 3\n")
     with pytest.raises(UserError, match=r"\[measure\] has unknown keys \['warmpu'\]"):
         load_profile(ws, "bad")
+    bad.write_text("transport = 'local'\ncache_mb = '32M'\n")
+    with pytest.raises(UserError, match="cache_mb must be a positive number of megabytes"):
+        load_profile(ws, "bad")
+
+
+def test_last_level_cache_from_the_profile_or_sysfs(tmp_path):
+    from merino_mobile.device.profiles import host_cache_bytes
+
+    # a sysfs cache folder as Linux lays it out (the real one is read below)
+    for i, (kind, size) in enumerate([("Data", "32K"), ("Instruction", "64M"),
+                                      ("Unified", "512K"), ("Unified", "16384K")]):
+        d = tmp_path / "cache" / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "type").write_text(kind + "\n")
+        (d / "size").write_text(size + "\n")
+    assert host_cache_bytes(tmp_path / "cache") == 16 << 20
+    assert host_cache_bytes(tmp_path / "nowhere") == 0
+    ws = Workspace.resolve(tmp_path)
+    assert load_profile(ws, "host").cache_bytes() == host_cache_bytes()
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "phone.toml").write_text(
+        "transport = 'adb'\ncache_mb = 8\n[adb]\nserial = 'X'\n")
+    assert load_profile(ws, "phone").cache_bytes() == 8e6
+    assert load_profile(ws, "pixel7").cache_bytes() == 0.0  # unknown: no model runs from cache
 
 
 def test_adb_profile_without_backend_is_unknown(tmp_path):

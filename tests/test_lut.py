@@ -159,6 +159,7 @@ def test_load_lut_names_the_profile_command_when_missing(tmp_path):
     lambda d: json.dumps(d | {"terms": {**d["terms"], "head": {"decode": [
         {"width": 64, "vocab": 256, "ms": -1}]}}}),
     lambda d: json.dumps(d | {"terms": {"fixed": d["terms"]["fixed"]}}),
+    lambda d: json.dumps(d | {"cache_bytes": "32 MB"}),
 ])
 def test_corrupt_or_hand_edited_table_is_a_schema_error_with_the_path(tmp_path, damage):
     lut = Lut.from_rows(rows(), FP, "executorch", "fp32")
@@ -201,3 +202,64 @@ except UserError as e:
     assert f"cannot write {path}" in p.stdout and "unchanged" in p.stdout
     assert path.read_text() == before
     assert [f.name for f in tmp_path.iterdir()] == ["lut.json"]  # no temp file left behind
+
+
+def hot_rows() -> list[Row]:
+    """The made-up device of `rows`, with hot twins (`Point.hot`) of every decode term with
+    weights, as a replicating device reads them: a third of the streaming time."""
+    base = rows()
+    null = 0.005
+    return base + [replace(r, point=replace(r.point, hot=True),
+                           median_ms=null + (r.median_ms - null) / r.per_call / 3, per_call=1)
+                   for r in base if r.ok and r.point.term in ("layer", "head", "projection")]
+
+
+def test_a_model_that_fits_in_the_cache_is_predicted_from_the_hot_twins(tmp_path):
+    from merino_mobile.accounting import decode_working_set
+    from merino_mobile.latency import COLD_ABOVE, HOT_BELOW, cold_fraction
+
+    lut = Lut.from_rows(hot_rows(), FP, "executorch", "fp32")
+    assert lut.has_hot and not Lut.from_rows(rows(), FP, "executorch", "fp32").has_hot
+    assert lut.layer(128, 2.0, 4, 64, hot=True) == pytest.approx(lut.layer(128, 2.0, 4, 64) / 3)
+    assert lut.head(200, 256, hot=True) == pytest.approx(lut.head(200, 256) / 3)
+    card = Card("t", 256, 64, 32, (Block(64, 2.0, 2, 2), Block(128, 4.0, 4, 1, False)))
+    ws = decode_working_set(card, 64, "fp32")
+    streaming = predict_latency(card, lut, 64, cache_aware=False)
+    overhead = lut.fixed() + lut.embedding(64, 256)
+    # no cache size known: the streaming sum; a cache twice the working set: all hot
+    assert predict_latency(card, lut, 64) == pytest.approx(streaming)
+    lut.cache_bytes = ws / HOT_BELOW * 1.01
+    assert predict_latency(card, lut, 64) == pytest.approx(overhead + (streaming - overhead) / 3)
+    # halfway through the ramp: halfway between; beyond it: streaming
+    lut.cache_bytes = ws / ((HOT_BELOW + COLD_ABOVE) / 2)
+    assert cold_fraction(ws, lut.cache_bytes) == pytest.approx(0.5)
+    assert predict_latency(card, lut, 64) == pytest.approx(
+        overhead + (streaming - overhead) * (1 / 3 + 0.5 * 2 / 3))
+    lut.cache_bytes = ws / COLD_ABOVE * 0.99
+    assert predict_latency(card, lut, 64) == pytest.approx(streaming)
+    # prefill is compute-bound: never blended
+    lut.cache_bytes = 10 * ws
+    assert predict_latency(card, lut, 16, "prefill") == predict_latency(
+        card, lut, 16, "prefill", cache_aware=False)
+    # the cache size and the hot twins survive the JSON round trip
+    back = read_lut(lut.save(tmp_path / "lut.json"))
+    assert back.cache_bytes == 10 * ws
+    assert back.layer(96, 2.0, 3, 32, hot=True) == pytest.approx(lut.layer(96, 2.0, 3, 32,
+                                                                           hot=True))
+    # a table without hot twins answers a hot question with the streaming time
+    plain = Lut.from_rows(rows(), FP, "executorch", "fp32")
+    assert plain.layer(128, 2.0, 4, 64, hot=True) == plain.layer(128, 2.0, 4, 64)
+
+
+def test_decode_working_set_counts_what_one_token_reads():
+    from merino_mobile.accounting import decode_working_set, kv_cache_bytes, matrix_bytes
+
+    card = Card("t", 256, 64, 32, (Block(64, 2.0, 2, 2, True),))
+    layer = 4 * matrix_bytes(64, 64, "int8") + 2 * matrix_bytes(128, 64, "int8")
+    vectors = 4 * (2 * 64 * 2 + 4 * 64 + 128 + 64 + 2 * 64)  # norms, biases, final norm
+    head = matrix_bytes(256, 64, "int8")
+    want = layer + head + kv_cache_bytes(card, 100)  # a shared block's weights once
+    got = decode_working_set(card, 100, "int8")
+    assert want < got <= want + vectors
+    untied = replace(card, tied_head=False)
+    assert decode_working_set(untied, 100, "int8") == got  # the head, tied or not, read once

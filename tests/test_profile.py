@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from merino_mobile.device.profiles import host_cache_bytes
 from merino_mobile.errors import UserError
 from merino_mobile.lut import load_lut, read_lut
 from merino_mobile.profile import batches, make_grid, run_profile
@@ -127,7 +128,8 @@ def test_a_replicating_device_gets_one_instance_per_method_and_loads_the_copies(
 @pytest.mark.slow
 def test_tiny_profile_measures_everything_and_writes_the_lut(profiled):
     ws, report = profiled
-    assert report.points == 10 and report.measured == 10 and report.failed == []
+    # ten points, and the hot twins of the six decode terms with weights timed as copies
+    assert report.points == 16 and report.measured == 16 and report.failed == []
     # one program (the sentinel is timed from it), complete: no temporary file left
     assert [p.suffix for p in (ws.state / "cache").iterdir()] == [".pte"]
     lut = read_lut(Path(report.lut))
@@ -138,6 +140,18 @@ def test_tiny_profile_measures_everything_and_writes_the_lut(profiled):
     assert lut.head(128, 256) > 0 and lut.fixed("decode") > 0
     assert load_lut(ws, "host", "executorch", "fp32").layer(64, 2.0, 2, 16) == \
         lut.layer(64, 2.0, 2, 16)
+    # the hot twins: a surface of their own, exact on its points, beside the usual one
+    hot = {p.key: ms for p, ms in lut.entries["layer"]["decode"] if p.hot}
+    assert lut.has_hot and len(hot) == 2
+    key = Point("layer", "decode", width=128, ffn_ratio=2.0, heads=4, context=16, hot=True).key
+    assert lut.layer(128, 2.0, 4, 16, hot=True) == hot[key] != lut.layer(128, 2.0, 4, 16)
+    # every decode term with weights has its twin (a hot 64-wide projection may time below the
+    # null call, so its term is 0: no sign is asserted)
+    assert {(t, p.width) for t, phases in lut.entries.items() for p, _ in phases["decode"]
+            if p.hot} == {("layer", 64), ("layer", 128), ("head", 64), ("head", 128),
+                          ("projection", 64), ("projection", 128)}
+    assert read_lut(Path(report.lut)).layer(128, 2.0, 4, 16, hot=True) == hot[key]
+    assert lut.cache_bytes == host_cache_bytes()  # this host's, from sysfs
     # every stored point was timed with the device's thread count
     rows = Store.open(ws.state).rows(lut.fingerprint.key, "executorch", "fp32")
     assert {r.threads for r in rows} == {1} and all(3 <= r.samples <= 20 for r in rows)
@@ -147,7 +161,7 @@ def test_tiny_profile_measures_everything_and_writes_the_lut(profiled):
 def test_rerun_measures_nothing_twice(profiled):
     ws, first = profiled
     again = run_profile(ws, "host", grid=tiny_grid(ws))
-    assert again.skipped == 10 and again.measured == 0 and again.export_s == 0
+    assert again.skipped == 16 and again.measured == 0 and again.export_s == 0
 
 
 @pytest.mark.slow
@@ -157,19 +171,20 @@ def test_passes_read_every_point_again_and_a_rerun_adds_only_missing_readings(pr
     ws = workspace(tmp_path, passes=2)
     shutil.copytree(src.state / "cache", ws.state / "cache")
     report = run_profile(ws, "host", grid=tiny_grid(ws))
-    assert report.points == 20 and report.measured == 20 and report.export_s < 5
+    # the hot twins are read in the first pass only
+    assert report.points == 26 and report.measured == 26 and report.export_s < 5
     keys = stored(ws)
-    assert len(keys) == len(set(keys)) == 20
-    assert sorted(Point.from_key(k).reading for k in keys) == [0] * 10 + [1] * 10
+    assert len(keys) == len(set(keys)) == 26
+    assert sorted(Point.from_key(k).reading for k in keys) == [0] * 16 + [1] * 10
     assert {Point.from_key(k).shape.key for k in keys} == set(stored(src))
     # the table holds each point once (the null call is subtracted, not stored)
     lut = read_lut(Path(report.lut))
-    assert sum(len(pts) for phases in lut.entries.values() for pts in phases.values()) == 9
+    assert sum(len(pts) for phases in lut.entries.values() for pts in phases.values()) == 15
     # a third pass asked later: only the new readings are timed
     ws = workspace(tmp_path, passes=3)
     more = run_profile(ws, "host", grid=tiny_grid(ws))
-    assert (more.points, more.skipped, more.measured) == (30, 20, 10)
-    assert len(set(stored(ws))) == 30
+    assert (more.points, more.skipped, more.measured) == (36, 26, 10)
+    assert len(set(stored(ws))) == 36
 
 
 @pytest.mark.slow
@@ -179,17 +194,21 @@ def test_worker_crash_fails_one_point_and_a_rerun_fills_it(profiled, tmp_path):
     ws = workspace(tmp_path, spread=1.0, seconds=0.5, repeats=10**6)
     shutil.copytree(src.state / "cache", ws.state / "cache")  # programs are content-addressed
 
+    crashed = []
+
     def crash(kind, method, pid):
-        if kind == "start" and method == "m6":  # the first projection
+        # the first projection (once: its hot twin is timed later from the same method)
+        if kind == "start" and method == "m6" and not crashed:
+            crashed.append(pid)
             os.kill(pid, signal.SIGSEGV)
 
     report = run_profile(ws, "host", grid=tiny_grid(ws), on_event=crash)
     assert report.export_s < 5  # the cached program was reused, not exported again
-    assert report.measured == 9 and len(report.failed) == 1
+    assert report.measured == 15 and len(report.failed) == 1
     assert "projection" in report.failed[0] and "SIGSEGV" in report.failed[0]
     assert read_lut(Path(report.lut)).failed == report.failed
     fixed = run_profile(ws, "host", grid=tiny_grid(ws))
-    assert fixed.measured == 1 and fixed.failed == [] and fixed.skipped == 9
+    assert fixed.measured == 1 and fixed.failed == [] and fixed.skipped == 15
 
 
 @pytest.mark.slow
@@ -210,13 +229,13 @@ def test_kill_9_mid_profile_then_resume_gives_the_same_points(profiled, tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = stored(ws)
-    assert 3 <= len(partial) < 10, "the run was not killed mid-profile"
+    assert 3 <= len(partial) < 16, "the run was not killed mid-profile"
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert report["skipped"] >= len(partial) and report["failed"] == []
     points = stored(ws)
-    assert len(points) == len(set(points)) == 10
+    assert len(points) == len(set(points)) == 16
     assert set(points) == set(stored(src))
 
 

@@ -103,7 +103,8 @@ class Problem:
 
     def evaluate(self, arch: tuple[Choice, ...]) -> Metrics:
         card = self.card(arch)
-        lat = (predict_latency(card, self.latency, self.context)
+        # the linear model the exact solver optimizes (see predict_latency's cache_aware)
+        lat = (predict_latency(card, self.latency, self.context, cache_aware=False)
                if self.latency is not None else None)
         return Metrics(
             entropy=entropy(card, self.settings),

@@ -9,6 +9,7 @@ A profile says how to reach the device and how to run on it (a phone's looks lik
     runtimes = ["executorch", "onnxruntime"]
     threads = 2                        # runtime threads (XNNPACK threadpool, ORT intra-op)
     cpus = [6, 7]                      # pin to these cores (big cores); [] = no pinning
+    cache_mb = 8                       # last-level cache; this host reads it from sysfs
 
     [adb]                              # only for transport = "adb"
     serial = "28291FDH2000RS"          # USB serial, or
@@ -117,6 +118,15 @@ class DeviceProfile:
     cooldown: Cooldown = Cooldown()
     sentinel: Sentinel = Sentinel()
     measure: Measure = Measure()
+    cache_mb: float | None = None
+
+    def cache_bytes(self) -> float:
+        """The last-level cache a model must outgrow to stream its weights (see
+        `merino_mobile.latency.predict_latency`): `cache_mb`, else for this host the largest
+        cache sysfs lists, else 0 (unknown: no model is taken to run from cache)."""
+        if self.cache_mb is not None:
+            return float(self.cache_mb) * 1e6
+        return float(host_cache_bytes()) if self.transport == "local" else 0.0
 
     @property
     def cpu_mask(self) -> str:
@@ -162,7 +172,7 @@ def parse_profile(data: dict[str, Any], path: Path) -> DeviceProfile:
         raise UserError(f"{where}: schema_version {version!r} is not supported (this version reads "
                         f"{SCHEMA_VERSION})")
     known = {"schema_version", "name", "transport", "description", "runtimes", "threads", "cpus",
-             "adb", "cooldown", "sentinel", "measure"}
+             "adb", "cooldown", "sentinel", "measure", "cache_mb"}
     unknown = set(data) - known
     if unknown:
         raise UserError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -181,6 +191,11 @@ def parse_profile(data: dict[str, Any], path: Path) -> DeviceProfile:
     if not isinstance(cpus, list) or not all(isinstance(c, int) and c >= 0 for c in cpus):
         raise UserError(f"{where}: cpus must be a list of core numbers such as [6, 7], "
                         f"got {cpus!r}")
+    cache_mb = data.get("cache_mb")
+    if cache_mb is not None and (not isinstance(cache_mb, int | float)
+                                 or isinstance(cache_mb, bool) or cache_mb <= 0):
+        raise UserError(f"{where}: cache_mb must be a positive number of megabytes (the "
+                        f"last-level cache), got {cache_mb!r}")
     adb = _table(AdbSettings, data["adb"], f"{where}: [adb]") if "adb" in data else None
     if transport == "adb" and adb is None:
         raise UserError(f"{where}: transport \"adb\" needs an [adb] table with serial or address")
@@ -192,7 +207,26 @@ def parse_profile(data: dict[str, Any], path: Path) -> DeviceProfile:
         cooldown=_table(Cooldown, data.get("cooldown", {}), f"{where}: [cooldown]"),
         sentinel=_table(Sentinel, data.get("sentinel", {}), f"{where}: [sentinel]"),
         measure=_table(Measure, data.get("measure", {}), f"{where}: [measure]"),
+        cache_mb=cache_mb,
     )
+
+
+def host_cache_bytes(sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """This machine's largest CPU cache in bytes (Linux sysfs; 0 when it cannot tell)."""
+    best = 0
+    for index in sysfs.glob("index*"):
+        try:
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            size = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        try:
+            best = max(best, int(size.rstrip("KMG")) * unit)
+        except ValueError:
+            continue
+    return best
 
 
 def read_profile(path: Path) -> DeviceProfile:
