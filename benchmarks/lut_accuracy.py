@@ -17,6 +17,10 @@
    prints a table and writes benchmarks/results/lut_accuracy.json, with each prediction's terms.
    `--measured FILE` takes the measurements from an earlier result instead (same cards), to
    score a new table against them.
+4. Times the profile's sentinel point once per round beside the models: `level` is its median
+   now over the profile's, and the `*_at_level` scores take that change of pace out. Each row
+   keeps the streaming and hot terms, the working set and the cold fraction of the prediction
+   (`merino_mobile.latency.predict_latency`), and the streaming-only prediction.
 
 Whole models are capped at --max-params (default 60M) and --max-depth (12) so 30 exports fit in
 minutes on a small machine; the architectures are otherwise uniform over the space's choices.
