@@ -126,3 +126,28 @@ def test_reference_run_is_greedy_and_fits_the_cache():
     # the eager model itself, driven through run_steps, reproduces its reference exactly
     got = run_steps(lambda tok, start: model(tok, start).detach(), prompt, ref["tokens"])
     assert compare(ref["logits"], got, "fp32")["max_rel_err"] < 1e-6
+
+
+def test_dynamic_views_are_rewritten_to_infer_their_one_symbolic_size():
+    """A view at a dynamic length is recorded with the symbol; the rewrite writes -1 instead,
+    which XNNPACK can delegate, and the program computes the same."""
+    from merino_mobile.export.executorch import _infer_dynamic_views
+
+    class Fold(nn.Module):
+        def forward(self, x):  # x [1, T, 8] -> [1, T, 2, 4] -> [1, T, 8]
+            return (x.view(1, x.shape[1], 2, 4) * 2).view(1, x.shape[1], 8)
+
+    x = torch.randn(1, 5, 8)
+    t = torch.export.Dim("t", min=1, max=64)
+    program = torch.export.export(Fold(), (x,), dynamic_shapes=({1: t},), strict=False)
+    sizes = [n.args[1] for n in program.graph.nodes
+             if n.op == "call_function" and "view" in str(n.target)]
+    assert len(sizes) == 2 and all(not isinstance(s[1], int) for s in sizes)
+    assert _infer_dynamic_views(program) == 2
+    sizes = [n.args[1] for n in program.graph.nodes
+             if n.op == "call_function" and "view" in str(n.target)]
+    assert sizes == [[1, -1, 2, 4], [1, -1, 8]]
+    assert _infer_dynamic_views(program) == 0  # nothing symbolic is left
+    for length in (1, 5, 17):
+        y = torch.randn(1, length, 8)
+        assert torch.equal(program.module()(y), Fold()(y))
