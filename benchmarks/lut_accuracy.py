@@ -183,6 +183,7 @@ def main() -> int:
     from merino_mobile.parallel import Job, run_jobs
     from merino_mobile.profile import describe_grid, make_grid, run_profile
     from merino_mobile.space import load_space
+    from merino_mobile.store import Store
     from merino_mobile.workspace import Workspace
 
     root = args.workspace or Path(tempfile.mkdtemp(prefix="lut-accuracy-"))
@@ -224,14 +225,13 @@ def main() -> int:
     if args.stored:
         from merino_mobile.device.host import HostDevice
         from merino_mobile.lut import Lut
-        from merino_mobile.store import Store
 
         fp = HostDevice(load_profile(ws, "host")).fingerprint("executorch", args.quant)
         store = Store.open(ws.state)
         rows_ = store.rows(fp.key, "executorch", args.quant)
         store.close()
-        lut = Lut.from_rows(rows_, fp, "executorch", args.quant)
-        lut.cache_bytes = load_profile(ws, "host").cache_bytes()  # as `profile` records it
+        lut = Lut.from_rows(rows_, fp, "executorch", args.quant,
+                            load_profile(ws, "host").cache_bytes())  # as `profile` does
         profile_s, export_s, reused = None, None, sum(r.ok for r in rows_)
         print(f"table from {reused} stored points", flush=True)
     else:
@@ -246,8 +246,6 @@ def main() -> int:
         lut = read_lut(Path(report.lut))
 
     # the level of the machine while the table was measured: the profile's good sentinel readings
-    from merino_mobile.store import Store
-
     store = Store.open(ws.state)
     profile_sentinel = [ms for ms, _, good in store.sentinels(lut.fingerprint.key, "executorch",
                                                               args.quant) if good]

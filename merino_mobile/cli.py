@@ -275,8 +275,8 @@ def profile_cmd(
                   f"cores, {report.fingerprint['os']}, {runtime} "
                   f"{report.fingerprint['runtime_version']}, {report.fingerprint['threads']} "
                   "threads")
-    passes = f" readings, {report.passes} passes" if report.passes > 1 else ""
-    table.add_row("points", f"{report.points}{passes} ({report.skipped} already stored, "
+    readings = f" readings, {report.passes} passes" if report.passes > 1 else ""
+    table.add_row("points", f"{report.points}{readings} ({report.skipped} already stored, "
                   f"{report.measured} measured now, {report.remeasured} re-measured after drift)")
     drifts = [s for s in report.sentinel if not s["good"]]
     table.add_row("sentinel", f"{len(report.sentinel)} checks, {len(drifts)} drifted")

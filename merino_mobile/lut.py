@@ -195,10 +195,11 @@ class Lut:
 
     @classmethod
     def from_rows(cls, rows: Iterable[Row], fingerprint: Fingerprint, runtime: str,
-                  quant: str) -> Lut:
+                  quant: str, cache_bytes: float = 0.0) -> Lut:
         """Terms from raw measurements: subtract the per-call overhead (`null`), divide by the
         instances one timed call ran (`Row.per_call`), drop failures; a point read in several
-        passes (`Point.reading`) gets the median of its readings."""
+        passes (`Point.reading`) gets the median of its readings. `cache_bytes`: the device's
+        last-level cache (`DeviceProfile.cache_bytes`)."""
         rows = list(rows)
         nulls: dict[tuple[str, int], list[float]] = {}
         for r in rows:
@@ -227,7 +228,8 @@ class Lut:
                             f"no good points for {missing}; rerun `merino-mobile profile` "
                             f"(failures: {'; '.join(failed[:3]) or 'none'})")
         return cls(fingerprint.device, runtime, quant, fingerprint, entries,
-                   datetime.now(timezone.utc).isoformat(timespec="seconds"), failed)
+                   datetime.now(timezone.utc).isoformat(timespec="seconds"), failed,
+                   cache_bytes=cache_bytes)
 
     # -- LatencyTable --------------------------------------------------------------------------
 

@@ -525,8 +525,8 @@ def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: 
                 report = _measure(ws, dev, store, fp, runtime, quant, grid, progress, on_event,
                                   max_redo, workers, extra_jobs,
                                   passes or prof.measure.passes)
-                lut = Lut.from_rows(store.rows(fp.key, runtime, quant), fp, runtime, quant)
-                lut.cache_bytes = prof.cache_bytes()
+                lut = Lut.from_rows(store.rows(fp.key, runtime, quant), fp, runtime, quant,
+                                    prof.cache_bytes())
             finally:
                 store.close()
             report.lut = str(lut.save(lut_path(ws.devices, prof.name, runtime, quant)))
@@ -599,8 +599,8 @@ def _measure(ws: Workspace, dev: Device, store: Store, fp: Any, runtime: str, qu
         out = []
         # the usual (cold) points, then the hot twins: the same methods with one instance each
         for hot in (False, True):
-            by_name = {method_name(i): replace(p, hot=hot) for i, p in enumerate(batch)
-                       if replace(p, hot=hot).key in keys}
+            twins = {method_name(i): replace(p, hot=hot) for i, p in enumerate(batch)}
+            by_name = {name: p for name, p in twins.items() if p.key in keys}
             chosen = tuple(replace(s, instances=1) if hot else s
                            for s in specs if s.name in by_name)
             if chosen:

@@ -382,6 +382,6 @@ class Samples:
         n, r = len(self.values), self.request
         if n >= r.max_repeats or self.elapsed_s >= r.max_seconds:
             return True
-        if n < r.min_repeats or self.elapsed_s < r.min_seconds or (n > 32 and n % max(1, n // 8)):
-            return False
+        if n > 32 and n % max(1, n // 8):
+            return False  # should_stop sorts the samples: at growing intervals only
         return should_stop(self.values, self.elapsed_s, r)
