@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ DECODE_POSITIONS = 2
 DEFAULT_PROMPT = 128
 DEFAULT_GENERATE = 128
 DEFAULT_REPEAT = 5
+DEFAULT_ROUNDS = 3  # interleaved rounds of a side-by-side bench (`compare`)
 RUNTIME_OF_SUFFIX = {".pte": "executorch", ".onnx": "onnxruntime", ".mlpackage": "coreml"}
 FORMAT_OF_RUNTIME = {"executorch": "executorch", "onnxruntime": "onnx", "coreml": "coreml"}
 RUNTIME_OF_FORMAT = {v: k for k, v in FORMAT_OF_RUNTIME.items()}
@@ -96,6 +97,9 @@ class BenchReport:
     cpus: list[int] = field(default_factory=list)
     wall_s: float = 0.0
     raw: dict[str, Any] = field(default_factory=dict)
+    ttft_samples_ms: list[float] = field(default_factory=list)  # one per timed prefill run
+    decode_samples_ms: list[float] = field(default_factory=list)  # ms/token, one per run
+    rounds: int = 1  # separate benches pooled into this report (`bench_side_by_side`)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -113,6 +117,38 @@ class BenchReport:
             d[k] = Stat(**d[k])
         d["decode_positions"] = {int(k): v for k, v in d["decode_positions"].items()}
         return cls(**d)
+
+    @classmethod
+    def pooled(cls, parts: list[BenchReport]) -> BenchReport:
+        """One report of an artifact benched in several rounds: the runs of every round pooled
+        (statistics over all of them), each position's median the median of the rounds'."""
+        if not parts:
+            raise ValueError("no rounds to pool")
+        if len({(p.artifact, p.prompt, p.generate) for p in parts}) != 1:
+            raise ValueError("rounds of different artifacts or lengths cannot be pooled")
+        first = parts[0]
+        loads = [p.load_ms for p in parts if p.load_ms is not None]
+        rss = [p.peak_rss_bytes for p in parts if p.peak_rss_bytes]
+        stats = _stats(first.prompt, [t for p in parts for t in p.ttft_samples_ms],
+                       [t for p in parts for t in p.decode_samples_ms])
+        return replace(
+            first, **stats,
+            repeat=sum(p.repeat for p in parts), rounds=sum(p.rounds for p in parts),
+            decode_positions={pos: percentile([p.decode_positions[pos] for p in parts], 50)
+                              for pos in first.decode_positions},
+            load_ms=percentile(loads, 50) if loads else None,
+            peak_rss_bytes=max(rss) if rss else None,
+            wall_s=round(sum(p.wall_s for p in parts), 3),
+            raw={f"round {i + 1}": p.raw for i, p in enumerate(parts)})
+
+
+def _stats(prompt: int, ttft: list[float], per_token: list[float]) -> dict[str, Any]:
+    """The report's statistics from its raw runs: TTFT and decode ms/token, and their rates."""
+    return {"ttft_ms": Stat.of(ttft),
+            "prefill_tokens_per_s": Stat.of([prompt * 1000 / t for t in ttft]),
+            "decode_ms_per_token": Stat.of(per_token),
+            "decode_tokens_per_s": Stat.of([1000 / t for t in per_token]),
+            "ttft_samples_ms": list(ttft), "decode_samples_ms": list(per_token)}
 
 
 # -- the artifact --------------------------------------------------------------------------------
@@ -259,15 +295,51 @@ def bench_artifact(ws: Workspace, artifact: Path, device: str, *, prompt: int = 
         artifact=str(artifact), device=device, runtime=runtime, fingerprint=fp.to_json(),
         prompt=prompt, generate=generate, repeat=repeat, threads=pre.threads,
         size_bytes=artifact_size(artifact),
-        ttft_ms=Stat.of(ttft),
-        prefill_tokens_per_s=Stat.of([prompt * 1000 / t for t in ttft]),
-        decode_ms_per_token=Stat.of(per_token),
-        decode_tokens_per_s=Stat.of([1000 / t for t in per_token]),
+        **_stats(prompt, ttft, per_token),
         decode_positions={p: r.median for p, r in decodes.items()},
         load_ms=pr.load_ms, peak_rss_bytes=max(rss) if rss else None,
         card=card.name if card else export.get("card"),
         params=_params(card), quant=export.get("quant"), cache_len=cache_len,
         cpus=list(pre.cpus), wall_s=round(time.perf_counter() - t0, 3), raw=raw)
+
+
+def round_order(n: int, r: int) -> list[int]:
+    """The order round `r` benches `n` artifacts in: as given on even rounds, reversed on odd."""
+    return list(range(n)) if r % 2 == 0 else list(reversed(range(n)))
+
+
+def bench_side_by_side(ws: Workspace, artifacts: list[Path], device: str, *,
+                       prompt: int = DEFAULT_PROMPT, generate: int = DEFAULT_GENERATE,
+                       repeat: int = DEFAULT_REPEAT, rounds: int = DEFAULT_ROUNDS,
+                       on_round: Any = None) -> list[BenchReport]:
+    """Bench several artifacts of one runtime in `rounds` interleaved rounds, one report each.
+
+    Round r benches every artifact once (`repeat` timed runs per phase), in the given order on
+    even rounds and reversed on odd ones (A B C, C B A, ...), so a load or clock that drifts
+    during the run touches every artifact alike and ratios between them stay fair. Each report
+    pools its artifact's runs of all rounds (`BenchReport.pooled`). `on_round(r, rounds)` is
+    called before each round.
+    """
+    if not artifacts:
+        raise UserError("nothing to bench")
+    if rounds < 1:
+        raise UserError(f"--rounds must be at least 1 (got {rounds})")
+    runtimes = {artifact_runtime(Path(a)) for a in artifacts}
+    if len(runtimes) != 1:
+        raise UserError(f"artifacts benched side by side must share one runtime, got "
+                        f"{sorted(runtimes)}")
+    dev = open_for(ws, device, runtimes.pop())
+    parts: dict[int, list[BenchReport]] = {i: [] for i in range(len(artifacts))}
+    try:
+        for r in range(rounds):
+            if on_round:
+                on_round(r, rounds)
+            for i in round_order(len(artifacts), r):
+                parts[i].append(bench_artifact(ws, Path(artifacts[i]), device, prompt=prompt,
+                                               generate=generate, repeat=repeat, dev=dev))
+    finally:
+        dev.cleanup()
+    return [BenchReport.pooled(parts[i]) for i in range(len(artifacts))]
 
 
 def _params(card: Any) -> int | None:

@@ -613,21 +613,25 @@ def compare_cmd(
                                         "(default: the last one)."),
     prompt: int = typer.Option(128, "--prompt", help="Prompt tokens of the prefill."),
     generate: int = typer.Option(128, "--generate", help="Generated tokens of the decode."),
-    repeat: int = typer.Option(5, "--repeat", help="Timed runs per phase."),
+    repeat: int = typer.Option(5, "--repeat", help="Timed runs per phase in each round."),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds: each benches every card "
+                               "once, in reverse order every other round."),
     no_predict: bool = typer.Option(False, "--no-predict", help="Skip the latency table."),
-    force: bool = typer.Option(False, "--force", help="Re-measure and replace earlier reports."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier compare.json."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Bench several cards on one device, runtime and quantization: speedup and size ratios."""
+    """Bench several cards side by side on one device, runtime and quantization: speedup and
+    size ratios from measurements taken together (build/compare-<device>-<format>-<quant>/)."""
     from merino_mobile.deploy import compare
 
     ws = Workspace.resolve(workspace)
     loaded = [resolve_card(ws, c)[0] for c in cards]
     base = resolve_card(ws, baseline)[0].name if baseline else None
     r = compare(ws, loaded, device, fmt, quant, baseline=base, prompt=prompt, generate=generate,
-                repeat=repeat, force=force, predict_latency=not no_predict,
-                command=" ".join(sys.argv[1:]))
+                repeat=repeat, rounds=rounds, force=force, predict_latency=not no_predict,
+                command=" ".join(sys.argv[1:]),
+                say=lambda m: err.print(f"[cyan]compare:[/cyan] {m}", highlight=False))
     if as_json:
         emit_json(r)
         return

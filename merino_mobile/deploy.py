@@ -36,10 +36,12 @@ from merino_mobile.bench import (
     DEFAULT_GENERATE,
     DEFAULT_PROMPT,
     DEFAULT_REPEAT,
+    DEFAULT_ROUNDS,
     FORMAT_OF_RUNTIME,
     RUNTIME_OF_FORMAT,
     BenchReport,
     bench_artifact,
+    bench_side_by_side,
     open_for,
 )
 from merino_mobile.card import Card
@@ -195,26 +197,17 @@ def _default_runtime(ws: Workspace, device: str) -> str:
 
 
 def _export_and_bench(ws: Workspace, card: Card, device: str, fmt: str, quant: str, out: Path,
-                      prompt: int, generate: int, repeat: int, verify: bool,
-                      reuse: bool = False) -> Candidate:
-    from merino_mobile.export import export, reusable_export
+                      prompt: int, generate: int, repeat: int, verify: bool) -> Candidate:
+    from merino_mobile.export import export
 
-    res = reusable_export(out, card, fmt, quant, prompt + generate) if reuse else None
-    if res is None:
-        res = export(card, fmt, quant, out, force=True, cache_len=prompt + generate,
-                     verify=verify)
+    res = export(card, fmt, quant, out, force=True, cache_len=prompt + generate, verify=verify)
     b = bench_artifact(ws, res.artifact, device, prompt=prompt, generate=generate, repeat=repeat)
     return Candidate(fmt, quant, res.to_json(), b)
 
 
-def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = None,
-           quant: str = "int8", *, prompt: int = DEFAULT_PROMPT,
-           generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
-           predict_latency: bool = True, command: str = "merino-mobile deploy",
-           reuse_export: bool = False) -> dict[str, Any]:
-    """Export `card`, bench it on `device`, compare with the latency table, write the report.
-    `reuse_export`: keep an artifact already exported there from the same card and settings
-    (`merino_mobile.export.reusable_export`)."""
+def _plan(ws: Workspace, card: Card, device: str, fmt: str | None, quant: str, prompt: int,
+          generate: int) -> tuple[str, list[tuple[str, str]]]:
+    """Check a deploy request; the format asked for and the (format, quant) pairs to try."""
     from merino_mobile.export import FORMATS
 
     fmt = fmt or FORMAT_OF_RUNTIME[_default_runtime(ws, device)]
@@ -225,10 +218,6 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
     if prompt + generate > card.context:
         raise UserError(f"--prompt {prompt} + --generate {generate} exceeds the context of card "
                         f"{card.name!r} ({card.context})")
-    out = deploy_dir(ws, card.name, device, fmt, quant)
-    if (out / "report.json").exists() and not force:
-        raise UserError(f"{out / 'report.json'} exists from an earlier deploy; pass --force to "
-                        f"replace it")
     # the device must be able to run what we export (say which runtimes it has, early)
     runtimes = [RUNTIME_OF_FORMAT[fmt]] if fmt != "auto" else None
     dev = open_for(ws, device, runtimes[0] if runtimes else _default_runtime(ws, device))
@@ -236,8 +225,21 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
         have = dev.runtimes()
     finally:
         dev.cleanup()
-    pairs = [(FORMAT_OF_RUNTIME[r], q) for r in (runtimes or have)
-             for q in ([quant] if quant != "auto" else QUANTS)]
+    return fmt, [(FORMAT_OF_RUNTIME[r], q) for r in (runtimes or have)
+                 for q in ([quant] if quant != "auto" else QUANTS)]
+
+
+def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = None,
+           quant: str = "int8", *, prompt: int = DEFAULT_PROMPT,
+           generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
+           predict_latency: bool = True, command: str = "merino-mobile deploy"
+           ) -> dict[str, Any]:
+    """Export `card`, bench it on `device`, compare with the latency table, write the report."""
+    fmt, pairs = _plan(ws, card, device, fmt, quant, prompt, generate)
+    out = deploy_dir(ws, card.name, device, fmt, quant)
+    if (out / "report.json").exists() and not force:
+        raise UserError(f"{out / 'report.json'} exists from an earlier deploy; pass --force to "
+                        f"replace it")
     auto = len(pairs) > 1
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -246,8 +248,7 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
         where = out / "candidates" / f"{f}-{q}" if auto else out / "artifact"
         try:
             cands.append(_export_and_bench(ws, card, device, f, q, where, prompt, generate,
-                                           repeat, verify=auto or q != "fp32",
-                                           reuse=reuse_export))
+                                           repeat, verify=auto or q != "fp32"))
         except UserError as e:
             if not auto:
                 raise
@@ -258,10 +259,19 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
         raise UserError("no candidate ran with acceptable quality: " + "; ".join(
             f"{c.format}/{c.quant}: {c.error or 'quality ' + str(c.quality)}" for c in cands))
     best = max(ok, key=lambda c: c.bench.decode_tokens_per_s.median)
-    b = best.bench
-    runtime = RUNTIME_OF_FORMAT[best.format]
+    return _write_report(ws, card, device, (fmt, quant), cands, best, out, predict_latency,
+                         command, time.perf_counter() - t0)
+
+
+def _write_report(ws: Workspace, card: Card, device: str, requested: tuple[str, str],
+                  cands: list[Candidate], best: Candidate, out: Path, predict_latency: bool,
+                  command: str, wall_s: float) -> dict[str, Any]:
+    """report.json, report.md and the plots of a benched candidate, in `out`."""
     from merino_mobile.device.base import Fingerprint
 
+    auto = len(cands) > 1
+    b = best.bench
+    runtime = RUNTIME_OF_FORMAT[best.format]
     fp = Fingerprint.from_json(b.fingerprint)
     fp = Fingerprint(**{**fp.__dict__, "quant": best.quant})
     pred, warnings = (predict(ws, card, device, runtime, best.quant, b, fp) if predict_latency
@@ -273,9 +283,10 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
     report = {
         "schema_version": SCHEMA_VERSION, "kind": "merino-mobile-deploy", "command": command,
         "date": now(), "device": device, "format": best.format, "quant": best.quant,
-        "requested": {"format": fmt, "quant": quant}, "runtime": runtime,
-        "prompt": prompt, "generate": generate, "repeat": repeat,
-        "cache_len": prompt + generate, "card": summary, "fingerprint": b.fingerprint,
+        "requested": {"format": requested[0], "quant": requested[1]}, "runtime": runtime,
+        "prompt": b.prompt, "generate": b.generate, "repeat": b.repeat // b.rounds,
+        "rounds": b.rounds, "cache_len": b.prompt + b.generate, "card": summary,
+        "fingerprint": b.fingerprint,
         "artifact": best.export["artifact"], "export": best.export, "bench": b.to_json(),
         "load_ms": b.load_ms, "ttft_ms": b.ttft_ms.to_json(),
         "prefill_tokens_per_s": b.prefill_tokens_per_s.to_json(),
@@ -285,8 +296,9 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
         "prediction": pred, "roofline": roofline(ws, card, device, best.quant, b),
         "candidates": [c.to_json(c is best) for c in cands] if auto else [],
         "quality_floor": QUALITY_FLOOR, "warnings": warnings,
-        "wall_s": round(time.perf_counter() - t0, 1), "out_dir": str(out), "plots": [],
+        "wall_s": round(wall_s, 1), "out_dir": str(out), "plots": [],
     }
+    out.mkdir(parents=True, exist_ok=True)
     if auto:
         chosen = out / "artifact"
         if chosen.exists():
@@ -310,16 +322,21 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
 
 def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | None = None,
             quant: str = "int8", *, baseline: str | None = None, prompt: int = DEFAULT_PROMPT,
-            generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
-            predict_latency: bool = True, remeasure: bool | None = None,
-            command: str = "merino-mobile compare", reuse_export: bool = False
-            ) -> dict[str, Any]:
-    """Deploy every card with one runtime and quantization; ratios against the baseline card.
+            generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT,
+            rounds: int = DEFAULT_ROUNDS, force: bool = False, predict_latency: bool = True,
+            command: str = "merino-mobile compare", say: Any = None) -> dict[str, Any]:
+    """Export every card with one runtime and quantization, bench them side by side, and give
+    their speed and size ratios against the baseline card.
 
-    A card already deployed with the same settings (its report.json exists) is reused, not
-    re-measured, unless `remeasure` (default: `force`, which also replaces compare.json).
+    The cards are benched in `rounds` interleaved rounds (`bench_side_by_side`), so every ratio
+    comes from measurements taken together. An export `deploy` left in
+    build/<card>/<device>-<format>-<quant>/artifact/ is reused when it is of the same card and
+    settings; otherwise the card is exported into the compare folder. Each card's report goes
+    to build/compare-<device>-<format>-<quant>/<card>/; `deploy`'s own reports are not touched.
     """
-    remeasure = force if remeasure is None else remeasure
+    from merino_mobile.export import export, reusable_export
+
+    say = say or (lambda msg: None)
     if not cards:
         raise UserError("give at least one card to compare")
     names = [c.name for c in cards]
@@ -331,20 +348,39 @@ def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | N
     fmt = fmt or FORMAT_OF_RUNTIME[_default_runtime(ws, device)]
     if fmt == "auto" or quant == "auto":
         raise UserError("compare measures every card with one --format and --quant (not auto)")
+    if rounds < 1 or repeat < 1:
+        raise UserError(f"--rounds and --repeat must be at least 1 (got {rounds}, {repeat})")
     out = ws.root / "build" / f"compare-{device}-{fmt}-{quant}"
     if (out / "compare.json").exists() and not force:
         raise UserError(f"{out / 'compare.json'} exists; pass --force to replace it")
-    reports = {}
     for card in cards:
-        path = deploy_dir(ws, card.name, device, fmt, quant) / "report.json"
-        old = json.loads(path.read_text()) if path.is_file() else None
-        if old and not remeasure and (old["prompt"], old["generate"]) == (prompt, generate):
-            reports[card.name] = old
-            continue
-        reports[card.name] = deploy(ws, card, device, fmt, quant, prompt=prompt,
-                                    generate=generate, repeat=repeat, force=True,
-                                    predict_latency=predict_latency, command=command,
-                                    reuse_export=reuse_export)
+        _plan(ws, card, device, fmt, quant, prompt, generate)
+    t0 = time.perf_counter()
+    cache_len = prompt + generate
+    cands = []
+    for card in cards:
+        res = reusable_export(deploy_dir(ws, card.name, device, fmt, quant) / "artifact", card,
+                              fmt, quant, cache_len)
+        if res is None:
+            where = out / card.name / "artifact"
+            res = reusable_export(where, card, fmt, quant, cache_len)
+        if res is None:
+            say(f"exporting {card.name} ({fmt}, {quant})")
+            res = export(card, fmt, quant, where, force=True, cache_len=cache_len,
+                         verify=quant != "fp32")
+        else:
+            say(f"reusing the export of {card.name}: {res.artifact}")
+        cands.append(Candidate(fmt, quant, res.to_json(), None))
+    benches = bench_side_by_side(
+        ws, [Path(c.export["artifact"]) for c in cands], device, prompt=prompt,
+        generate=generate, repeat=repeat, rounds=rounds,
+        on_round=lambda r, n: say(f"bench round {r + 1} of {n}: {', '.join(names)}"))
+    reports = {}
+    for card, cand, b in zip(cards, cands, benches, strict=True):
+        cand.bench = b
+        reports[card.name] = _write_report(ws, card, device, (fmt, quant), [cand], cand,
+                                           out / card.name, predict_latency, command,
+                                           time.perf_counter() - t0)
     ref = reports[base]
     rows = []
     for card in cards:
@@ -363,7 +399,8 @@ def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | N
     result = {"schema_version": SCHEMA_VERSION, "kind": "merino-mobile-compare",
               "command": command, "date": now(), "device": device, "format": fmt,
               "quant": quant, "baseline": base, "prompt": prompt, "generate": generate,
-              "repeat": repeat, "rows": rows, "out_dir": str(out)}
+              "repeat": repeat, "rounds": rounds, "side_by_side": True, "rows": rows,
+              "out_dir": str(out)}
     result["plot"] = str(plot_rates(
         [r["card"] for r in rows], [r["decode_tokens_per_s"] for r in rows],
         [r["prefill_tokens_per_s"] for r in rows], out / "compare.png",
@@ -401,7 +438,7 @@ def deploy_dir(ws: Workspace, card: str, device: str, fmt: str, quant: str) -> P
 
 
 def export_for_deploy(card: Card, out: Path, fmt: str, quant: str, cache_len: int) -> str:
-    """Export `card` where `deploy(..., reuse_export=True)` will find it (a parallel job)."""
+    """Export `card` where `compare` will find and reuse it (the demo's parallel job)."""
     from merino_mobile.export import export, reusable_export
 
     if reusable_export(out, card, fmt, quant, cache_len) is None:
@@ -412,7 +449,9 @@ def export_for_deploy(card: Card, out: Path, fmt: str, quant: str, cache_len: in
 def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPARE,
          say: Any = None, workers: int | None = None, progress: Any = None
          ) -> dict[str, Any]:
-    """The whole loop on this host: profile (or reuse the table), design, deploy, compare.
+    """The whole loop on this host: profile (or reuse the table), design, then `compare` the
+    design with the comparison card (export, bench side by side, reports); `reduced` deploys its
+    tiny design alone.
 
     Budget: the design's decode latency budget is the predicted latency of the comparison card
     over DEMO_SPEEDUP (the paper's MeRino-64M is 4.9x faster than OPT-350M); `reduced` has no
@@ -486,18 +525,19 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     say(f"designed {card.name}: {accounting.params(card):,} parameters, predicted "
         f"{d.metrics.latency_ms:.3g} ms ({card_path})")
     t1 = time.perf_counter()
-    say(f"deploying {card.name} ({runtime}, {quant}) and benchmarking it")
-    rep = deploy(ws, card, device, "executorch", quant, prompt=prompt, generate=generate,
-                 repeat=repeat, force=True, command="merino-mobile demo")
-    steps["deploy_s"] = round(time.perf_counter() - t1, 1)
     cmp = None
-    if not reduced:
-        t1 = time.perf_counter()
-        say(f"comparing with {reference.name} (its export is reused when the profile made it)")
+    if reduced:
+        say(f"deploying {card.name} ({runtime}, {quant}) and benchmarking it")
+        rep = deploy(ws, card, device, "executorch", quant, prompt=prompt, generate=generate,
+                     repeat=repeat, force=True, command="merino-mobile demo")
+        steps["deploy_s"] = round(time.perf_counter() - t1, 1)
+    else:
+        say(f"exporting {card.name} ({runtime}, {quant}), then benchmarking it side by side with "
+            f"{reference.name} (whose export the profile made)")
         cmp = compare(ws, [card, reference], device, "executorch", quant,
                       baseline=reference.name, prompt=prompt, generate=generate, repeat=repeat,
-                      force=True, remeasure=False, command="merino-mobile demo",
-                      reuse_export=True)
+                      force=True, command="merino-mobile demo", say=say)
+        rep = json.loads((Path(cmp["out_dir"]) / card.name / "report.json").read_text())
         steps["compare_s"] = round(time.perf_counter() - t1, 1)
     steps["total_s"] = round(time.perf_counter() - t0, 1)
     return {"schema_version": SCHEMA_VERSION, "kind": "merino-mobile-demo", "reduced": reduced,

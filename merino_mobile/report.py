@@ -93,7 +93,10 @@ def deploy_markdown(r: dict[str, Any]) -> str:
         f"{_verdict(r['export'].get('verification', {}))}", "",
         "## Measured", "",
         llama_bench_markdown([b]), "",
-        f"Median [p10, p90] over {b.repeat} runs after warm-up. Prompt {b.prompt} tokens, "
+        f"Median [p10, p90] over {b.repeat} runs after warm-up"
+        + (f" ({b.rounds} rounds of {b.repeat // b.rounds}, benched side by side with the "
+           f"other cards of a compare)" if b.rounds > 1 else "")
+        + f". Prompt {b.prompt} tokens, "
         f"generation {b.generate} tokens (decode timed at positions "
         f"{', '.join(map(str, b.decode_positions))}: "
         f"{', '.join(f'{v:.3g} ms' for v in b.decode_positions.values())}).", "",
@@ -171,9 +174,11 @@ def compare_markdown(c: dict[str, Any]) -> str:
     """compare.md: every card's numbers and its ratios against the baseline."""
     lines = [f"# Compare on {c['device']} ({c['format']}, {c['quant']})", "",
              f"Written by `{c['command']}` on {c['date']}. Baseline: `{c['baseline']}`. "
-             f"Prompt {c['prompt']}, generation {c['generate']}, {c['repeat']} runs each; "
-             f"speedup = decode tokens/s over the baseline's, size ratio = baseline bytes over "
-             f"the card's, both from the very measurements below.", "",
+             f"Prompt {c['prompt']}, generation {c['generate']}. The cards were benched side "
+             f"by side: {c.get('rounds', 1)} rounds, each running every card ({c['repeat']} "
+             f"timed runs per phase), in reverse order every other round; each number pools "
+             f"all of a card's runs. Speedup = decode tokens/s over the baseline's, size ratio "
+             f"= baseline bytes over the card's, both from the very measurements below.", "",
              "| card | params | size | TTFT | decode tokens/s | speedup | size ratio | "
              "params ratio |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in c["rows"]:

@@ -10,7 +10,7 @@ from cli_runner import run  # tests/cli_runner.py (pytest puts tests/ on sys.pat
 
 from merino_mobile.bench import decode_positions, explain_failure, llama_bench_rows
 from merino_mobile.card import Block, Card
-from merino_mobile.device.base import MethodResult
+from merino_mobile.device.base import MethodResult, percentile
 from merino_mobile.export import export
 
 TINY = Card(name="tiny-bench", vocab=256, context=32, head_dim=16, blocks=(Block(64, 2.0, 4, 2),))
@@ -108,3 +108,30 @@ def test_llama_bench_rows_without_a_card():
     assert [row["test"] for row in rows] == ["pp16", "tg32"] and rows[0]["params"] == "?"
     assert rows[0]["model"] == "model.pte" and rows[1]["t/s"] == "10.00 [9.00, 11.00]"
     assert BenchReport.from_json(json.loads(json.dumps(r.to_json()))) == r
+
+
+def test_rounds_alternate_their_order_and_pool_every_run():
+    from merino_mobile.bench import BenchReport, Stat, round_order
+
+    assert [round_order(3, r) for r in range(3)] == [[0, 1, 2], [2, 1, 0], [0, 1, 2]]
+    s = Stat(0.0, 0.0, 0.0, 0)
+
+    def part(ttft: list[float], decode: list[float], pos: dict[int, float]) -> BenchReport:
+        return BenchReport("m.pte", "host", "executorch", {}, 10, 4, len(ttft), 2, 1000, s, s, s,
+                           s, pos, load_ms=5.0, peak_rss_bytes=100, ttft_samples_ms=ttft,
+                           decode_samples_ms=decode, raw={"prefill": len(ttft)})
+
+    pooled = BenchReport.pooled([part([10.0, 20.0], [1.0, 2.0], {10: 1.0, 13: 2.0}),
+                                 part([30.0, 40.0], [3.0, 4.0], {10: 3.0, 13: 4.0}),
+                                 part([50.0, 60.0], [5.0, 6.0], {10: 5.0, 13: 6.0})])
+    assert pooled.rounds == 3 and pooled.repeat == 6 and pooled.ttft_ms.n == 6
+    assert pooled.ttft_ms.median == 35.0 and pooled.decode_ms_per_token.median == 3.5
+    assert pooled.prefill_tokens_per_s.median == percentile([10000 / t for t in
+                                                             (10, 20, 30, 40, 50, 60)], 50)
+    assert pooled.decode_positions == {10: 3.0, 13: 4.0}
+    assert sorted(pooled.raw) == ["round 1", "round 2", "round 3"]
+    assert BenchReport.from_json(json.loads(json.dumps(pooled.to_json()))) == pooled
+    other = part([1.0], [1.0], {10: 1.0, 13: 1.0})
+    other.prompt = 20
+    with pytest.raises(ValueError, match="cannot be pooled"):
+        BenchReport.pooled([pooled, other])

@@ -132,16 +132,23 @@ def test_card_and_table_with_different_vocab_is_an_error(monkeypatch, capsys, tm
 def test_onnx_deploy_and_compare_ratios_come_from_the_same_measurements(monkeypatch, capsys,
                                                                          workspace):
     code, out, err = run(monkeypatch, capsys, "compare", "tiny-a", "tiny-b", "--format", "onnx",
-                         "--baseline", "tiny-b", *FAST, "--workspace", str(workspace), "--json")
+                         "--baseline", "tiny-b", *FAST, "--rounds", "3", "--workspace",
+                         str(workspace), "--json")
     assert code == 0, err
     c = json.loads(out)
     assert Path(c["plot"]).is_file() and c["baseline"] == "tiny-b"
+    assert c["rounds"] == 3 and c["side_by_side"] and "bench round 3 of 3" in err
     reports = {row["card"]: json.loads((Path(row["report"]).parent / "report.json").read_text())
                for row in c["rows"]}
     base = reports["tiny-b"]
     for row in c["rows"]:
         r = reports[row["card"]]
         assert r["format"] == "onnx" and r["runtime"] == "onnxruntime"
+        # each card's report lives in the compare folder, pooled over the three rounds
+        assert Path(r["out_dir"]) == Path(c["out_dir"]) / row["card"]
+        assert r["rounds"] == 3 and r["repeat"] == 2 and r["bench"]["rounds"] == 3
+        assert len(r["bench"]["decode_samples_ms"]) == r["decode_ms_per_token"]["n"] == 6
+        assert sorted(r["bench"]["raw"]) == ["round 1", "round 2", "round 3"]
         assert row["speedup"] == (r["decode_tokens_per_s"]["median"]
                                   / base["decode_tokens_per_s"]["median"])
         assert row["size_ratio"] == base["size_bytes"] / r["size_bytes"]
@@ -172,10 +179,11 @@ def test_deploy_refuses_bad_requests(monkeypatch, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_export_made_beforehand_is_reused_only_when_it_matches(tmp_path):
+def test_compare_reuses_a_matching_export_and_leaves_deploys_alone(tmp_path):
     """The demo exports its comparison card in a worker while profiling (`export_for_deploy`);
-    deploy(reuse_export=True) then benches that artifact instead of exporting again."""
-    from merino_mobile.deploy import deploy, deploy_dir, export_for_deploy
+    compare benches that artifact instead of exporting again, exports the other card into its
+    own folder, and writes no report where `deploy` keeps its own."""
+    from merino_mobile.deploy import compare, deploy, deploy_dir, export_for_deploy
     from merino_mobile.export import reusable_export
 
     ws = Workspace(tmp_path)
@@ -187,12 +195,22 @@ def test_an_export_made_beforehand_is_reused_only_when_it_matches(tmp_path):
     assert reusable_export(out, B, "executorch", "int8", 16) is None
     assert reusable_export(out, A, "executorch", "int8", 32) is None
     assert reusable_export(out, A, "executorch", "fp32", 16) is None
-    rep = deploy(ws, A, "host", "executorch", "int8", prompt=8, generate=8, repeat=2,
-                 predict_latency=False, reuse_export=True)
+    said: list[str] = []
+    c = compare(ws, [A, B], "host", "executorch", "int8", prompt=8, generate=8, repeat=2,
+                rounds=2, predict_latency=False, say=said.append)
     assert (out / "model.pte").stat().st_mtime_ns == made
-    assert rep["export"]["toolchain"]["executorch"] == "1.5.1"
-    assert rep["export"]["verification"]["passed"] is True
-    # without reuse, deploy exports again
+    assert not (out.parent / "report.json").exists()
+    reports = {r["card"]: json.loads((Path(r["report"]).parent / "report.json").read_text())
+               for r in c["rows"]}
+    assert reports["tiny-a"]["artifact"] == str(out / "model.pte")
+    assert reports["tiny-b"]["artifact"] == str(Path(c["out_dir"]) / "tiny-b" / "artifact"
+                                                / "model.pte")
+    assert reports["tiny-a"]["export"]["verification"]["passed"] is True
+    assert any("reusing the export of tiny-a" in m for m in said)
+    assert any("exporting tiny-b" in m for m in said)
+    # deploy always exports afresh
     deploy(ws, A, "host", "executorch", "int8", prompt=8, generate=8, repeat=2,
-           predict_latency=False, force=True)
+           predict_latency=False)
     assert (out / "model.pte").stat().st_mtime_ns != made
+
+
