@@ -532,8 +532,7 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
                      repeat=repeat, force=True, command="merino-mobile demo")
         steps["deploy_s"] = round(time.perf_counter() - t1, 1)
     else:
-        say(f"exporting {card.name} ({runtime}, {quant}), then benchmarking it side by side with "
-            f"{reference.name} (whose export the profile made)")
+        say(f"comparing {card.name} with {reference.name}, benched side by side")
         cmp = compare(ws, [card, reference], device, "executorch", quant,
                       baseline=reference.name, prompt=prompt, generate=generate, repeat=repeat,
                       force=True, command="merino-mobile demo", say=say)

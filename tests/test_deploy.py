@@ -176,6 +176,9 @@ def test_deploy_refuses_bad_requests(monkeypatch, capsys, tmp_path):
     code, _, err = run(monkeypatch, capsys, "deploy", "tiny-a", "--prompt", "30", "--generate",
                        "8", "--workspace", str(tmp_path))
     assert code == 2 and "exceeds the context" in err
+    code, _, err = run(monkeypatch, capsys, "compare", "tiny-a", "--rounds", "0",
+                       "--workspace", str(tmp_path))
+    assert code == 2 and "--rounds and --repeat must be at least 1" in err
 
 
 @pytest.mark.slow
