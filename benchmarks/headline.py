@@ -6,7 +6,7 @@ parameters on a Jetson Nano. Here, with ExecuTorch int8 on this host and the wor
 table (`merino-mobile demo` or `profile --device host` makes one):
 
 - `merino-64m`: `design --params 64M` (the exact solver, the default space), no latency budget;
-- `merino-64m-fast`: the same parameter budget plus a decode latency budget of OPT-350M's
+- `merino-4.9x`: the same parameter budget plus a decode latency budget of OPT-350M's
   predicted latency / 4.9 (the paper's speedup, asked of the solver);
 - `opt-125m` and `opt-350m`, the reference cards.
 
@@ -69,7 +69,7 @@ def main() -> None:
     info = {"device": DEVICE, "runtime": RUNTIME, "quant": QUANT}
     designs = {}
     for name, budgets in (("merino-64m", {"params": PARAMS}),
-                          ("merino-64m-fast", {"params": PARAMS, "latency_ms": budget})):
+                          ("merino-4.9x", {"params": PARAMS, "latency_ms": budget})):
         d, card, path = design_card(ws, space, budgets, EntropySettings(), context, QUANT, lut,
                                     "exact", {}, name=name, force=True, lut_info=info)
         designs[name] = {"card": str(path), "budgets": budgets, "params": accounting.params(card),

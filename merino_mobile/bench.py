@@ -17,6 +17,10 @@ same code measures this host and a phone. Each phase is its own `benchmark` call
 process on the host, a fresh runner on a phone): a cold load every time, as an app would see it.
 Run r of N gives one TTFT and one decode time per token (the mean of run r over the positions);
 medians and p10/p90 are over the N runs, after the device's warm-up calls.
+
+`bench_side_by_side` benches several artifacts in interleaved rounds (A B C, C B A, ...) and
+pools each one's runs: ratios between artifacts then come from measurements taken together
+(`compare` uses it; on a shared machine, minutes apart can differ by a quarter).
 """
 
 from __future__ import annotations

@@ -631,7 +631,8 @@ def compare_cmd(
     r = compare(ws, loaded, device, fmt, quant, baseline=base, prompt=prompt, generate=generate,
                 repeat=repeat, rounds=rounds, force=force, predict_latency=not no_predict,
                 command=" ".join(sys.argv[1:]),
-                say=lambda m: err.print(f"[cyan]compare:[/cyan] {m}", highlight=False))
+                say=lambda m: err.print(f"[cyan]compare:[/cyan] {m}", highlight=False,
+                                        soft_wrap=True))
     if as_json:
         emit_json(r)
         return
