@@ -30,6 +30,7 @@ from pathlib import Path
 
 from merino_mobile import accounting
 from merino_mobile.card import load_card
+from merino_mobile.cli import quiet_dependencies
 from merino_mobile.deploy import compare
 from merino_mobile.design import design_card
 from merino_mobile.entropy import EntropySettings
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--generate", type=int, default=128)
     args = ap.parse_args()
+    quiet_dependencies()
     ws = Workspace.resolve(args.workspace)
     t0 = time.perf_counter()
     try:
