@@ -358,7 +358,9 @@ def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | N
     t0 = time.perf_counter()
     cache_len = prompt + generate
     cands = []
+    spent: list[float] = []  # each card's own seconds: its export (when made now) and benches
     for card in cards:
+        t1 = time.perf_counter()
         res = reusable_export(deploy_dir(ws, card.name, device, fmt, quant) / "artifact", card,
                               fmt, quant, cache_len)
         if res is None:
@@ -371,16 +373,17 @@ def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | N
         else:
             say(f"reusing the export of {card.name}: {res.artifact}")
         cands.append(Candidate(fmt, quant, res.to_json(), None))
+        spent.append(time.perf_counter() - t1)
     benches = bench_side_by_side(
         ws, [Path(c.export["artifact"]) for c in cands], device, prompt=prompt,
         generate=generate, repeat=repeat, rounds=rounds,
         on_round=lambda r, n: say(f"bench round {r + 1} of {n}: {', '.join(names)}"))
     reports = {}
-    for card, cand, b in zip(cards, cands, benches, strict=True):
+    for card, cand, b, own in zip(cards, cands, benches, spent, strict=True):
         cand.bench = b
         reports[card.name] = _write_report(ws, card, device, (fmt, quant), [cand], cand,
                                            out / card.name, predict_latency, command,
-                                           time.perf_counter() - t0)
+                                           own + b.wall_s)
     ref = reports[base]
     rows = []
     for card in cards:
@@ -400,7 +403,7 @@ def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | N
               "command": command, "date": now(), "device": device, "format": fmt,
               "quant": quant, "baseline": base, "prompt": prompt, "generate": generate,
               "repeat": repeat, "rounds": rounds, "side_by_side": True, "rows": rows,
-              "out_dir": str(out)}
+              "wall_s": round(time.perf_counter() - t0, 1), "out_dir": str(out)}
     result["plot"] = str(plot_rates(
         [r["card"] for r in rows], [r["decode_tokens_per_s"] for r in rows],
         [r["prefill_tokens_per_s"] for r in rows], out / "compare.png",

@@ -149,6 +149,9 @@ def test_onnx_deploy_and_compare_ratios_come_from_the_same_measurements(monkeypa
         assert r["rounds"] == 3 and r["repeat"] == 2 and r["bench"]["rounds"] == 3
         assert len(r["bench"]["decode_samples_ms"]) == r["decode_ms_per_token"]["n"] == 6
         assert sorted(r["bench"]["raw"]) == ["round 1", "round 2", "round 3"]
+        # a card's own time: its export and its benches, within the whole compare's (reports
+        # round to 0.1 s)
+        assert r["bench"]["wall_s"] <= r["wall_s"] + 0.05 and r["wall_s"] <= c["wall_s"]
         assert row["speedup"] == (r["decode_tokens_per_s"]["median"]
                                   / base["decode_tokens_per_s"]["median"])
         assert row["size_ratio"] == base["size_bytes"] / r["size_bytes"]
