@@ -205,9 +205,10 @@ def _export_and_bench(ws: Workspace, card: Card, device: str, fmt: str, quant: s
     return Candidate(fmt, quant, res.to_json(), b)
 
 
-def _plan(ws: Workspace, card: Card, device: str, fmt: str | None, quant: str, prompt: int,
-          generate: int) -> tuple[str, list[tuple[str, str]]]:
-    """Check a deploy request; the format asked for and the (format, quant) pairs to try."""
+def _plan(ws: Workspace, cards: list[Card], device: str, fmt: str | None, quant: str,
+          prompt: int, generate: int) -> tuple[str, list[tuple[str, str]]]:
+    """Check a deploy (or compare) request, the device opened once; the format asked for and the
+    (format, quant) pairs to try."""
     from merino_mobile.export import FORMATS
 
     fmt = fmt or FORMAT_OF_RUNTIME[_default_runtime(ws, device)]
@@ -215,9 +216,10 @@ def _plan(ws: Workspace, card: Card, device: str, fmt: str | None, quant: str, p
         raise UserError(f"unknown --format {fmt!r}; choose executorch, onnx, coreml or auto")
     if quant != "auto" and quant not in QUANTS:
         raise UserError(f"unknown --quant {quant!r}; choose fp32, int8, int4 or auto")
-    if prompt + generate > card.context:
-        raise UserError(f"--prompt {prompt} + --generate {generate} exceeds the context of card "
-                        f"{card.name!r} ({card.context})")
+    for card in cards:
+        if prompt + generate > card.context:
+            raise UserError(f"--prompt {prompt} + --generate {generate} exceeds the context of "
+                            f"card {card.name!r} ({card.context})")
     # the device must be able to run what we export (say which runtimes it has, early)
     runtimes = [RUNTIME_OF_FORMAT[fmt]] if fmt != "auto" else None
     dev = open_for(ws, device, runtimes[0] if runtimes else _default_runtime(ws, device))
@@ -235,7 +237,7 @@ def deploy(ws: Workspace, card: Card, device: str = "host", fmt: str | None = No
            predict_latency: bool = True, command: str = "merino-mobile deploy"
            ) -> dict[str, Any]:
     """Export `card`, bench it on `device`, compare with the latency table, write the report."""
-    fmt, pairs = _plan(ws, card, device, fmt, quant, prompt, generate)
+    fmt, pairs = _plan(ws, [card], device, fmt, quant, prompt, generate)
     out = deploy_dir(ws, card.name, device, fmt, quant)
     if (out / "report.json").exists() and not force:
         raise UserError(f"{out / 'report.json'} exists from an earlier deploy; pass --force to "
@@ -353,19 +355,17 @@ def compare(ws: Workspace, cards: list[Card], device: str = "host", fmt: str | N
     out = ws.root / "build" / f"compare-{device}-{fmt}-{quant}"
     if (out / "compare.json").exists() and not force:
         raise UserError(f"{out / 'compare.json'} exists; pass --force to replace it")
-    for card in cards:
-        _plan(ws, card, device, fmt, quant, prompt, generate)
+    _plan(ws, cards, device, fmt, quant, prompt, generate)
     t0 = time.perf_counter()
     cache_len = prompt + generate
     cands = []
     spent: list[float] = []  # each card's own seconds: its export (when made now) and benches
     for card in cards:
         t1 = time.perf_counter()
-        res = reusable_export(deploy_dir(ws, card.name, device, fmt, quant) / "artifact", card,
-                              fmt, quant, cache_len)
-        if res is None:
-            where = out / card.name / "artifact"
-            res = reusable_export(where, card, fmt, quant, cache_len)
+        where = out / card.name / "artifact"  # compare's own export, when deploy left none
+        res = (reusable_export(deploy_dir(ws, card.name, device, fmt, quant) / "artifact", card,
+                               fmt, quant, cache_len)
+               or reusable_export(where, card, fmt, quant, cache_len))
         if res is None:
             say(f"exporting {card.name} ({fmt}, {quant})")
             res = export(card, fmt, quant, where, force=True, cache_len=cache_len,
