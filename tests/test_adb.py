@@ -15,16 +15,15 @@ from pathlib import Path
 import pytest
 
 from merino_mobile.device import runners
-from merino_mobile.device.adb import (
-    AdbTransport,
-    DeviceGone,
+from merino_mobile.device.adb_transport import AdbTransport, DeviceGone, ensure_adb_key, safe_child
+from merino_mobile.device.android import (
+    CPU_FREQ_SCRIPT,
+    THERMAL_SCRIPT,
     big_cores,
     cpu_mask,
-    ensure_adb_key,
     parse_cpu_max_freq,
     parse_getprop,
     parse_thermal,
-    safe_child,
 )
 from merino_mobile.errors import UserError
 
@@ -208,8 +207,6 @@ def test_a_phone_that_stays_gone_is_device_gone(tmp_path, key):
 def test_facts_parsers_on_pixel7_output(adb):
     props = parse_getprop(adb.check(["getprop"], "getprop"))
     assert props["ro.soc.model"] == "Tensor G2" and props["ro.product.cpu.abi"] == "arm64-v8a"
-    from merino_mobile.device.adb import CPU_FREQ_SCRIPT, THERMAL_SCRIPT
-
     freq = parse_cpu_max_freq(adb.check(["sh", "-c", CPU_FREQ_SCRIPT], "freq"))
     assert len(freq) == 8 and big_cores(freq) == (6, 7) and cpu_mask(big_cores(freq)) == "c0"
     temps = parse_thermal(adb.check(["sh", "-c", THERMAL_SCRIPT], "thermal"))
@@ -280,6 +277,100 @@ def test_parse_minibench_and_ort_perf_test():
     assert t.p50_ms == pytest.approx(0.433) and t.threads == 2
     assert runners.ort_perf_test_argv("/d/ort", "/d/m.onnx", runs=20, threads=2) == \
         ["/d/ort", "-e", "cpu", "-m", "times", "-r", "20", "-x", "2", "-I", "/d/m.onnx"]
+
+
+def et_line(msg: str) -> str:
+    return f"I 00:00:00.004000 executorch:executor_runner.cpp:787] {msg}"
+
+
+@pytest.mark.parametrize("bad", [
+    "Iteration 2 of 3: 1.2.3 ms", "Iteration 2 of 3: -1.250000 ms", "Model loaded in nan ms.",
+    "Model executed successfully 3 time(s) in inf ms."])
+def test_executor_runner_malformed_time_is_a_quoted_error(bad):
+    text = NEW_RUNNER + et_line(bad) + "\n"
+    t = runners.parse_executor_runner(text)  # never a ValueError
+    assert not t.ok and t.samples() == [] and t.malformed == [et_line(bad)]
+    assert t.error() == f"{runners.MALFORMED}: {et_line(bad)!r}" and t.error() in t.errors
+    good = runners.parse_executor_runner(NEW_RUNNER)
+    assert good.ok and good.error() is None and good.malformed == []
+
+
+def minibench_json(**values: object) -> str:
+    import json
+
+    return json.dumps([{"benchmarkModel": {"name": "tiny"}, "metric": k, "actualValue": v,
+                        "targetValue": 0.0} for k, v in values.items()])
+
+
+@pytest.mark.parametrize("metric, value", [
+    ("trimmean_inference_latency(ms)", "4.2.1"), ("trimmean_inference_latency(ms)", -4.2),
+    ("trimmean_inference_latency(ms)", float("nan")), ("model_load_time(ms)", float("inf")),
+    ("load_status", "failed"), ("trimmean_inference_latency(ms)", True)])
+def test_minibench_malformed_value_is_a_quoted_error(metric, value):
+    values = {"trimmean_inference_latency(ms)": 4.2, "model_load_time(ms)": 31.0,
+              "load_status": 0.0} | {metric: value}
+    t = runners.parse_minibench(minibench_json(**values))
+    assert not t.ok and t.samples() == [] and len(t.malformed) == 1
+    assert f'"metric": "{metric}"' in t.malformed[0] and t.error() == \
+        f"{runners.MALFORMED}: {t.malformed[0]!r}"
+    for not_records in ("3", '{"metric": "load_status"}', '"text"'):
+        t = runners.parse_minibench(not_records)
+        assert not t.ok and t.error().startswith("benchmark_results.json is not a list")
+
+
+ORT_OUTPUT = ("Setting intra_op_num_threads to 2\nSession creation time cost: 0.0166 s\n"
+              "Total inference requests: 100\nAverage inference time cost total: 0.453 ms\n"
+              "P50 Latency: 0.000433 s\nP90 Latency: 0.00049 s\n")
+
+
+@pytest.mark.parametrize("good, bad", [
+    ("Average inference time cost total: 0.453 ms", "Average inference time cost total: 1.2.3 ms"),
+    ("P50 Latency: 0.000433 s", "P50 Latency: nan s"),
+    ("Session creation time cost: 0.0166 s", "Session creation time cost: -0.0166 s")])
+def test_ort_perf_test_malformed_time_is_a_quoted_error(good, bad):
+    assert runners.parse_ort_perf_test(ORT_OUTPUT).ok
+    t = runners.parse_ort_perf_test(ORT_OUTPUT.replace(good, bad))
+    assert not t.ok and t.samples() == [] and t.malformed == [bad]
+    assert t.error() == f"{runners.MALFORMED}: {bad!r}"
+
+
+def test_a_malformed_runner_line_fails_the_method_naming_it(tmp_path):
+    """Through the phone: a runner that exits 0 but prints an unreadable time fails its method
+    with the line quoted, and bench turns that into a UserError naming the line."""
+    from merino_mobile.bench import explain_failure
+    from merino_mobile.device.android import AndroidPhone
+    from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
+    from merino_mobile.device.profiles import read_profile
+
+    line = et_line("Iteration 1 of 3: 1.2.3 ms")
+    et = tmp_path / "odd_runner"
+    et.write_text(f"#!/bin/sh\necho '{et_line('Model loaded in 2.0 ms.')}' >&2\n"
+                  f"echo '{line}' >&2\n"
+                  f"echo '{et_line('Model executed successfully 3 time(s) in 3.0 ms.')}' >&2\n")
+    ort_bad = "Average inference time cost total: nan ms"
+    ort = tmp_path / "odd_ort"
+    ort.write_text(f"#!/bin/sh\nprintf '%s' '{ORT_OUTPUT}' | sed 's/^Average.*/{ort_bad}/'\n")
+    for tool in (et, ort):
+        tool.chmod(0o755)
+    pte, onnx = tmp_path / "m.pte", tmp_path / "m.onnx"
+    pte.write_bytes(b"not a flatbuffer")
+    onnx.write_bytes(b"not a model")
+    methods = (MethodSpec("forward", (InputSpec((2, 8)),)),)
+    with LoopbackAdbd(tmp_path / "phone") as d:
+        path = write_profile(tmp_path / "p.toml", d.address, et, remote_dir="/data/x")
+        path.write_text(path.read_text().replace(
+            'remote_dir = "/data/x"', f'remote_dir = "/data/x"\nonnxruntime_perf_test = "{ort}"'))
+        dev = AndroidPhone(read_profile(path))
+        res = dev.benchmark(dev.prepare(pte), BenchRequest(
+            "executorch", methods, warmup=0, min_repeats=3, timeout_s=30.0)).results[0]
+        assert not res.ok and res.samples_ms == () and repr(line) in res.error
+        err = explain_failure(res, "loopback-pixel7", "forward")
+        assert isinstance(err, UserError) and repr(line) in str(err) and "\n" not in str(err)
+        res = dev.benchmark(dev.prepare(onnx), BenchRequest(
+            "onnxruntime", methods, warmup=0, min_repeats=2, timeout_s=30.0)).results[0]
+        assert not res.ok and res.error.startswith("onnxruntime_perf_test: ")
+        assert repr(ort_bad) in res.error
+        dev.cleanup()
 
 
 # -- the device: fingerprint, prepare, benchmark a real .pte ------------------------------------
@@ -380,7 +471,7 @@ def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte, warm):
     import numpy as np
     import torch
 
-    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.android import AndroidPhone
     from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
     from merino_mobile.device.profiles import read_profile
     from merino_mobile.device.worker import make_inputs
@@ -391,7 +482,7 @@ def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte, warm):
         remote_dir = "/data/local/tmp/merino mobile; touch /tmp/pwned"
         prof = read_profile(write_profile(tmp_path / "p.toml", d.address, RUNNER,
                                           remote_dir=remote_dir))
-        dev = AdbDevice(prof)
+        dev = AndroidPhone(prof)
         fp = dev.fingerprint("executorch", "fp32")
         assert (fp.model, fp.cpu, fp.cores, fp.abi, fp.cpus) == \
             ("Pixel 7", "Tensor G2", 8, "arm64-v8a", (6, 7))
@@ -449,7 +540,7 @@ def file_sha(path: Path) -> str:
 
 @pytest.mark.slow
 def test_runner_crash_and_hang_are_per_method_errors(tmp_path, tiny_pte, warm):
-    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.android import AndroidPhone
     from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
     from merino_mobile.device.profiles import read_profile
 
@@ -464,14 +555,14 @@ def test_runner_crash_and_hang_are_per_method_errors(tmp_path, tiny_pte, warm):
     with LoopbackAdbd(tmp_path / "phone", warm_runner=warm) as d:
         prof = read_profile(write_profile(tmp_path / "p.toml", d.address, RUNNER,
                                           remote_dir="/data/local/tmp/mm"))
-        dev = AdbDevice(prof)
+        dev = AndroidPhone(prof)
         crashed = dev.benchmark(dev.prepare(broken), BenchRequest(
             "executorch", request.methods, timeout_s=60.0))
         assert not crashed.results[0].ok
         assert "runner failed (exit 1): Failed to parse model file" in crashed.results[0].error
         dev.cleanup()
 
-        hung = AdbDevice(prof, runner=hang)
+        hung = AndroidPhone(prof, runner=hang)
         res = hung.benchmark(hung.prepare(tiny_pte[0]), request)
         assert res.results[0].error == "runner timed out after 2s"
         assert all(p.poll() is not None for p in d.procs)  # killed on the phone, not orphaned
@@ -481,14 +572,14 @@ def test_runner_crash_and_hang_are_per_method_errors(tmp_path, tiny_pte, warm):
 def test_cooldown_waits_for_the_threshold_and_is_bounded(tmp_path):
     import threading
 
-    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.android import AndroidPhone
     from merino_mobile.device.profiles import read_profile
 
     with LoopbackAdbd(tmp_path / "phone") as d:
         d.sandbox.set_temperature("BIG", 52000)
         prof = read_profile(write_profile(tmp_path / "p.toml", d.address, RUNNER,
                                           remote_dir="/data/local/tmp/mm", max_wait_s=20))
-        dev = AdbDevice(prof)
+        dev = AndroidPhone(prof)
         cool = threading.Timer(1.0, d.sandbox.set_temperature, ("BIG", 43000))
         cool.start()
         temps, waited, cooled = dev.cooldown()
@@ -496,7 +587,7 @@ def test_cooldown_waits_for_the_threshold_and_is_bounded(tmp_path):
         assert cooled and waited >= 0.9 and temps["BIG"] == 43.0
 
         d.sandbox.set_temperature("BIG", 60000)  # stays hot: measure anyway after max_wait_s
-        hot = AdbDevice(read_profile(write_profile(
+        hot = AndroidPhone(read_profile(write_profile(
             tmp_path / "q.toml", d.address, RUNNER, remote_dir="/data/local/tmp/mm",
             max_wait_s=0.5)))
         temps, waited, cooled = hot.cooldown()
@@ -506,13 +597,13 @@ def test_cooldown_waits_for_the_threshold_and_is_bounded(tmp_path):
 
 
 def test_missing_runner_names_the_build_command(tmp_path):
-    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.android import AndroidPhone
     from merino_mobile.device.profiles import read_profile
 
     with LoopbackAdbd(tmp_path / "phone") as d:
         prof = read_profile(write_profile(tmp_path / "p.toml", d.address,
                                           tmp_path / "no-such-runner", remote_dir="/data/x"))
-        dev = AdbDevice(prof)
+        dev = AndroidPhone(prof)
         assert dev.runtimes() == []
         pte = tmp_path / "m.pte"
         pte.write_bytes(b"x")
@@ -522,21 +613,21 @@ def test_missing_runner_names_the_build_command(tmp_path):
 
 
 def test_a_profile_for_another_model_is_refused(tmp_path):
-    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.android import AndroidPhone
     from merino_mobile.device.profiles import read_profile
 
     with LoopbackAdbd(tmp_path / "phone") as d:
         path = write_profile(tmp_path / "p.toml", d.address, RUNNER, remote_dir="/data/x")
         path.write_text(path.read_text().replace(
             'remote_dir = "/data/x"', 'remote_dir = "/data/x"\nexpect_model = ["Pixel 8"]'))
-        dev = AdbDevice(read_profile(path))
+        dev = AndroidPhone(read_profile(path))
         with pytest.raises(UserError, match=r"is for \['Pixel 8'\] but the phone .* 'Pixel 7'"):
             dev.fingerprint("executorch", "fp32")
         dev.cleanup()
 
 
 def test_shipped_phone_profiles():
-    from merino_mobile.device.adb import usb_serial
+    from merino_mobile.device.adb_transport import usb_serial
     from merino_mobile.device.profiles import read_profile
 
     devices = Path(__file__).parents[1] / "devices"
@@ -669,7 +760,7 @@ def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm, monkeypa
 def test_list_adb_devices_reports_each_target(tmp_path):
     import socket
 
-    from merino_mobile.device.adb import list_adb_devices
+    from merino_mobile.device.adb_transport import list_adb_devices
     from merino_mobile.device.profiles import read_profile
 
     with socket.socket() as s:
@@ -696,7 +787,7 @@ def test_benchmark_app_instead_of_the_native_runner(tmp_path, tiny_pte, warm):
     """runner = "minibench": ExecuTorch's Android benchmark app. The loopback phone's `pm`,
     `am` and `run-as` stand for the app (this machine has no Android): `am start` runs the
     model and writes the app's benchmark_results.json."""
-    from merino_mobile.device.adb import AdbDevice
+    from merino_mobile.device.android import AndroidPhone
     from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
     from merino_mobile.device.profiles import read_profile
 
@@ -704,12 +795,12 @@ def test_benchmark_app_instead_of_the_native_runner(tmp_path, tiny_pte, warm):
     with LoopbackAdbd(tmp_path / "phone", warm_runner=warm) as d:
         path = write_profile(tmp_path / "p.toml", d.address, RUNNER, remote_dir="/data/x")
         path.write_text(path.read_text().replace(f'runner = "{RUNNER}"', 'runner = "minibench"'))
-        dev = AdbDevice(read_profile(path))
+        dev = AndroidPhone(read_profile(path))
         assert dev.runtimes() == []  # not installed yet
         with pytest.raises(UserError, match="benchmark app.*not installed"):
             dev.prepare(tiny_pte[0])
         d.sandbox.install_benchmark_app()
-        dev = AdbDevice(read_profile(path))
+        dev = AndroidPhone(read_profile(path))
         assert dev.runtimes() == ["executorch"]
         request = BenchRequest("executorch", (MethodSpec("forward", (InputSpec((2, 8)),)),
                                               MethodSpec("embed", ())),
@@ -724,8 +815,8 @@ def test_benchmark_app_instead_of_the_native_runner(tmp_path, tiny_pte, warm):
 
 
 def test_dynamic_inputs_are_padded_to_the_bound():
-    from merino_mobile.device.adb import fit_inputs
     from merino_mobile.device.base import InputSpec, MethodSpec
+    from merino_mobile.device.pte_inputs import fit_inputs
 
     m = MethodSpec("forward", (InputSpec((1, 3), "int64", 7), InputSpec((1,), "int64", 2)))
     files, shapes = fit_inputs(m, [(7).to_bytes(8, "little") * 3, (2).to_bytes(8, "little")],
@@ -739,7 +830,7 @@ def test_dynamic_inputs_are_padded_to_the_bound():
 
 @pytest.mark.slow
 def test_bench_an_exported_decoder_on_the_loopback_phone(tmp_path, warm):
-    """`merino-mobile bench` through AdbDevice: a tiny decoder exported by the real exporter,
+    """`merino-mobile bench` through AndroidPhone: a tiny decoder exported by the real exporter,
     prefill at a prompt below its cache bound (--input_shapes) and decode, on the phone."""
     from merino_mobile.bench import bench_artifact
     from merino_mobile.card import Block, Card

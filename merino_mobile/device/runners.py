@@ -11,11 +11,16 @@ Three runners, each with a builder (argv) and a parser (text -> `RunnerTimings`)
   a JSON list of {benchmarkModel, metric, actualValue, targetValue} to its files dir.
 - ONNX Runtime's `onnxruntime_perf_test`, which prints `Average inference time cost: x ms` and
   P50/P90 latencies in seconds.
+
+A number a parser cannot read as a time (`1.2.3`, `nan`, a negative one) is never coerced or
+raised: its line is recorded in `RunnerTimings.malformed` and `errors`, quoted, the timings are
+not usable (`ok` is false, no samples), and the device reports the line as the method's error.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +28,13 @@ from typing import Any
 ET_LOG = re.compile(
     r"^(?P<level>[DIEF]) (?P<h>\d+):(?P<m>\d\d):(?P<s>\d\d)\.(?P<us>\d{6}) "
     r"executorch:(?P<file>[^:\]]+):(?P<line>\d+)\] (?P<msg>.*)$")
-ITERATION = re.compile(r"^Iteration (\d+) of (\d+): ([0-9.eE+-]+) ms$")
-EXECUTED = re.compile(r"^Model executed successfully (\d+) time\(s\) in ([0-9.eE+-]+) ms\.$")
-LOADED = re.compile(r"^Model loaded in ([0-9.eE+-]+) ms\.$")
+# Times are matched as any word and checked when read, so a malformed one is reported, not skipped.
+ITERATION = re.compile(r"^Iteration (\d+) of (\d+): (\S+) ms$")
+EXECUTED = re.compile(r"^Model executed successfully (\d+) time\(s\) in (\S+) ms\.$")
+LOADED = re.compile(r"^Model loaded in (\S+) ms\.$")
 THREADS = re.compile(r"^Resetting threadpool with num threads = (\d+)$")
+
+MALFORMED = "malformed number (negative, infinite or not a number) in the runner's output"
 
 MINIBENCH_PACKAGE = "org.pytorch.minibench"
 MINIBENCH_ACTIVITY = "org.pytorch.minibench.BenchmarkActivity"
@@ -44,19 +52,44 @@ class RunnerTimings:
     p50_ms: float | None = None
     p90_ms: float | None = None
     errors: list[str] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)  # lines whose time could not be read
 
     @property
     def ok(self) -> bool:
-        return self.executions > 0 and self.total_ms is not None
+        """A total over at least one execution, and no line that could not be read."""
+        return self.executions > 0 and self.total_ms is not None and not self.malformed
 
     def samples(self, skip: int = 0) -> list[float]:
         """Per-execution samples without the first `skip` (warm-up); the mean when the runner
-        only printed a total (older ExecuTorch versions)."""
+        only printed a total (older ExecuTorch versions). Empty when a line was malformed: the
+        other numbers of that output are not to be trusted either."""
+        if self.malformed:
+            return []
         if self.iterations_ms:
             return self.iterations_ms[skip:]
         if self.ok and self.executions > skip:
             return [self.total_ms / self.executions]
         return []
+
+    def error(self) -> str | None:
+        """Why these timings are unusable or the runner failed: the first malformed line (quoted),
+        else the runner's last error; None when it reported neither."""
+        if self.malformed:
+            return f"{MALFORMED}: {self.malformed[0]!r}"
+        return self.errors[-1] if self.errors else None
+
+    def _time(self, value: Any, line: str, scale: float = 1.0) -> float | None:
+        """`value` (text or a JSON number) as a finite, non-negative time times `scale`; else
+        None, with `line` recorded as malformed."""
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number < 0:
+            self.malformed.append(line)
+            self.errors.append(f"{MALFORMED}: {line!r}")
+            return None
+        return number * scale
 
     def to_json(self) -> dict[str, Any]:
         return {"iterations_ms": self.iterations_ms, "executions": self.executions,
@@ -92,20 +125,23 @@ def parse_executor_runner(text: str) -> RunnerTimings:
     """Timings from executor_runner's log (stderr, or stdout and stderr merged)."""
     t = RunnerTimings()
     for raw in text.splitlines():
-        m = ET_LOG.match(raw.strip())
+        line = raw.strip()
+        m = ET_LOG.match(line)
         if not m:
             if raw.startswith("ERROR: ") or raw.startswith("F "):
-                t.errors.append(raw.strip())
+                t.errors.append(line)
             continue
         msg = m["msg"].strip()
         if m["level"] in "EF":
             t.errors.append(msg)
         if it := ITERATION.match(msg):
-            t.iterations_ms.append(float(it[3]))
+            if (ms := t._time(it[3], line)) is not None:
+                t.iterations_ms.append(ms)
         elif ex := EXECUTED.match(msg):
-            t.executions, t.total_ms = int(ex[1]), float(ex[2])
+            if (ms := t._time(ex[2], line)) is not None:
+                t.executions, t.total_ms = int(ex[1]), ms
         elif ld := LOADED.match(msg):
-            t.load_ms = float(ld[1])
+            t.load_ms = t._time(ld[1], line)
         elif th := THREADS.match(msg):
             t.threads = int(th[1])
     return t
@@ -131,13 +167,24 @@ def parse_minibench(text: str) -> RunnerTimings:
     except json.JSONDecodeError as e:
         t.errors.append(f"benchmark_results.json is not JSON: {e}")
         return t
-    metrics = {r.get("metric"): r.get("actualValue") for r in records if isinstance(r, dict)}
-    if metrics.get("load_status", 0) not in (0, 0.0, None):
-        t.errors.append(f"model load failed with ExecuTorch error {int(metrics['load_status'])}")
-    t.load_ms = metrics.get("model_load_time(ms)")
-    avg = metrics.get("trimmean_inference_latency(ms)", metrics.get("avg_inference_latency(ms)"))
+    if not isinstance(records, list):
+        t.errors.append(f"benchmark_results.json is not a list of records: {text.strip()[:200]!r}")
+        return t
+    metrics = {r.get("metric"): r for r in records if isinstance(r, dict)}
+
+    def value(metric: str) -> float | None:
+        record = metrics.get(metric)
+        if record is None or record.get("actualValue") is None:
+            return None
+        return t._time(record["actualValue"], json.dumps(record))  # the record is the "line"
+
+    if status := value("load_status"):
+        t.errors.append(f"model load failed with ExecuTorch error {int(status)}")
+    t.load_ms = value("model_load_time(ms)")
+    trimmed = "trimmean_inference_latency(ms)"
+    avg = value(trimmed if trimmed in metrics else "avg_inference_latency(ms)")
     if avg is not None:
-        t.executions, t.total_ms = 1, float(avg)
+        t.executions, t.total_ms = 1, avg
     return t
 
 
@@ -146,24 +193,31 @@ def ort_perf_test_argv(tool: str, model: str, *, runs: int, threads: int) -> lis
     return [tool, "-e", "cpu", "-m", "times", "-r", str(runs), "-x", str(threads), "-I", model]
 
 
-_ORT_NUM = r"([0-9.eE+-]+)"
+_ORT_NUM = r"(\S+)"  # read by RunnerTimings._time, which reports a malformed one
 
 
 def parse_ort_perf_test(text: str) -> RunnerTimings:
     """Average (ms) and percentiles (s) from onnxruntime_perf_test's summary."""
     t = RunnerTimings()
-    if m := re.search(r"Average inference time cost(?: total)?: " + _ORT_NUM + " ms", text):
-        avg = float(m[1])
+
+    lines = [ln.strip() for ln in text.splitlines()]
+
+    def read(pattern: str, scale: float) -> float | None:
+        # The first line that matches: the tool prints each summary line once.
+        for line in lines:
+            if m := re.search(pattern, line):
+                return t._time(m[1], line, scale)
+        return None
+
+    avg = read(r"Average inference time cost(?: total)?: " + _ORT_NUM + " ms", 1.0)
+    if avg is not None:
         n = re.search(r"Total inference requests: (\d+)", text)
         t.executions = int(n[1]) if n else 1
         t.total_ms = avg * t.executions
-    if m := re.search(r"Session creation time cost: " + _ORT_NUM + " s", text):
-        t.load_ms = float(m[1]) * 1e3
+    t.load_ms = read(r"Session creation time cost: " + _ORT_NUM + " s", 1e3)
     if m := re.search(r"Setting intra_op_num_threads to (\d+)", text):
         t.threads = int(m[1])
-    if m := re.search(r"P50 Latency: " + _ORT_NUM + " s", text):
-        t.p50_ms = float(m[1]) * 1e3
-    if m := re.search(r"P90 Latency: " + _ORT_NUM + " s", text):
-        t.p90_ms = float(m[1]) * 1e3
-    t.errors += [ln.strip() for ln in text.splitlines() if "[E:onnxruntime" in ln]
+    t.p50_ms = read(r"P50 Latency: " + _ORT_NUM + " s", 1e3)
+    t.p90_ms = read(r"P90 Latency: " + _ORT_NUM + " s", 1e3)
+    t.errors += [ln for ln in lines if "[E:onnxruntime" in ln]
     return t

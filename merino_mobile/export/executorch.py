@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from merino_mobile.accounting import INT4_GROUP
-from merino_mobile.formats import check_pair
+from merino_mobile.errors import UserError
 from merino_mobile.model import Decoder
 
+QUANTS = ("fp32", "int8", "int4")
 METHOD = "forward"
 
 Method = tuple[nn.Module, tuple, "dict | None"]
@@ -136,7 +137,9 @@ def lower_to_pte(methods: dict[str, Method], quant: str, path: Path) -> Path:
         to_edge_transform_and_lower,
     )
 
-    check_pair("executorch", quant)
+    if quant not in QUANTS:
+        raise UserError(f"ExecuTorch cannot export quantization {quant!r}; supported: "
+                        f"{', '.join(QUANTS)}")
     programs = {}
     with torch.no_grad():
         for name, (module, args, dynamic_shapes) in methods.items():

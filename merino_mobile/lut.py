@@ -38,7 +38,7 @@ import numpy as np
 
 from merino_mobile.device.base import BENCH_VERSION, Fingerprint
 from merino_mobile.errors import UserError
-from merino_mobile.latency.store import Point, Row
+from merino_mobile.store import Point, Row
 
 SCHEMA_VERSION = 1
 KIND = "merino-mobile-lut"

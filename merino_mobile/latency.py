@@ -4,7 +4,7 @@
              + sum t_proj(E_i, E_i+1) + t_embed(E_1) + t_head(E_N, V)
 
 A `LatencyTable` gives each term in milliseconds. The measured lookup table of a device
-(`table.py`) is one; tests pass synthetic ones. The solver only ever calls these methods,
+(`merino_mobile.lut`) is one; tests pass synthetic ones. The solver only ever calls these methods,
 so any object with them works.
 """
 
@@ -69,7 +69,7 @@ def predict_latency(card: Card, table: LatencyTable, context: int, phase: str = 
                     *, cache_aware: bool = True) -> float:
     """Predicted time (ms) of one decode step at `context`, or of a prefill of `context` tokens.
 
-    The table's terms are timed with their weights streaming from DRAM (micro.py,
+    The table's terms are timed with their weights streaming from DRAM (`merino_mobile.profile`,
     STREAM_BYTES), as in a model larger than the caches. A table that also holds hot timings
     (`has_hot`, `cache_bytes`; the host's) predicts a decode step of a model whose working set
     (`accounting.decode_working_set`) fits in the cache from them: each term with weights is
