@@ -145,18 +145,6 @@ def flops_per_token(card: Card, context: int) -> int:
     return total
 
 
-def prefill_flops(card: Card, prompt: int) -> int:
-    """FLOPs to process a prompt of `prompt` tokens (token t attends to t positions)."""
-    attended = prompt * (prompt + 1) // 2
-    total = 0
-    for b in card.blocks:
-        matmul = 2 * layer_matrix_params(b.width, b.ffn_hidden)
-        total += b.depth * (prompt * matmul + 4 * b.width * attended)
-    total += prompt * sum(2 * a * b for a, b in transitions(card))
-    total += 2 * card.embedding_width * card.vocab  # logits of the last position only
-    return total
-
-
 def kv_cache_bytes(card: Card, context: int, kv_dtype: str = "fp32") -> int:
     """KV cache for `context` positions: sum_i L_i * 2 * context * E_i * bytes per element."""
     return sum(b.depth * kv_bytes_per_layer(b.width, context, kv_dtype) for b in card.blocks)

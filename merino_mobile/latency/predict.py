@@ -1,0 +1,100 @@
+"""The latency model the design solver uses, and the card-level prediction built on it.
+
+    lat(A) = t_fixed + sum_i L_i * t_layer(E_i, R_i, H_i, context)
+             + sum t_proj(E_i, E_i+1) + t_embed(E_1) + t_head(E_N, V)
+
+A `LatencyTable` gives each term in milliseconds. The measured lookup table of a device
+(`table.py`) is one; tests pass synthetic ones. The solver only ever calls these methods,
+so any object with them works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from merino_mobile.accounting import decode_working_set, transitions
+from merino_mobile.card import Card
+
+# Where a whole model's decode step turns from hot to streaming, as a share of the last-level
+# cache (see `cold_fraction`). Chosen on this host from one run of benchmarks/lut_accuracy.py and
+# checked against two earlier measurements of the same 30 models (README): a model reading a fifth
+# of the 32 MB L3 ran hot, one reading half of it already streamed. A VM's L3 is likely shared
+# with other tenants' cores, and the model's activations and the runtime's own data use it too.
+HOT_BELOW = 0.2
+COLD_ABOVE = 0.5
+
+
+class LatencyTable(Protocol):
+    """Per-term latencies (ms) of one device, runtime and quantization, for one phase.
+
+    `phase` is "decode" (one new token attending to `context` cached positions) or "prefill"
+    (`context` prompt tokens at once).
+    """
+
+    def fixed(self, phase: str = "decode") -> float:
+        """Per-call overhead of the runtime, independent of the architecture."""
+        ...
+
+    def layer(self, width: int, ffn_ratio: float, heads: int, context: int,
+              phase: str = "decode") -> float:
+        """One decoder layer."""
+        ...
+
+    def projection(self, width_in: int, width_out: int, phase: str = "decode",
+                   context: int = 1) -> float:
+        """A bias-free linear projection between widths."""
+        ...
+
+    def embedding(self, width: int, vocab: int, phase: str = "decode", context: int = 1) -> float:
+        """Token (and position) embedding lookup."""
+        ...
+
+    def head(self, width: int, vocab: int, phase: str = "decode") -> float:
+        """The output projection to vocabulary logits (last position only)."""
+        ...
+
+
+def cold_fraction(working_set: float, cache_bytes: float) -> float:
+    """How much of a decode step's weight traffic comes from DRAM, by how the bytes it reads
+    compare with the last-level cache: 0 up to HOT_BELOW of it, 1 from COLD_ABOVE, linear
+    between (a cache's replacement is not a sharp LRU, and other data shares it)."""
+    if cache_bytes <= 0:
+        return 1.0
+    x = working_set / cache_bytes
+    return min(1.0, max(0.0, (x - HOT_BELOW) / (COLD_ABOVE - HOT_BELOW)))
+
+
+def predict_latency(card: Card, table: LatencyTable, context: int, phase: str = "decode",
+                    *, cache_aware: bool = True) -> float:
+    """Predicted time (ms) of one decode step at `context`, or of a prefill of `context` tokens.
+
+    The table's terms are timed with their weights streaming from DRAM (micro.py,
+    STREAM_BYTES), as in a model larger than the caches. A table that also holds hot timings
+    (`has_hot`, `cache_bytes`; the host's) predicts a decode step of a model whose working set
+    (`accounting.decode_working_set`) fits in the cache from them: each term with weights is
+    hot + cold_fraction * (cold - hot). `cache_aware=False` is the plain sum of streaming terms,
+    the linear model the design solver optimizes (an upper bound for such small models).
+    """
+    blend = (cache_aware and phase == "decode" and getattr(table, "has_hot", False)
+             and getattr(table, "cache_bytes", 0) > 0)
+    f = 1.0
+    if blend:
+        quant = getattr(table, "quant", "fp32")
+        f = cold_fraction(decode_working_set(card, context, quant), table.cache_bytes)
+
+    def weighted(term: Callable[..., float], *args: Any) -> float:
+        cold = term(*args)
+        if not blend or f >= 1.0:
+            return cold
+        hot = term(*args, hot=True)
+        return hot + f * (cold - hot)
+
+    total = table.fixed(phase)
+    total += table.embedding(card.embedding_width, card.vocab, phase, context)
+    for b in card.blocks:
+        total += b.depth * weighted(table.layer, b.width, b.ffn_ratio, b.heads, context, phase)
+    for a, b in transitions(card):
+        total += weighted(table.projection, a, b, phase, context)
+    total += weighted(table.head, card.embedding_width, card.vocab, phase)
+    return total
