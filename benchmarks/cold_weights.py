@@ -43,8 +43,9 @@ def main() -> int:
     from merino_mobile.device.base import BenchRequest, MethodSpec
     from merino_mobile.device.profiles import read_profile
     from merino_mobile.export.executorch import lower_to_pte
-    from merino_mobile.profile import MAX_COPIES, copies, make_grid, micro_model, weight_bytes
-    from merino_mobile.store import Point
+    from merino_mobile.latency.grid import make_grid
+    from merino_mobile.latency.micro import MAX_COPIES, copies, micro_model, weight_bytes
+    from merino_mobile.latency.store import Point
 
     grid = make_grid(ROOT / "search" / "default.toml", "quick", [args.context], [])
     p = Point("layer", "decode", width=args.width, ffn_ratio=args.ratio,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from merino_mobile.card import load_card
 from merino_mobile.latency import predict_latency
-from merino_mobile.lut import read_lut
+from merino_mobile.latency.table import read_lut
 
 HERE = Path(__file__).resolve().parent
 

@@ -131,7 +131,7 @@ def main() -> None:
         for fmt, why in formats.items():
             if why:
                 continue
-            for quant in [q for q in FORMATS[fmt] if q in args.quants.split(",")]:
+            for quant in [q for q in FORMATS[fmt].quants if q in args.quants.split(",")]:
                 out_dir = args.build / card.name / f"{fmt}-{quant}"
                 try:
                     res = export(card, fmt, quant, out_dir, force=True, cache_len=args.cache_len)

@@ -30,14 +30,14 @@ from pathlib import Path
 
 from merino_mobile import accounting
 from merino_mobile.card import load_card
-from merino_mobile.cli import quiet_dependencies
 from merino_mobile.deploy import compare
 from merino_mobile.design import design_card
 from merino_mobile.entropy import EntropySettings
 from merino_mobile.errors import UserError
 from merino_mobile.latency import predict_latency
-from merino_mobile.lut import load_lut
+from merino_mobile.latency.table import load_lut
 from merino_mobile.space import load_space
+from merino_mobile.toolchain import quiet_dependencies
 from merino_mobile.workspace import Workspace
 
 HERE = Path(__file__).resolve().parent

@@ -108,7 +108,7 @@ def measure_all(ws, cards, build: Path, args, grid
     from merino_mobile.device import open_device
     from merino_mobile.device.base import InputSpec, MethodSpec
     from merino_mobile.device.profiles import load_profile
-    from merino_mobile.profile import batches, export_batch
+    from merino_mobile.latency.programs import batches, export_batch
 
     device = open_device(load_profile(ws, "host"))
     sentinel = grid.sentinel()
@@ -179,11 +179,12 @@ def main() -> int:
 
     from merino_mobile import accounting
     from merino_mobile.device.profiles import load_profile
-    from merino_mobile.latency import cold_fraction, predict_latency
+    from merino_mobile.latency.predict import cold_fraction, predict_latency
+    from merino_mobile.latency.grid import describe_grid, make_grid
+    from merino_mobile.latency.profile import run_profile
+    from merino_mobile.latency.store import Store
     from merino_mobile.parallel import Job, run_jobs
-    from merino_mobile.profile import describe_grid, make_grid, run_profile
     from merino_mobile.space import load_space
-    from merino_mobile.store import Store
     from merino_mobile.workspace import Workspace
 
     root = args.workspace or Path(tempfile.mkdtemp(prefix="lut-accuracy-"))
@@ -224,7 +225,7 @@ def main() -> int:
 
     if args.stored:
         from merino_mobile.device.host import HostDevice
-        from merino_mobile.lut import Lut
+        from merino_mobile.latency.table import Lut
 
         fp = HostDevice(load_profile(ws, "host")).fingerprint("executorch", args.quant)
         store = Store.open(ws.state)
@@ -241,7 +242,7 @@ def main() -> int:
         print(f"profiled in {profile_s:.0f} s (export {report.export_s:.0f} s), "
               f"{report.measured} measured, {report.skipped} reused, {len(report.failed)} "
               f"failed", flush=True)
-        from merino_mobile.lut import read_lut
+        from merino_mobile.latency.table import read_lut
 
         lut = read_lut(Path(report.lut))
 

@@ -21,6 +21,7 @@ from merino_mobile import accounting
 from merino_mobile.card import Card, load_card
 from merino_mobile.entropy import DEFAULT_RHO, EntropySettings, effectiveness, entropy
 from merino_mobile.errors import UserError
+from merino_mobile.toolchain import quiet_dependencies
 from merino_mobile.units import human_bytes, human_count
 from merino_mobile.workspace import Workspace
 
@@ -256,14 +257,15 @@ def profile_cmd(
     Every missing program is exported first (several processes side by side), then the points
     are timed one after the other with nothing else running; an interrupted run continues where
     it stopped."""
-    from merino_mobile.profile import describe_grid, make_grid, run_profile
+    from merino_mobile.latency.grid import describe_grid, make_grid
+    from merino_mobile.latency.profile import run_profile
 
     ws = Workspace.resolve(workspace)
     g = make_grid(ws.find("search", space, ".toml"), grid, context,
                   None if not prompt else [p for p in prompt if p > 0])
     if not as_json:
         err.print(describe_grid(g), highlight=False)
-    bar, progress = profile_bar(transient=as_json)
+    bar, progress, _ = profile_bar(transient=as_json, json_out=as_json)
     with bar:
         report = run_profile(ws, device, runtime, quant, g, progress=progress, workers=jobs,
                              passes=passes)
@@ -288,9 +290,20 @@ def profile_cmd(
         err.print(f"[red]failed:[/red] {f}", highlight=False, soft_wrap=True)
 
 
-def profile_bar(transient: bool = False) -> tuple[Any, Any]:
-    """A rich progress bar on stderr and the `progress(message, done, total)` that drives it:
-    one bar per phase of a profile (the exports, then the points; a phase has its own total)."""
+def profile_bar(transient: bool = False, json_out: bool = False) -> tuple[Any, Any, Console]:
+    """A rich progress bar on stderr, the `progress(message, done, total)` that drives it, and
+    the console to print messages to while it runs: one bar per phase of a profile (the exports,
+    then the points; a phase has its own total). When the output is not a terminal (a log),
+    plain periodic lines instead: on stdout, or on stderr with --json (`json_out`), whose stdout
+    is one JSON object."""
+    if not (console.is_terminal and err.is_terminal):
+        from contextlib import nullcontext
+
+        from merino_mobile.progress import LineProgress
+
+        out = err if json_out else console
+        lines = LineProgress(lambda line: out.print(line, highlight=False, soft_wrap=True))
+        return nullcontext(), lines, out
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -313,7 +326,7 @@ def profile_bar(transient: bool = False) -> tuple[Any, Any]:
             task, task_total = bar.add_task(message[:48], total=max(total, 1)), total
         bar.update(task, description=message[:48], completed=done, total=max(total, 1))
 
-    return bar, progress
+    return bar, progress, bar.console
 
 
 @app.command("design")
@@ -353,6 +366,7 @@ def design_cmd(
     """Find the decoder of maximum entropy within the budgets and write its architecture card."""
     from merino_mobile.design import SOLVERS, design_card, sweep
     from merino_mobile.space import load_space
+    from merino_mobile.target import design_table
     from merino_mobile.units import Range, parse_bytes, parse_count, parse_latency_ms, parse_range
 
     ws = Workspace.resolve(workspace)
@@ -374,7 +388,7 @@ def design_cmd(
     sp = load_space(ws.find("search", space, ".toml"))
     table, table_info = None, None
     if "latency_ms" in given:
-        table, table_info = latency_table(ws, device, runtime, quant)
+        table, table_info = design_table(ws, device, runtime, quant)
     settings = EntropySettings(rho=rho)
     options = {"seconds": ea_seconds, "seed": seed} if solver == "ea" else {}
     if sweeps:
@@ -407,21 +421,6 @@ def design_cmd(
                    f"{'proven optimal' if d.solver.optimal else 'not proven optimal'}{gap}")
     totals.add_row("card", str(path))
     console.print(totals)
-
-
-def latency_table(ws: Workspace, device: str | None, runtime: str | None,
-                  quant: str) -> tuple[Any, dict]:
-    """The measured latency table of a device (its profile picks the default runtime)."""
-    import os
-
-    from merino_mobile.device.profiles import load_profile
-    from merino_mobile.lut import load_lut
-
-    name = device or os.environ.get("MERINO_MOBILE_DEVICE") or "host"
-    prof = load_profile(ws, name)
-    rt = runtime or prof.runtimes[0]
-    lut = load_lut(ws, name, rt, quant)
-    return lut, {"device": name, "runtime": rt, "quant": quant}
 
 
 def describe_budgets(given: dict) -> str:
@@ -465,7 +464,7 @@ def bench_cmd(
 ) -> None:
     """Measure an exported model on a device: load, time to first token, prefill and decode
     tokens/s, peak memory, size (a llama-bench style table)."""
-    from merino_mobile.bench import bench_artifact, llama_bench_table
+    from merino_mobile.deploy.bench import bench_artifact, llama_bench_table
 
     ws = Workspace.resolve(workspace)
     r = bench_artifact(ws, artifact, device, prompt=prompt, generate=generate, repeat=repeat)
@@ -577,8 +576,8 @@ def deploy_cmd(
 ) -> None:
     """Export a card, run it on a device, and write a report with measured vs predicted numbers
     (build/<card>/<device>-<format>-<quant>/)."""
-    from merino_mobile.bench import BenchReport, llama_bench_table
     from merino_mobile.deploy import deploy
+    from merino_mobile.deploy.bench import BenchReport, llama_bench_table
 
     ws = Workspace.resolve(workspace)
     c, _ = resolve_card(ws, card)
@@ -633,6 +632,7 @@ def compare_cmd(
                 command=" ".join(sys.argv[1:]),
                 say=lambda m: err.print(f"[cyan]compare:[/cyan] {m}", highlight=False,
                                         soft_wrap=True))
+    r.pop("reports")  # each card's report is in its folder; --json prints compare.json's object
     if as_json:
         emit_json(r)
         return
@@ -667,11 +667,11 @@ def demo_cmd(
     from merino_mobile.deploy import demo
 
     ws = Workspace.resolve(workspace)
-    bar, progress = profile_bar(transient=True)
+    bar, progress, out = profile_bar(transient=True, json_out=as_json)
     with bar:
         r = demo(ws, reduced=reduced, workers=jobs, progress=progress,
-                 say=lambda m: bar.console.print(f"[cyan]demo:[/cyan] {m}", highlight=False,
-                                                 soft_wrap=True))
+                 say=lambda m: out.print(f"[cyan]demo:[/cyan] {m}", highlight=False,
+                                         soft_wrap=True))
     if as_json:
         emit_json(r)
         return
@@ -681,23 +681,6 @@ def demo_cmd(
     console.print(f"designed {r['card']} for {r['budget_ms']:.3g} ms/token ({r['budget_rule']})")
     console.print(f"time: {steps}")
     console.print(f"report: {r['report']}")
-
-
-def quiet_dependencies() -> None:
-    """Hide the toolchain's own deprecation chatter (torch, torchao, ExecuTorch warn about their
-    internals on every export), which buried the progress and results. MERINO_MOBILE_VERBOSE=1
-    keeps it."""
-    import logging
-    import os
-    import warnings
-
-    if os.environ.get("MERINO_MOBILE_VERBOSE"):
-        return
-    for category in (FutureWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category)
-    warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
-    for name in ("torch", "torchao", "executorch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main() -> None:

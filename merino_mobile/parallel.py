@@ -58,7 +58,7 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
-    from merino_mobile.cli import quiet_dependencies
+    from merino_mobile.toolchain import quiet_dependencies
 
     quiet_dependencies()
     torch.set_num_threads(1)  # one core per export: the other workers have the rest

@@ -337,7 +337,7 @@ def test_ort_perf_test_malformed_time_is_a_quoted_error(good, bad):
 def test_a_malformed_runner_line_fails_the_method_naming_it(tmp_path):
     """Through the phone: a runner that exits 0 but prints an unreadable time fails its method
     with the line quoted, and bench turns that into a UserError naming the line."""
-    from merino_mobile.bench import explain_failure
+    from merino_mobile.deploy.bench import explain_failure
     from merino_mobile.device.android import AndroidPhone
     from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
     from merino_mobile.device.profiles import read_profile
@@ -720,14 +720,16 @@ def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm, monkeypa
     is back measures only the rest and writes the table."""
     import json
 
-    from merino_mobile import profile
-    from merino_mobile.store import Store
+    from merino_mobile.latency import programs
+    from merino_mobile.latency.grid import Grid
+    from merino_mobile.latency.profile import run_profile
+    from merino_mobile.latency.store import Store
     from merino_mobile.workspace import Workspace
 
     # Two programs for five points; the second (the decode layer alone) is also the sentinel's
     # program, so only two are exported.
-    monkeypatch.setattr(profile, "MAX_METHODS", 4)
-    grid = profile.Grid(*TINY_GRID_ARGS)
+    monkeypatch.setattr(programs, "MAX_METHODS", 4)
+    grid = Grid(*TINY_GRID_ARGS)
     assert len(grid.points()) == 5
     ws = Workspace.resolve(tmp_path / "ws")
     ws.devices.mkdir(parents=True)
@@ -738,7 +740,7 @@ def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm, monkeypa
         write_profile(ws.devices / "loopback-pixel7.toml", d.address, RUNNER,
                       remote_dir="/data/local/tmp/merino-mobile")
         with pytest.raises(DeviceGone, match="rerun the same command"):
-            profile.run_profile(ws, "loopback-pixel7", grid=grid)
+            run_profile(ws, "loopback-pixel7", grid=grid)
         port = d.port
     store = Store.open(ws.state)
     try:
@@ -749,7 +751,7 @@ def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm, monkeypa
     assert kept == {p.key for p in grid.points()[:4]}
 
     with LoopbackAdbd(tmp_path / "phone", port=port, warm_runner=warm) as d:
-        report = profile.run_profile(ws, "loopback-pixel7", grid=grid)
+        report = run_profile(ws, "loopback-pixel7", grid=grid)
         assert "executor_runner" in " ".join(d.commands)
     assert (report.points, report.skipped, report.measured, report.failed) == (5, 4, 1, [])
     assert report.fingerprint["model"] == "Pixel 7" and report.fingerprint["cpus"] == [6, 7]
@@ -832,8 +834,8 @@ def test_dynamic_inputs_are_padded_to_the_bound():
 def test_bench_an_exported_decoder_on_the_loopback_phone(tmp_path, warm):
     """`merino-mobile bench` through AndroidPhone: a tiny decoder exported by the real exporter,
     prefill at a prompt below its cache bound (--input_shapes) and decode, on the phone."""
-    from merino_mobile.bench import bench_artifact
     from merino_mobile.card import Block, Card
+    from merino_mobile.deploy.bench import bench_artifact
     from merino_mobile.export import export
     from merino_mobile.workspace import Workspace
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cli_runner import run  # tests/cli_runner.py (pytest puts tests/ on sys.path)
 
-from merino_mobile.bench import decode_positions, explain_failure, llama_bench_rows
 from merino_mobile.card import Block, Card
+from merino_mobile.deploy.bench import decode_positions, explain_failure, llama_bench_rows
 from merino_mobile.device.base import MethodResult, percentile
 from merino_mobile.export import export
 
@@ -100,7 +100,7 @@ def test_decode_positions_are_real_and_span_the_generation():
 
 
 def test_llama_bench_rows_without_a_card():
-    from merino_mobile.bench import BenchReport, Stat
+    from merino_mobile.deploy.bench import BenchReport, Stat
 
     s = Stat(10.0, 9.0, 11.0, 3)
     r = BenchReport("x/model.pte", "host", "executorch", {}, 16, 32, 3, 2, 1000, s, s, s, s, {})
@@ -111,7 +111,7 @@ def test_llama_bench_rows_without_a_card():
 
 
 def test_rounds_alternate_their_order_and_pool_every_run():
-    from merino_mobile.bench import BenchReport, Stat, round_order
+    from merino_mobile.deploy.bench import BenchReport, Stat, round_order
 
     assert [round_order(3, r) for r in range(3)] == [[0, 1, 2], [2, 1, 0], [0, 1, 2]]
     s = Stat(0.0, 0.0, 0.0, 0)

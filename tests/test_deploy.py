@@ -14,8 +14,8 @@ from merino_mobile.cli import main
 from merino_mobile.device.base import Fingerprint
 from merino_mobile.device.host import HostDevice
 from merino_mobile.device.profiles import load_profile
-from merino_mobile.lut import Lut, lut_path
-from merino_mobile.store import Point
+from merino_mobile.latency.store import Point
+from merino_mobile.latency.table import Lut, lut_path
 from merino_mobile.workspace import Workspace
 
 A = Card(name="tiny-a", vocab=256, context=32, head_dim=16, blocks=(Block(64, 2.0, 4, 1),))

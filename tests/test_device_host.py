@@ -255,11 +255,13 @@ def test_host_runs_a_folder_of_onnx_models(tmp_path):
     """ONNX Runtime path: one .onnx per method; the KV cache inputs ONNX adds are zero-filled;
     a method with instances runs one session per instance."""
     from merino_mobile.export.onnx import to_onnx
-    from merino_mobile.profile import make_grid, micro_model
-    from merino_mobile.store import Point
+    from merino_mobile.latency.grid import make_grid
+    from merino_mobile.latency.micro import micro_model
+    from merino_mobile.latency.store import Point
 
     space = tmp_path / "tiny.toml"
-    space.write_text("widths = [64]\nffn_ratios = [2.0]\nhead_dim = 32\nvocab = 256\n"
+    space.write_text("schema_version = 1\nmax_blocks = 1\ndepth = [1, 2]\n"
+                     "widths = [64]\nffn_ratios = [2.0]\nhead_dim = 32\nvocab = 256\n"
                      "context = 64\n")
     grid = make_grid(space, "full", [16], [])
     folder = tmp_path / "prog.onnx.d"

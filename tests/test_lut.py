@@ -13,9 +13,9 @@ from merino_mobile.card import Block, Card
 from merino_mobile.device.base import BENCH_VERSION, Fingerprint
 from merino_mobile.errors import UserError
 from merino_mobile.latency import predict_latency
-from merino_mobile.lut import Lut, load_lut, lut_path, read_lut
-from merino_mobile.profile import copies
-from merino_mobile.store import Point, Row
+from merino_mobile.latency.micro import copies
+from merino_mobile.latency.store import Point, Row
+from merino_mobile.latency.table import Lut, load_lut, lut_path, read_lut
 from merino_mobile.workspace import Workspace
 
 FP = Fingerprint("host", "box", "cpu", 2, "Linux", "x86_64", "executorch", "1.5.1", 2, "fp32")
@@ -32,7 +32,7 @@ def cost(w: int, r: float, c: int) -> float:
 def rows(quant: str = "fp32") -> list[Row]:
     """Raw measurements of the made-up device, as the profiler stores them for a device without
     `replicates`: a decode micro-model runs `copies` instances of its term in one call (see
-    `merino_mobile.profile.STREAM_BYTES`), plus one call's overhead of 0.005 ms."""
+    `merino_mobile.latency.micro.STREAM_BYTES`), plus one call's overhead of 0.005 ms."""
     out = []
 
     def row(p: Point, ms: float) -> None:
@@ -187,7 +187,7 @@ def test_disk_full_while_writing_leaves_the_old_table(tmp_path):
     before = path.read_text()
     code = f"""
 import resource, signal, sys
-from merino_mobile.lut import read_lut
+from merino_mobile.latency.table import read_lut
 from merino_mobile.errors import UserError
 lut = read_lut({str(path)!r})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -216,7 +216,7 @@ def hot_rows() -> list[Row]:
 
 def test_a_model_that_fits_in_the_cache_is_predicted_from_the_hot_twins(tmp_path):
     from merino_mobile.accounting import decode_working_set
-    from merino_mobile.latency import COLD_ABOVE, HOT_BELOW, cold_fraction
+    from merino_mobile.latency.predict import COLD_ABOVE, HOT_BELOW, cold_fraction
 
     lut = Lut.from_rows(hot_rows(), FP, "executorch", "fp32")
     assert lut.has_hot and not Lut.from_rows(rows(), FP, "executorch", "fp32").has_hot

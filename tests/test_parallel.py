@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from merino_mobile.errors import UserError
+from merino_mobile.latency.grid import make_grid
 from merino_mobile.parallel import Job, default_workers, run_jobs
-from merino_mobile.profile import make_grid
 
 
 def test_results_come_back_in_job_order_from_other_processes():
@@ -60,10 +60,11 @@ def test_two_workers_export_real_programs_into_the_cache(tmp_path):
     """The profile's export jobs, run by two workers: complete programs that ExecuTorch loads."""
     from executorch.extension.pybindings import _C
 
-    from merino_mobile.profile import export_jobs
+    from merino_mobile.latency.programs import export_jobs
 
     space = tmp_path / "tiny.toml"
-    space.write_text("widths = [64, 128]\nffn_ratios = [2.0]\nhead_dim = 32\nvocab = 256\n"
+    space.write_text("schema_version = 1\nmax_blocks = 1\ndepth = [1, 2]\n"
+                     "widths = [64, 128]\nffn_ratios = [2.0]\nhead_dim = 32\nvocab = 256\n"
                      "context = 64\n")
     grid = make_grid(space, "full", [16], [])
     points = grid.points()

@@ -16,12 +16,17 @@ import pytest
 
 from merino_mobile.device.profiles import host_cache_bytes
 from merino_mobile.errors import UserError
-from merino_mobile.lut import load_lut, read_lut
-from merino_mobile.profile import batches, make_grid, run_profile
-from merino_mobile.store import Point, ProfileLock, Store
+from merino_mobile.latency.grid import make_grid
+from merino_mobile.latency.profile import run_profile
+from merino_mobile.latency.programs import batches
+from merino_mobile.latency.store import Point, ProfileLock, Store
+from merino_mobile.latency.table import load_lut, read_lut
 from merino_mobile.workspace import Workspace
 
-SPACE = """widths = [64, 128]
+SPACE = """schema_version = 1
+max_blocks = 1
+depth = [1, 2]
+widths = [64, 128]
 ffn_ratios = [2.0]
 head_dim = 32
 vocab = 256
@@ -89,8 +94,14 @@ def test_grid_from_the_space(tmp_path):
 def test_decode_micro_models_stream_their_weights_through_copies():
     from torch import nn
 
+    from merino_mobile.latency.micro import (
+        MAX_COPIES,
+        STREAM_BYTES,
+        copies,
+        micro_model,
+        weight_bytes,
+    )
     from merino_mobile.model import DecoderLayer
-    from merino_mobile.profile import MAX_COPIES, STREAM_BYTES, copies, micro_model, weight_bytes
 
     grid = make_grid(Path(__file__).parents[1] / "search" / "default.toml", "quick")
     small = Point("layer", "decode", width=128, ffn_ratio=1.0, heads=2, context=16)
@@ -111,8 +122,9 @@ def test_decode_micro_models_stream_their_weights_through_copies():
 
 def test_a_replicating_device_gets_one_instance_per_method_and_loads_the_copies(tmp_path):
     """The host loads copies itself: each method holds one instance and asks for `copies`."""
+    from merino_mobile.latency.micro import MAX_INSTANCES, copies, in_program, micro_model
+    from merino_mobile.latency.programs import program_hash
     from merino_mobile.model import DecoderLayer
-    from merino_mobile.profile import MAX_INSTANCES, copies, in_program, micro_model, program_hash
 
     grid = make_grid(Path(__file__).parents[1] / "search" / "default.toml", "quick")
     small = Point("layer", "decode", width=128, ffn_ratio=1.0, heads=2, context=16)

@@ -9,7 +9,7 @@ import pytest
 
 from merino_mobile.device.base import Fingerprint, MethodResult
 from merino_mobile.errors import UserError
-from merino_mobile.store import Point, ProfileLock, Store
+from merino_mobile.latency.store import Point, ProfileLock, Store
 
 FP = Fingerprint("host", "box", "cpu", 2, "Linux", "x86_64", "executorch", "1.5.1", 2, "fp32")
 
@@ -45,7 +45,7 @@ def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
     bench version 3) opens, keeps its rows (per_call 1) and records new ones with per_call."""
     import sqlite3
 
-    from merino_mobile.store import _SCHEMA
+    from merino_mobile.latency.store import _SCHEMA
 
     db = sqlite3.connect(tmp_path / "profile.db")
     db.executescript(_SCHEMA.replace(
@@ -91,7 +91,7 @@ def test_second_profile_of_a_device_is_refused(tmp_path):
         with ProfileLock(tmp_path, "pixel7"):
             pass
         # and another process is refused too (flock is per open file, across processes)
-        code = ("import sys; from merino_mobile.store import ProfileLock\n"
+        code = ("import sys; from merino_mobile.latency.store import ProfileLock\n"
                 "from merino_mobile.errors import UserError\n"
                 f"try:\n    ProfileLock({str(tmp_path)!r}, 'host').__enter__()\n"
                 "except UserError as e:\n    print(e); sys.exit(3)\n")
@@ -111,7 +111,7 @@ def test_disk_full_while_recording_corrupts_nothing(tmp_path):
 import resource, signal, sys
 from merino_mobile.device.base import Fingerprint, MethodResult
 from merino_mobile.errors import UserError
-from merino_mobile.store import Point, Store
+from merino_mobile.latency.store import Point, Store
 store = Store.open({str(tmp_path)!r})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 size = (({str(tmp_path)!r} + "/profile.db-wal"), ({str(tmp_path)!r} + "/profile.db"))

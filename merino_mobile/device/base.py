@@ -13,8 +13,8 @@ A backend is one module under `merino_mobile.device` exposing two functions:
     open_device(profile: DeviceProfile) -> Device
     probe(profile: DeviceProfile) -> Probe        # cheap "is it reachable now?", never raises
 
-`merino_mobile.device.open_device` / `probe` dispatch on the profile's `transport`
-("local" -> host.py, "adb" -> adb.py).
+`merino_mobile.device.open_device` / `probe` dispatch on the profile's `transport` (the registry
+`merino_mobile.device.BACKENDS`).
 
 Measurement discipline (shared by every backend so numbers mean the same thing everywhere):
 `warmup` untimed calls, then timed calls until at least `min_repeats` samples and `min_seconds` of
@@ -37,12 +37,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from merino_mobile.formats import PROFILED_RUNTIMES
+
 if TYPE_CHECKING:
     from merino_mobile.device.profiles import DeviceProfile
 
-RUNTIMES = ("executorch", "onnxruntime")
-RUNTIME_SUFFIX = {"executorch": ".pte", "onnxruntime": ".onnx"}
-QUANTS = ("fp32", "int8", "int4")
+# the runtimes a device profile may list: those `profile` can time (the formats table's rows)
+RUNTIMES = PROFILED_RUNTIMES
 
 
 # -- transport -----------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ KEY_FIELDS = ("model", "cpu", "cores", "os", "abi", "runtime", "runtime_version"
               "cpus")
 # How the profiler measures (its micro-models). Bump when they change: it is part of every
 # fingerprint key, so stored measurements and cached programs of another version are not reused,
-# and of every table, which `merino_mobile.lut` refuses when it differs.
+# and of every table, which `merino_mobile.latency.table` refuses when it differs.
 BENCH_VERSION = 3
 
 
@@ -168,7 +169,7 @@ class MethodSpec:
     inputs: tuple[InputSpec, ...]
     # Load the method this many times, each with its own copy of the weights, and call the copies
     # in turn (one sample is one call): a device with `replicates` keeps weights out of the caches
-    # this way (see `merino_mobile.profile.STREAM_BYTES`); others are only ever asked for 1.
+    # this way (see `merino_mobile.latency.micro.STREAM_BYTES`); others are only ever asked for 1.
     instances: int = 1
 
     def to_json(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from merino_mobile.device.base import (
     Fingerprint,
     Handle,
     MethodResult,
+    Probe,
     Samples,
     file_sha256,
 )
@@ -134,3 +135,17 @@ class CoreMLDevice:
 
     def cleanup(self) -> None:
         self._models.clear()
+
+
+def open_device(profile: Any) -> CoreMLDevice:
+    """The backend entry point: this Mac, with the profile's compute units (default ALL)."""
+    ok, why = available()
+    if not ok:
+        raise UserError(f"cannot run a Core ML artifact on {profile.name!r}: {why}")
+    return CoreMLDevice(profile, getattr(profile, "compute_units", "ALL"))
+
+
+def probe(profile: Any) -> Probe:
+    """Whether Core ML prediction can run here (never raises)."""
+    ok, why = available()
+    return Probe(ok, why)

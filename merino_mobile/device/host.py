@@ -27,7 +27,6 @@ from datetime import date
 from pathlib import Path
 
 from merino_mobile.device.base import (
-    RUNTIME_SUFFIX,
     RUNTIMES,
     BenchRequest,
     BenchResult,
@@ -41,6 +40,7 @@ from merino_mobile.device.base import (
 )
 from merino_mobile.device.profiles import DeviceProfile
 from merino_mobile.errors import UserError
+from merino_mobile.formats import for_artifact
 
 RUNTIME_PACKAGE = {"executorch": "executorch", "onnxruntime": "onnxruntime"}
 # Importing torch and a runtime takes seconds, more on a loaded machine; only a worker that has
@@ -148,12 +148,13 @@ class HostDevice:
     def prepare(self, artifact: Path) -> Handle:
         """A .pte, an .onnx, or a folder of .onnx files (one method each, named by file stem)."""
         artifact = Path(artifact)
-        runtime = next((r for r, s in RUNTIME_SUFFIX.items() if artifact.suffix == s), None)
         if artifact.is_dir() and any(artifact.glob("*.onnx")):
-            runtime = "onnxruntime"
-        if runtime is None:
-            raise UserError(f"{artifact}: unknown artifact type; expected .pte, .onnx or a "
-                            f"folder of .onnx files")
+            runtime = "onnxruntime"  # a profile's program: one .onnx file per method
+        else:
+            runtime = for_artifact(artifact).runtime
+        if runtime not in RUNTIMES:
+            raise UserError(f"{artifact}: this host runs {', '.join(RUNTIMES)} artifacts, not "
+                            f"{runtime}")
         if not artifact.exists():
             raise UserError(f"{artifact}: no such file")
         files = sorted(artifact.glob("*.onnx")) if artifact.is_dir() else [artifact]

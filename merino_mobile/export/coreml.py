@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from merino_mobile.errors import UserError
+from merino_mobile.formats import check_pair
 from merino_mobile.model import Decoder
 
-QUANTS = ("fp16", "int8", "int4")
 # the compression op each quantization leaves in the program, and the dtype of its weights
 COMPRESSION = {"int8": ("constexpr_blockwise_shift_scale", "INT8"),
                "int4": ("constexpr_lut_to_dense", "UINT4")}
@@ -140,9 +140,7 @@ def _compress(mlmodel, quant: str):
 
 def export_coreml(model: Decoder, quant: str, path: Path, *, prompt_len: int) -> Path:
     """Write the decoder as a stateful Core ML .mlpackage at `path` (see the module docstring)."""
-    if quant not in QUANTS:
-        raise UserError(f"Core ML export does not support quantization {quant!r}; supported: "
-                        f"{', '.join(QUANTS)}")
+    check_pair("coreml", quant)
     ct = _coremltools()
     model.reset_cache()
     program = _exported(model, prompt_len)

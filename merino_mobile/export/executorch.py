@@ -23,10 +23,9 @@ import torch
 from torch import nn
 
 from merino_mobile.accounting import INT4_GROUP
-from merino_mobile.errors import UserError
+from merino_mobile.formats import check_pair
 from merino_mobile.model import Decoder
 
-QUANTS = ("fp32", "int8", "int4")
 METHOD = "forward"
 
 Method = tuple[nn.Module, tuple, "dict | None"]
@@ -137,9 +136,7 @@ def lower_to_pte(methods: dict[str, Method], quant: str, path: Path) -> Path:
         to_edge_transform_and_lower,
     )
 
-    if quant not in QUANTS:
-        raise UserError(f"ExecuTorch cannot export quantization {quant!r}; supported: "
-                        f"{', '.join(QUANTS)}")
+    check_pair("executorch", quant)
     programs = {}
     with torch.no_grad():
         for name, (module, args, dynamic_shapes) in methods.items():

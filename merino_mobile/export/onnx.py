@@ -33,9 +33,9 @@ from torch import nn
 
 from merino_mobile.accounting import INT4_GROUP
 from merino_mobile.errors import UserError
+from merino_mobile.formats import check_pair
 from merino_mobile.model import Decoder
 
-QUANTS = ("fp32", "int8", "int4")
 PAST, PRESENT = "past.", "present."
 OPSET = 18
 PROTOBUF_LIMIT = 2**31 - 2**24  # an ONNX file is one protobuf message (< 2 GiB), graph included
@@ -110,9 +110,7 @@ def to_onnx(module: nn.Module, example_args: tuple, quant: str, path: Path, *,
     """
     import onnx
 
-    if quant not in QUANTS:
-        raise UserError(f"ONNX export does not support quantization {quant!r}; supported: "
-                        f"{', '.join(QUANTS)}")
+    check_pair("onnx", quant)
     path = Path(path)
     module = module.eval()
     example_args = tuple(example_args)

@@ -3,7 +3,6 @@ and matplotlib plots (predicted vs measured latency, tokens/s side by side)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,6 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def plot_prediction(prediction: dict[str, Any], path: Path) -> Path:
@@ -71,7 +63,7 @@ def _ms(x: float | None) -> str:
 
 def deploy_markdown(r: dict[str, Any]) -> str:
     """report.md of a deploy: what ran, where, the numbers, the plots."""
-    from merino_mobile.bench import BenchReport, llama_bench_markdown
+    from merino_mobile.deploy.bench import BenchReport, llama_bench_markdown
 
     b = BenchReport.from_json(r["bench"])
     fp = r["fingerprint"]

@@ -41,6 +41,8 @@ from merino_mobile.device.base import (
     percentile,
 )
 from merino_mobile.errors import UserError
+from merino_mobile.formats import for_artifact
+from merino_mobile.target import Target, resolve_target
 from merino_mobile.units import human_bytes, human_count
 from merino_mobile.workspace import Workspace
 
@@ -50,9 +52,6 @@ DEFAULT_PROMPT = 128
 DEFAULT_GENERATE = 128
 DEFAULT_REPEAT = 5
 DEFAULT_ROUNDS = 3  # interleaved rounds of a side-by-side bench (`compare`)
-RUNTIME_OF_SUFFIX = {".pte": "executorch", ".onnx": "onnxruntime", ".mlpackage": "coreml"}
-FORMAT_OF_RUNTIME = {"executorch": "executorch", "onnxruntime": "onnx", "coreml": "coreml"}
-RUNTIME_OF_FORMAT = {v: k for k, v in FORMAT_OF_RUNTIME.items()}
 TOKEN = 1  # any valid id: the cost of a lookup does not depend on which row it reads
 
 
@@ -158,12 +157,9 @@ def _stats(prompt: int, ttft: list[float], per_token: list[float]) -> dict[str, 
 # -- the artifact --------------------------------------------------------------------------------
 
 def artifact_runtime(artifact: Path) -> str:
-    """The runtime an artifact is for, from its suffix."""
+    """The runtime an artifact is for, from its suffix (the formats table)."""
     artifact = Path(artifact)
-    runtime = RUNTIME_OF_SUFFIX.get(artifact.suffix)
-    if runtime is None:
-        raise UserError(f"{artifact}: unknown artifact type; expected a .pte (ExecuTorch), .onnx "
-                        f"(ONNX Runtime) or .mlpackage (Core ML) from `merino-mobile export`")
+    runtime = for_artifact(artifact).runtime
     if not artifact.exists():
         raise UserError(f"{artifact}: no such file")
     return runtime
@@ -191,27 +187,13 @@ def artifact_size(artifact: Path) -> int:
 
 # -- the device ----------------------------------------------------------------------------------
 
-def open_for(ws: Workspace, device: str, runtime: str) -> Device:
-    """Open a device that can run `runtime`, or explain which runtimes it has."""
-    from merino_mobile.device import open_device
-    from merino_mobile.device.profiles import load_profile
-
-    prof = load_profile(ws, device)
-    if runtime == "coreml":
-        from merino_mobile.device.coreml import CoreMLDevice, available
-
-        ok, why = available()
-        if not ok:
-            raise UserError(f"cannot run a Core ML artifact on {device!r}: {why}")
-        return CoreMLDevice(prof)
-    dev = open_device(prof)
-    have = dev.runtimes()
-    if runtime not in have:
-        dev.cleanup()
-        raise UserError(f"device {device!r} cannot run {runtime} artifacts: it has "
-                        f"{', '.join(have) or 'no runtime'} (see {prof.path}); export for one of "
-                        f"those with --format {' or '.join(FORMAT_OF_RUNTIME[r] for r in have)}")
-    return dev
+def target_for(ws: Workspace, device: str | Target, artifact: Path) -> Target:
+    """The target that runs `artifact`: `device` (a name, resolved here, or a Target) with the
+    artifact's format."""
+    fmt = for_artifact(artifact)
+    if isinstance(device, Target):
+        return device.using(fmt, device.quant)
+    return resolve_target(ws, device, fmt.name)
 
 
 def explain_failure(result: MethodResult, device: str, what: str) -> UserError:
@@ -242,9 +224,9 @@ def bench_request(dev: Device, runtime: str, spec: MethodSpec, repeat: int) -> B
                         timeout_s=m.timeout_s)
 
 
-def bench_artifact(ws: Workspace, artifact: Path, device: str, *, prompt: int = DEFAULT_PROMPT,
-                   generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT,
-                   dev: Device | None = None) -> BenchReport:
+def bench_artifact(ws: Workspace, artifact: Path, device: str | Target, *,
+                   prompt: int = DEFAULT_PROMPT, generate: int = DEFAULT_GENERATE,
+                   repeat: int = DEFAULT_REPEAT, dev: Device | None = None) -> BenchReport:
     """Measure an exported decoder on a device (opened here unless `dev` is given)."""
     import time
 
@@ -260,8 +242,10 @@ def bench_artifact(ws: Workspace, artifact: Path, device: str, *, prompt: int = 
         raise UserError(f"{artifact} has a KV cache of {cache_len} positions; --prompt {prompt} + "
                         f"--generate {generate} does not fit: shorten them or export with "
                         f"--cache-len {prompt + generate}")
+    target = target_for(ws, device, artifact)
+    device = target.name
     own = dev is None
-    dev = dev or open_for(ws, device, runtime)
+    dev = dev or target.open()
     t0 = time.perf_counter()
     try:
         if runtime not in dev.runtimes():
@@ -312,7 +296,7 @@ def round_order(n: int, r: int) -> list[int]:
     return list(range(n)) if r % 2 == 0 else list(reversed(range(n)))
 
 
-def bench_side_by_side(ws: Workspace, artifacts: list[Path], device: str, *,
+def bench_side_by_side(ws: Workspace, artifacts: list[Path], device: str | Target, *,
                        prompt: int = DEFAULT_PROMPT, generate: int = DEFAULT_GENERATE,
                        repeat: int = DEFAULT_REPEAT, rounds: int = DEFAULT_ROUNDS,
                        on_round: Any = None) -> list[BenchReport]:
@@ -332,14 +316,15 @@ def bench_side_by_side(ws: Workspace, artifacts: list[Path], device: str, *,
     if len(runtimes) != 1:
         raise UserError(f"artifacts benched side by side must share one runtime, got "
                         f"{sorted(runtimes)}")
-    dev = open_for(ws, device, runtimes.pop())
+    target = target_for(ws, device, Path(artifacts[0]))
+    dev = target.open()
     parts: dict[int, list[BenchReport]] = {i: [] for i in range(len(artifacts))}
     try:
         for r in range(rounds):
             if on_round:
                 on_round(r, rounds)
             for i in round_order(len(artifacts), r):
-                parts[i].append(bench_artifact(ws, Path(artifacts[i]), device, prompt=prompt,
+                parts[i].append(bench_artifact(ws, Path(artifacts[i]), target, prompt=prompt,
                                                generate=generate, repeat=repeat, dev=dev))
     finally:
         dev.cleanup()

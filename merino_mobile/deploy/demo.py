@@ -1,0 +1,143 @@
+"""The demo: the whole loop on this host, profile (or reuse the table), design, then compare the
+design with a reference card side by side (`--reduced`: a tiny space, deployed alone)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from merino_mobile import accounting
+from merino_mobile.card import Block, Card, load_card
+from merino_mobile.deploy.bench import DEFAULT_GENERATE, DEFAULT_PROMPT, DEFAULT_REPEAT
+from merino_mobile.deploy.compare import compare
+from merino_mobile.deploy.deploy import deploy, deploy_dir, export_for_deploy
+from merino_mobile.design import design_card
+from merino_mobile.entropy import EntropySettings
+from merino_mobile.errors import UserError
+from merino_mobile.files import atomic_write_text
+from merino_mobile.latency import predict_latency as predict_ms
+from merino_mobile.latency.grid import make_grid
+from merino_mobile.latency.profile import run_profile
+from merino_mobile.latency.table import load_lut
+from merino_mobile.parallel import Job
+from merino_mobile.space import load_space
+from merino_mobile.workspace import Workspace
+
+SCHEMA_VERSION = 1
+TINY_SPACE = """# A tiny search space for `merino-mobile demo --reduced` (tests, CI).
+schema_version = 1
+name = "demo-tiny"
+vocab = 256
+context = 64
+head_dim = 16
+positions = "learned"
+tied_head = true
+embed_width = 0
+max_blocks = 2
+widths = [32]
+ffn_ratios = [1.0, 2.0]
+depth = [0, 3]
+sharing = true
+order = "non-decreasing"
+"""
+DEMO_COMPARE = "opt-350m"
+DEMO_SPEEDUP = 4.0  # the design's budget: the comparison card's predicted latency / this
+
+
+def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPARE,
+         say: Any = None, workers: int | None = None, progress: Any = None
+         ) -> dict[str, Any]:
+    """The whole loop on this host: profile (or reuse the table), design, then `compare` the
+    design with the comparison card (export, bench side by side, reports); `reduced` deploys its
+    tiny design alone.
+
+    Budget: the design's decode latency budget is the predicted latency of the comparison card
+    over DEMO_SPEEDUP (the paper's MeRino-64M is 4.9x faster than OPT-350M); `reduced` has no
+    comparison card and uses 1.5x the predicted latency of the smallest design of its tiny space.
+    The comparison card is exported while the profile's programs are (`workers` processes side
+    by side), so the export of a 331M-parameter model hides behind the profile's.
+    """
+    say = say or (lambda msg: None)
+    t0 = time.perf_counter()
+    steps: dict[str, float] = {}
+    device, runtime, quant = "host", "executorch", "int8"
+    if reduced:
+        space_path = ws.search / "demo-tiny.toml"
+        if not space_path.exists():
+            atomic_write_text(space_path, TINY_SPACE)
+        prompt, generate, repeat = 16, 16, 3
+        grid = make_grid(space_path, "quick", [32], [16])
+    else:
+        space_path = ws.find("search", "default", ".toml")
+        prompt, generate, repeat = DEFAULT_PROMPT, DEFAULT_GENERATE, DEFAULT_REPEAT
+        # one decode context, the one the deploy runs at: fewer points, no interpolation in context
+        grid = make_grid(space_path, "quick", [prompt + generate], [prompt])
+    context = prompt + generate
+    space = load_space(space_path)
+    if reduced:
+        smallest = Card(name="smallest", vocab=space.vocab, context=space.context,
+                        head_dim=space.head_dim, blocks=(accounting_block(space),))
+        reference, factor = smallest, 1.5
+    else:
+        reference = load_card(ws.find("models", compare_card, ".json"))
+        factor = 1 / DEMO_SPEEDUP
+    try:
+        lut = load_lut(ws, device, runtime, quant)
+        say(f"reusing the latency table {lut.source}")
+    except UserError:
+        extra = [] if reduced else [Job(
+            f"{reference.name} (whole model)", export_for_deploy,
+            (reference, deploy_dir(ws, reference.name, device, "executorch", quant) / "artifact",
+             "executorch", quant, context), cost=8.0 * reference.depth)]
+        say(f"profiling {device} ({runtime}, {quant}): {len(grid.points())} micro-benchmarks"
+            + (f"; {reference.name} is exported beside them" if extra else ""))
+        run_profile(ws, device, runtime, quant, grid, progress=progress, workers=workers,
+                    extra_jobs=extra)
+        lut = load_lut(ws, device, runtime, quant)
+    steps["profile_s"] = round(time.perf_counter() - t0, 1)
+
+    # a budget for the solver: in the solver's own latency model (streaming terms), else a tiny
+    # reference predicted hot gives a budget below the smallest design the solver can see
+    budget = factor * predict_ms(reference, lut, context, "decode", cache_aware=False)
+    say(f"designing for {budget:.3g} ms per token ({factor:g}x the predicted latency of "
+        f"{reference.name} at context {context})")
+    t1 = time.perf_counter()
+    name = "merino-demo-tiny" if reduced else "merino-demo"
+    # the tiny space's 32-wide layers are all "too deep" for the default rho_0 (one layer is
+    # already 1/32): it exercises the pipeline, not the design rule, so its bound is loose
+    settings = EntropySettings(rho=0.2) if reduced else EntropySettings()
+    d, card, card_path = design_card(
+        ws, space, {"latency_ms": budget}, settings, context, quant, lut, "exact", {},
+        name=name, force=True, lut_info={"device": device, "runtime": runtime, "quant": quant})
+    steps["design_s"] = round(time.perf_counter() - t1, 1)
+    say(f"designed {card.name}: {accounting.params(card):,} parameters, predicted "
+        f"{d.metrics.latency_ms:.3g} ms ({card_path})")
+    t1 = time.perf_counter()
+    cmp = None
+    if reduced:
+        say(f"deploying {card.name} ({runtime}, {quant}) and benchmarking it")
+        rep = deploy(ws, card, device, "executorch", quant, prompt=prompt, generate=generate,
+                     repeat=repeat, force=True, command="merino-mobile demo")
+        steps["deploy_s"] = round(time.perf_counter() - t1, 1)
+    else:
+        say(f"comparing {card.name} with {reference.name}, benched side by side")
+        cmp = compare(ws, [card, reference], device, "executorch", quant,
+                      baseline=reference.name, prompt=prompt, generate=generate, repeat=repeat,
+                      force=True, command="merino-mobile demo", say=say)
+        rep = cmp.pop("reports")[card.name]
+        steps["compare_s"] = round(time.perf_counter() - t1, 1)
+    steps["total_s"] = round(time.perf_counter() - t0, 1)
+    return {"schema_version": SCHEMA_VERSION, "kind": "merino-mobile-demo", "reduced": reduced,
+            "device": device, "runtime": runtime, "quant": quant, "lut": lut.source,
+            "budget_ms": budget, "budget_rule": f"{factor:g}x predicted decode latency of "
+            f"{reference.name} at context {context}", "card": str(card_path),
+            "params": accounting.params(card), "predicted_ms": d.metrics.latency_ms,
+            "report": str(Path(rep["out_dir"]) / "report.md"), "deploy": rep,
+            "compare": cmp, "steps": steps}
+
+
+def accounting_block(space: Any) -> Block:
+    """The smallest block a space allows: its narrowest width and smallest FFN ratio, 1 layer."""
+    w, r = min(space.widths), min(space.ffn_ratios)
+    return Block(width=w, ffn_ratio=r, heads=w // space.head_dim, depth=1)

@@ -1,0 +1,117 @@
+"""Measured against predicted: a deploy's prediction from the device's latency table, and the
+memory roofline of its decode step.
+
+- Card vs latency table: a card whose vocabulary differs from the one the table's head was
+  measured at is an error (the head dominates small models). A decode context or prompt outside
+  the measured range is a warning: the prediction is extrapolated and flagged. The model attends
+  its whole static cache, so the predicted decode latency is the table's at context = prompt +
+  generate, and the predicted prefill is the table's at the prompt length.
+- Memory roofline: weight bytes read per token (accounting.weight_bytes) over the device's
+  measured copy bandwidth (bandwidth.json under devices/<name>/, measured once).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from merino_mobile import accounting
+from merino_mobile.card import Card
+from merino_mobile.deploy.bench import BenchReport
+from merino_mobile.device.base import Fingerprint
+from merino_mobile.errors import UserError
+from merino_mobile.files import utc_now, write_json
+from merino_mobile.latency import predict_latency
+from merino_mobile.target import Target
+
+SCHEMA_VERSION = 1
+FLAG_PCT = 10.0  # a prediction further off than this is flagged in the report
+
+
+def predict(target: Target, card: Card, bench: BenchReport,
+            fingerprint: Fingerprint) -> tuple[dict[str, Any], list[str]]:
+    """Predicted vs measured decode and prefill (or the reason there is no prediction), and
+    warnings, from the target's table.
+
+    Raises UserError when the card and the table disagree on the vocabulary.
+    """
+    device, runtime, quant = target.name, target.runtime, target.quant
+    try:
+        lut = target.table()
+    except UserError as e:
+        return {"reason": str(e)}, []
+    warnings: list[str] = []
+    mism = lut.fingerprint.mismatch(fingerprint)
+    if mism:
+        why = (f"{lut.source} was measured on another setup ({'; '.join(mism)}); re-profile "
+               f"`merino-mobile profile --device {device} --runtime {runtime} --quant {quant}`")
+        return {"reason": why}, [why]
+    heads = {p.vocab for p, _ in lut.entries.get("head", {}).get("decode", [])}
+    if heads and card.vocab not in heads:
+        raise UserError(f"card {card.name!r} has vocab {card.vocab} but {lut.source} measured the "
+                        f"head at vocab {sorted(heads)}: they come from different search spaces; "
+                        f"profile with a space of vocab {card.vocab} (--space) or deploy with "
+                        f"--no-predict")
+    context = bench.prompt + bench.generate
+    out: dict[str, Any] = {"lut": lut.source, "lut_fingerprint": lut.fingerprint.describe()}
+    for phase, length, measured in (("decode", context, bench.decode_ms_per_token.median),
+                                    ("prefill", bench.prompt, bench.ttft_ms.median)):
+        lengths = {p.context for p, _ in lut.entries.get("layer", {}).get(phase, [])}
+        if lengths and not min(lengths) <= length <= max(lengths):
+            warnings.append(f"{phase} length {length} is outside the measured {phase} lengths "
+                            f"{sorted(lengths)} of {lut.source}: the prediction is extrapolated")
+        pred = predict_latency(card, lut, length, phase)
+        err = 100 * (pred - measured) / measured
+        out[phase] = {"length": length, "predicted_ms": pred, "measured_ms": measured,
+                      "error_pct": err, "flagged": abs(err) > FLAG_PCT}
+    for phase in ("decode", "prefill"):
+        if out[phase]["flagged"]:
+            warnings.append(f"predicted {phase} latency is off by {out[phase]['error_pct']:+.1f}% "
+                            f"(more than {FLAG_PCT:g}%)")
+    return out, warnings
+
+
+# -- memory bandwidth and roofline ---------------------------------------------------------------
+
+def host_copy_bandwidth(mbytes: int = 64, repeats: int = 7) -> float:
+    """Bytes/s of a large numpy copy on this host (read + write counted), best of `repeats`."""
+    import numpy as np
+
+    a = np.ones(mbytes * (1 << 20) // 8)
+    b = np.empty_like(a)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.nbytes / best
+
+
+def device_bandwidth(target: Target) -> dict[str, Any] | None:
+    """The device's measured memory bandwidth, measured once and kept in devices/<name>/."""
+    path = target.ws.devices / target.name / "bandwidth.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if target.profile.transport != "local":
+        return None  # a phone needs the copy test run on it: not available yet
+    data = {"schema_version": SCHEMA_VERSION, "device": target.name,
+            "method": "numpy copy of 64 MiB, read + write bytes, best of 7",
+            "bytes_per_s": host_copy_bandwidth(), "date": utc_now()}
+    write_json(path, data)
+    return data
+
+
+def roofline(target: Target, card: Card, bench: BenchReport) -> dict[str, Any]:
+    """The decode step's floor: weight bytes read per token over the device's bandwidth, and
+    the share of the measured step it explains."""
+    bw = device_bandwidth(target)
+    if bw is None:
+        return {"share": None, "reason": f"no measured bandwidth for {target.name}"}
+    wb = accounting.weight_bytes(card, target.quant)
+    floor_ms = 1000 * wb / bw["bytes_per_s"]
+    return {"weight_bytes": wb, "bandwidth_gbs": bw["bytes_per_s"] / 1e9, "floor_ms": floor_ms,
+            "share": floor_ms / bench.decode_ms_per_token.median}
+
+
