@@ -512,24 +512,13 @@ def train_cmd(
         TimeRemainingColumn,
     )
 
-    from merino_mobile.corpus import load_split, train_bpe
-    from merino_mobile.tokenizer import Tokenizer
+    from merino_mobile.corpus import load_split, tokenizer_for
     from merino_mobile.train import TrainConfig, train
 
     ws = Workspace.resolve(workspace)
     c, _ = resolve_card(ws, card)
     run_dir = out or ws.root / "build" / c.name / "train"
-    if tokenizer == "bpe":
-        # trained once per run folder, so a resumed run keeps the ids its checkpoint learned
-        bpe = run_dir / "tokenizer.json"
-        tok = Tokenizer(bpe) if bpe.exists() else train_bpe(corpus, c.vocab, bpe)
-    else:
-        tok = Tokenizer(None if tokenizer == "bytes" else tokenizer)
-    if tok.vocab != c.vocab and not (tokenizer == "bpe" and tok.vocab < c.vocab):
-        raise UserError(f"card {c.name!r} has a vocabulary of {c.vocab} but the "
-                        f"{'byte tokenizer' if tok.path is None else tok.path} has {tok.vocab} "
-                        "ids; use --tokenizer bpe (trains one of the card's size), a "
-                        "tokenizer.json of exactly that size, or a card with vocab 256 for bytes")
+    tok = tokenizer_for(c.name, c.vocab, tokenizer, corpus, run_dir)
     config = TrainConfig(tokens=tokens, seq=seq, batch=batch, lr=lr,
                          checkpoint_every=checkpoint_every, seed=seed)
     config.check()

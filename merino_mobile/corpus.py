@@ -167,3 +167,23 @@ def train_bpe(source: str | Path, vocab: int, path: Path) -> Tokenizer:
     path.parent.mkdir(parents=True, exist_ok=True)
     hf.save(str(path))
     return Tokenizer(path)
+
+
+def tokenizer_for(card_name: str, vocab: int, choice: str, corpus: str | Path,
+                  run_dir: Path) -> Tokenizer:
+    """The tokenizer `train --tokenizer` names: "bytes" (vocab 256), "bpe" (a byte-level BPE of
+    the card's vocabulary trained on the corpus, kept in the run folder so a resumed run keeps
+    the ids its checkpoint learned) or the path of a local tokenizer.json. Refuses one whose
+    vocabulary does not fit the card's."""
+    if choice == "bpe":
+        bpe = run_dir / "tokenizer.json"
+        tok = Tokenizer(bpe) if bpe.exists() else train_bpe(corpus, vocab, bpe)
+    else:
+        tok = Tokenizer(None if choice == "bytes" else choice)
+    # a BPE may stop short of the card's size on a small corpus: its ids still fit
+    if tok.vocab != vocab and not (choice == "bpe" and tok.vocab < vocab):
+        raise UserError(f"card {card_name!r} has a vocabulary of {vocab} but the "
+                        f"{'byte tokenizer' if tok.path is None else tok.path} has {tok.vocab} "
+                        "ids; use --tokenizer bpe (trains one of the card's size), a "
+                        "tokenizer.json of exactly that size, or a card with vocab 256 for bytes")
+    return tok
