@@ -18,20 +18,41 @@ JSON form (`models/*.json`), versioned by `schema_version`:
      "final_norm": true, "bias": true,
      "blocks": [{"width": 768, "ffn_ratio": 4.0, "heads": 12, "depth": 12, "shared": false}],
      "meta": {...free-form provenance...}}
+
+Reading is strict (`load_card`, `Card.from_json`): integers are JSON integers (`64`; `64.0` and
+`"64"` are refused, not converted), `ffn_ratio` a finite number (`4` or `4.0`; no NaN or
+Infinity), flags `true`/`false` (not 0/1 or strings), `embed_width` an integer or null, `meta` an
+object of any JSON but non-finite numbers; unknown keys, in the card or in a block, are refused
+with the known ones. Sizes are bounded so that nothing downstream (accounting walks every layer,
+the model allocates every table) can run away: vocab <= MAX_VOCAB (2,097,152), context <=
+MAX_CONTEXT (1,048,576), widths and head_dim <= MAX_WIDTH (65,536), ffn_ratio <= MAX_FFN_RATIO
+(64), depth <= MAX_DEPTH (1024) per block and in total. A card breaking one of these is a UserError
+naming the file, the field and the fix.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from merino_mobile.errors import UserError
+from merino_mobile.files import atomic_write_text
+from merino_mobile.workspace import Fields, parse_json, read_text
 
 SCHEMA_VERSION = 1
 POSITIONS = ("learned", "rope")
+
+# Far beyond any decoder a phone runs (Gemma 3's vocabulary is 262,144, the widest open models are
+# 16,384 wide and 126 layers deep), and small enough that per-layer loops and tables stay cheap.
+MAX_VOCAB = 1 << 21
+MAX_CONTEXT = 1 << 20
+MAX_WIDTH = 1 << 16
+MAX_FFN_RATIO = 64.0
+MAX_DEPTH = 1024
 
 
 @dataclass(frozen=True)
@@ -70,8 +91,9 @@ class Card:
         object.__setattr__(self, "blocks", tuple(self.blocks))
         problems = self.problems()
         if problems:
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
             raise UserError(f"card {self.name!r} is not a valid architecture: "
-                            + "; ".join(problems))
+                            + "; ".join(problems[:5]) + more)
 
     # -- derived shape -------------------------------------------------------------------------
 
@@ -89,34 +111,41 @@ class Card:
 
     def problems(self) -> list[str]:
         """Every reason this card cannot be a decoder (empty when it is fine)."""
-        out = []
-        if self.vocab < 1:
-            out.append(f"vocab must be positive, got {self.vocab}")
-        if self.context < 1:
-            out.append(f"context must be positive, got {self.context}")
-        if self.head_dim < 1:
-            out.append(f"head_dim must be positive, got {self.head_dim}")
+        out = [p for p in (
+            out_of_range("vocab", self.vocab, 1, MAX_VOCAB),
+            out_of_range("context", self.context, 1, MAX_CONTEXT),
+            out_of_range("head_dim", self.head_dim, 1, MAX_WIDTH),
+            out_of_range("pos_offset", self.pos_offset, 0, MAX_CONTEXT),
+            None if self.embed_width is None else
+            out_of_range("embed_width", self.embed_width, 1, MAX_WIDTH),
+        ) if p]
         if self.positions not in POSITIONS:
             out.append(f"positions must be one of {POSITIONS}, got {self.positions!r}")
-        if self.embed_width is not None and self.embed_width < 1:
-            out.append(f"embed_width must be positive, got {self.embed_width}")
         if not self.blocks:
             out.append("it has no blocks; give at least one block with depth >= 1")
         for i, b in enumerate(self.blocks):
             where = f"block {i}"
             if b.depth < 1:
                 out.append(f"{where} has depth {b.depth}; every block needs at least one layer")
-            if b.width < 1 or self.head_dim < 1 or b.width % self.head_dim:
+            elif b.depth > MAX_DEPTH:
+                out.append(f"{where} has depth {b.depth}; the most is {MAX_DEPTH} layers")
+            if not 1 <= b.width <= MAX_WIDTH:
+                out.append(f"{where} width {b.width} is outside 1..{MAX_WIDTH}")
+            elif self.head_dim < 1 or b.width % self.head_dim:
                 out.append(f"{where} width {b.width} is not a multiple of head_dim {self.head_dim}")
             elif b.heads != b.width // self.head_dim:
                 out.append(
                     f"{where} has {b.heads} heads but width {b.width} / head_dim "
                     f"{self.head_dim} = {b.width // self.head_dim}"
                 )
-            if b.ffn_ratio <= 0 or not math.isclose(b.width * b.ffn_ratio, b.ffn_hidden):
+            if not (math.isfinite(b.ffn_ratio) and 0 < b.ffn_ratio <= MAX_FFN_RATIO):
+                out.append(f"{where} ffn_ratio {b.ffn_ratio} is outside (0, {MAX_FFN_RATIO:g}]")
+            elif not math.isclose(b.width * b.ffn_ratio, b.ffn_hidden):
                 out.append(
                     f"{where} ffn_ratio {b.ffn_ratio} x width {b.width} is not a whole number"
                 )
+        if all(b.depth <= MAX_DEPTH for b in self.blocks) and self.depth > MAX_DEPTH:
+            out.append(f"it has {self.depth} layers in all; the most is {MAX_DEPTH}")
         return out
 
     # -- JSON ------------------------------------------------------------------------------------
@@ -127,64 +156,59 @@ class Card:
         return {"schema_version": SCHEMA_VERSION, **d}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: str = "<card>") -> Card:
-        if not isinstance(data, dict):
-            raise UserError(f"{source}: a card must be a JSON object")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+    def from_json(cls, data: Any, source: str = "<card>") -> Card:
+        """A card from parsed JSON, read strictly (see the module docstring); every problem is a
+        UserError naming `source` and the field."""
+        f = Fields(data, source)
+        version = f.get("schema_version", int, expect=f"the integer {SCHEMA_VERSION}")
+        reader = _READERS.get(version)
+        if reader is None:
             raise UserError(
                 f"{source}: schema_version {version!r} is not supported (this version of "
-                f"merino-mobile reads schema_version {SCHEMA_VERSION})"
+                f"merino-mobile reads schema_version {', '.join(map(str, _READERS))})"
             )
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known - {"schema_version"}
-        if unknown:
-            raise UserError(f"{source}: unknown card fields {sorted(unknown)}; "
-                            f"known: {sorted(known)}")
         try:
-            blocks = tuple(_block_from_json(b, source, i) for i, b in enumerate(data["blocks"]))
-            fields = {k: v for k, v in data.items() if k in known and k != "blocks"}
-            card = cls(blocks=blocks, **fields)
-        except KeyError as e:
-            raise UserError(f"{source}: card is missing field {e.args[0]!r}") from None
-        except TypeError as e:
-            raise UserError(f"{source}: {e}") from None
+            return reader(f)
         except UserError as e:
+            if str(e).startswith(f"{source}: "):
+                raise
             raise UserError(f"{source}: {e}") from None
-        return card
 
     def with_name(self, name: str) -> Card:
         return replace(self, name=name)
 
 
-def _block_from_json(b: Any, source: str, i: int) -> Block:
-    if not isinstance(b, dict):
-        raise UserError(f"{source}: block {i} must be an object")
-    try:
-        return Block(
-            width=int(b["width"]),
-            ffn_ratio=float(b["ffn_ratio"]),
-            heads=int(b["heads"]),
-            depth=int(b["depth"]),
-            shared=bool(b.get("shared", False)),
-        )
-    except KeyError as e:
-        raise UserError(f"{source}: block {i} is missing field {e.args[0]!r}") from None
+def _block_v1(f: Fields) -> Block:
+    f.only(b.name for b in fields(Block))
+    return Block(**f.fill(Block))
+
+
+def _card_v1(f: Fields) -> Card:
+    f.only({c.name for c in fields(Card)} | {"schema_version"})
+    blocks = tuple(_block_v1(b) for b in f.tables("blocks"))
+    meta = f.free("meta", {})
+    if not isinstance(meta, dict):
+        f.fail("meta", f"must be an object {{...}} (free-form provenance), got {f.show(meta)}")
+    return Card(**f.fill(Card, {"blocks": blocks, "meta": meta},
+                         limits={"positions": {"choices": POSITIONS}}))
+
+
+# One reader per schema version; a new version adds its reader here (and may reuse these).
+_READERS: dict[int, Callable[[Fields], Card]] = {1: _card_v1}
+
+
+def out_of_range(name: str, value: int, lo: int, hi: int) -> str | None:
+    """The problem of an integer setting outside [lo, hi], or None (cards and spaces)."""
+    if lo <= value <= hi:
+        return None
+    return f"{name} must be from {lo} to {hi}, got {value}"
 
 
 def load_card(path: str | Path) -> Card:
-    """Read a card from a JSON file, with errors that name the file and the problem."""
+    """Read a card from a JSON file, with errors that name the file, the field and the fix."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"no card at {path}; `merino-mobile info` lists shipped cards") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    return Card.from_json(data, source=str(path))
+    text = read_text(path, "card", "`merino-mobile info` lists shipped cards")
+    return Card.from_json(parse_json(text, path), source=str(path))
 
 
 def save_card(card: Card, path: str | Path, force: bool = False) -> Path:
@@ -192,11 +216,7 @@ def save_card(card: Card, path: str | Path, force: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not force:
         raise UserError(f"{path} exists; choose another --out or pass --force to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(card.to_json(), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(card.to_json(), indent=2) + "\n")
 
 
 def uniform(name: str, vocab: int, context: int, width: int, depth: int, ffn_ratio: float = 4.0,

@@ -6,27 +6,44 @@ allowed and the depth is at least 2, whether its layers share weights. A depth r
 means "fewer blocks are allowed": empty blocks are always the trailing ones, so every architecture
 has exactly one representation. With order = "non-decreasing", widths never shrink from block to
 block.
+
+The TOML is read as strictly as a card (`merino_mobile.card`): whole numbers are TOML integers
+(`64`, not `64.0` or `"64"`), ratios finite numbers, flags `true`/`false`, `depth` a list of two
+integers, and unknown keys are refused with the known ones. Every architecture of a space must be
+a valid card, so its sizes obey the card's limits (vocab, context, widths, ffn ratios), and
+max_blocks x max_depth <= MAX_DEPTH (1024) layers; widths and ffn_ratios list at most
+MAX_CHOICES (64) values each and max_blocks is at most MAX_BLOCKS (64), which keeps the design
+problem a size the solvers finish.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from merino_mobile.card import Block, Card
+from merino_mobile.card import (
+    MAX_CONTEXT,
+    MAX_DEPTH,
+    MAX_FFN_RATIO,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    POSITIONS,
+    Block,
+    Card,
+    out_of_range,
+)
 from merino_mobile.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from merino_mobile.workspace import Fields, parse_toml, read_text
 
 SCHEMA_VERSION = 1
 ORDERS = ("non-decreasing", "any")
+MAX_CHOICES = 64  # values in widths, and in ffn_ratios
+MAX_BLOCKS = 64
+KEYS = ("schema_version", "name", "vocab", "context", "head_dim", "positions", "tied_head",
+        "embed_width", "max_blocks", "widths", "ffn_ratios", "depth", "sharing", "order")
 
 
 @dataclass(frozen=True)
@@ -58,25 +75,43 @@ class Space:
     source: str = "<space>"
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [p for p in (
+            out_of_range("vocab", self.vocab, 1, MAX_VOCAB),
+            out_of_range("context", self.context, 1, MAX_CONTEXT),
+            out_of_range("head_dim", self.head_dim, 1, MAX_WIDTH),
+            out_of_range("max_blocks", self.max_blocks, 1, MAX_BLOCKS),
+            None if self.embed_width is None else
+            out_of_range("embed_width", self.embed_width, 1, MAX_WIDTH),
+        ) if p]
         if not self.widths:
             problems.append("widths is empty")
-        bad = [w for w in self.widths if w <= 0 or w % self.head_dim]
+        if len(self.widths) > MAX_CHOICES or len(self.ffn_ratios) > MAX_CHOICES:
+            problems.append(f"widths and ffn_ratios list at most {MAX_CHOICES} values each")
+        bad = [w for w in self.widths
+               if not 0 < w <= MAX_WIDTH or self.head_dim < 1 or w % self.head_dim]
         if bad:
-            problems.append(f"widths {bad} are not positive multiples of head_dim {self.head_dim}")
-        if not self.ffn_ratios or any(r <= 0 for r in self.ffn_ratios):
-            problems.append("ffn_ratios must be a non-empty list of positive numbers")
-        for w in self.widths:
-            for r in self.ffn_ratios:
-                if not math.isclose(w * r, round(w * r)):
-                    problems.append(f"ffn_ratio {r} x width {w} is not a whole number")
-        if self.max_blocks < 1:
-            problems.append("max_blocks must be at least 1")
+            problems.append(f"widths {bad[:8]} are not multiples of head_dim {self.head_dim} "
+                            f"from {self.head_dim} to {MAX_WIDTH}")
+        if not self.ffn_ratios or any(not (math.isfinite(r) and 0 < r <= MAX_FFN_RATIO)
+                                      for r in self.ffn_ratios):
+            problems.append(f"ffn_ratios must be a non-empty list of numbers above 0 and at "
+                            f"most {MAX_FFN_RATIO:g}")
+        elif not bad:
+            for w in self.widths:
+                for r in self.ffn_ratios:
+                    if not math.isclose(w * r, round(w * r)):
+                        problems.append(f"ffn_ratio {r} x width {w} is not a whole number")
         if not 0 <= self.min_depth <= self.max_depth or self.max_depth < 1:
             problems.append(
                 f"depth range [{self.min_depth}, {self.max_depth}] is empty or negative")
+        elif 1 <= self.max_blocks <= MAX_BLOCKS and self.max_blocks * self.max_depth > MAX_DEPTH:
+            problems.append(f"max_blocks {self.max_blocks} x max depth {self.max_depth} is over "
+                            f"{MAX_DEPTH} layers (the most a card has): lower either")
         if self.order not in ORDERS:
             problems.append(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.positions not in POSITIONS:
+            problems.append(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        problems = problems[:5] + ([f"and {len(problems) - 5} more"] if len(problems) > 5 else [])
         if problems:
             raise UserError(f"{self.source}: invalid search space: " + "; ".join(problems))
         object.__setattr__(self, "widths", tuple(sorted(set(self.widths))))
@@ -144,39 +179,22 @@ class Space:
 
 
 def load_space(path: str | Path) -> Space:
-    """Read a search space TOML file; errors name the file and the problem."""
+    """Read a search space TOML file strictly (see the module docstring); errors name the file,
+    the key and the fix."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"no search space at {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML ({e})") from None
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(f"{path}: schema_version must be {SCHEMA_VERSION}, "
-                        f"got {data.get('schema_version')!r}")
-    try:
-        depth = data["depth"]
-        if not (isinstance(depth, list) and len(depth) == 2):
-            raise UserError(f"{path}: depth must be [min, max], got {depth!r}")
-        return Space(
-            name=str(data.get("name", path.stem)),
-            vocab=int(data["vocab"]),
-            context=int(data["context"]),
-            head_dim=int(data["head_dim"]),
-            widths=tuple(int(w) for w in data["widths"]),
-            ffn_ratios=tuple(float(r) for r in data["ffn_ratios"]),
-            max_blocks=int(data["max_blocks"]),
-            min_depth=int(depth[0]),
-            max_depth=int(depth[1]),
-            sharing=bool(data.get("sharing", True)),
-            order=str(data.get("order", "non-decreasing")),
-            positions=str(data.get("positions", "learned")),
-            tied_head=bool(data.get("tied_head", True)),
-            embed_width=int(data.get("embed_width", 0)) or None,
-            source=str(path),
-        )
-    except KeyError as e:
-        raise UserError(f"{path}: missing key {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{path}: {e}") from None
+    f = Fields(parse_toml(read_text(path, "search space"), path), str(path), fmt="TOML")
+    version = f.get("schema_version", int, expect=f"the integer {SCHEMA_VERSION}")
+    if version != SCHEMA_VERSION:
+        f.fail("schema_version", f"must be {SCHEMA_VERSION}, got {version}")
+    f.only(KEYS)
+    min_depth, max_depth = f.get_list("depth", int, length=2)
+    given = {
+        "name": f.get("name", str, path.stem),
+        "min_depth": min_depth, "max_depth": max_depth,
+        # 0: the embedding has the first block's width
+        "embed_width": f.get("embed_width", int, 0, lo=0, hi=MAX_WIDTH) or None,
+        "source": str(path),
+    }
+    limits = {"widths": {"most": MAX_CHOICES}, "ffn_ratios": {"most": MAX_CHOICES},
+              "order": {"choices": ORDERS}, "positions": {"choices": POSITIONS}}
+    return Space(**f.fill(Space, given, limits))

@@ -123,5 +123,5 @@ def test_json_round_trip_and_refusals(tmp_path):
     data = json.loads(path.read_text())
     del data["blocks"][0]["width"]
     bad.write_text(json.dumps(data))
-    with pytest.raises(UserError, match="block 0 is missing field 'width'"):
+    with pytest.raises(UserError, match=r"blocks\[0\] is missing field 'width'"):
         load_card(bad)

@@ -39,7 +39,13 @@ A profile says how to reach the device and how to run on it (a phone's looks lik
     passes = 1                         # `profile` reads every point this many times, pass after
                                        # pass; the table takes the median
 
-Every table and key except name/transport is optional. Errors name the file and the problem.
+Every table and key except transport is optional (name defaults to the file's stem). Reading is
+strict, as for cards (`merino_mobile.workspace.Fields`): integers are TOML integers, seconds and
+ratios finite numbers within the ranges in `_LIMITS` (no nan or inf: an infinite wait would hang a
+run), flags booleans, strings strings; unknown keys are refused with the known ones, except under
+[adb], whose extra keys go to the backend (`auth_timeout_s`, `onnxruntime_perf_test`,
+`thermal_zones`, `expect_model` are checked here; others only for finite numbers). Errors name
+the file, the key and the fix.
 """
 
 from __future__ import annotations
@@ -50,12 +56,7 @@ from typing import Any
 
 from merino_mobile.device.base import RUNTIMES, BenchRequest, MethodSpec
 from merino_mobile.errors import UserError
-from merino_mobile.workspace import Workspace
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from merino_mobile.workspace import Fields, Workspace, parse_toml, read_text
 
 SCHEMA_VERSION = 1
 TRANSPORTS = ("local", "adb")
@@ -141,72 +142,87 @@ class DeviceProfile:
         }
 
 
-def _table(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be a table")
+# The range of every number in the tables: keyword arguments of `Fields.get`. Wide enough for
+# any real device and setting; what they stop is a typo or an unbounded value (a negative count,
+# a wait of a day) that would break or stall a profiling run.
+_LIMITS: dict[type, dict[str, dict[str, Any]]] = {
+    Cooldown: {"max_temp_c": {"lo": 0, "hi": 150, "above": True},
+               "wait_s": {"lo": 0, "hi": 3600}, "max_wait_s": {"lo": 0, "hi": 86400},
+               "pause_s": {"lo": 0, "hi": 3600}},
+    Sentinel: {"every": {"lo": 1, "hi": 1_000_000},
+               "threshold": {"lo": 0, "hi": 1000, "above": True}},
+    Measure: {"warmup": {"lo": 0, "hi": 100_000}, "min_repeats": {"lo": 1, "hi": 10_000_000},
+              "max_repeats": {"lo": 1, "hi": 10_000_000}, "target_spread": {"lo": 1, "hi": 1000},
+              "max_seconds": {"lo": 0, "hi": 86400, "above": True},
+              "timeout_s": {"lo": 0, "hi": 86400, "above": True},
+              "min_seconds": {"lo": 0, "hi": 86400}, "passes": {"lo": 1, "hi": 1000}},
+}
+# [adb] keys the Android backend reads from `AdbSettings.extra`: (kind, read as a list, limits)
+_ADB_EXTRAS: dict[str, tuple[type, bool, dict[str, Any]]] = {
+    "auth_timeout_s": (float, False, {"lo": 0, "hi": 3600, "above": True}),
+    "onnxruntime_perf_test": (str, False, {}),
+    "thermal_zones": (str, True, {}),
+    "expect_model": (str, True, {}),  # or one string
+}
+TOP_KEYS = ("schema_version", "name", "transport", "description", "runtimes", "threads", "cpus",
+            "adb", "cooldown", "sentinel", "measure", "cache_mb")
+
+
+def _adb_extra(t: Fields, known: set[str]) -> dict[str, Any]:
+    """The [adb] keys that are not AdbSettings fields, for the backend."""
+    extra: dict[str, Any] = {}
+    for key in (k for k in t.data if k not in known):
+        kind, as_list, limits = _ADB_EXTRAS.get(key, (None, False, {}))
+        if kind is None:
+            extra[key] = t.free(key)
+        elif as_list and not (key == "expect_model" and isinstance(t.data[key], str)):
+            extra[key] = list(t.get_list(key, kind, **limits))
+        else:
+            extra[key] = t.get(key, kind, **limits)
+    return extra
+
+
+def _table(cls: type, top: Fields, key: str) -> Any:
+    """The table `key` of a profile as the settings dataclass `cls` (its defaults when absent)."""
+    t = top.table(key, {})
     known = {f.name for f in fields(cls)} - {"extra"}
+    given: dict[str, Any] = {}
     if cls is AdbSettings:
-        extra = {k: v for k, v in data.items() if k not in known}
-        data = {k: v for k, v in data.items() if k in known} | {"extra": extra}
+        given["extra"] = _adb_extra(t, known)
     else:
-        unknown = set(data) - known
-        if unknown:
-            raise UserError(f"{where} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    try:
-        obj = cls(**data)
-    except TypeError as e:
-        raise UserError(f"{where}: {e}") from None
-    for f in fields(cls):
-        v = getattr(obj, f.name)
-        if f.type in ("float", "float | None", "int") and v is not None and (
-                not isinstance(v, int | float) or isinstance(v, bool)):
-            raise UserError(f"{where}.{f.name} must be a number, got {v!r}")
+        t.only(known)
+    obj = cls(**t.fill(cls, given, _LIMITS.get(cls)))
+    if cls is Measure and obj.max_repeats < obj.min_repeats:
+        t.fail("max_repeats", f"must be at least min_repeats ({obj.min_repeats}), got "
+                              f"{obj.max_repeats}")
     return obj
 
 
 def parse_profile(data: dict[str, Any], path: Path) -> DeviceProfile:
-    """A profile from parsed TOML; every problem names the file."""
-    where = str(path)
-    version = data.get("schema_version", SCHEMA_VERSION)
+    """A profile from parsed TOML; every problem names the file, the key and the fix."""
+    f = Fields(data, str(path), fmt="TOML")
+    version = f.get("schema_version", int, SCHEMA_VERSION, expect=f"the integer {SCHEMA_VERSION}")
     if version != SCHEMA_VERSION:
-        raise UserError(f"{where}: schema_version {version!r} is not supported (this version reads "
+        raise UserError(f"{path}: schema_version {version!r} is not supported (this version reads "
                         f"{SCHEMA_VERSION})")
-    known = {"schema_version", "name", "transport", "description", "runtimes", "threads", "cpus",
-             "adb", "cooldown", "sentinel", "measure", "cache_mb"}
-    unknown = set(data) - known
-    if unknown:
-        raise UserError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    name = data.get("name", path.stem)
-    transport = data.get("transport")
-    if transport not in TRANSPORTS:
-        raise UserError(f"{where}: transport must be one of {list(TRANSPORTS)}, got {transport!r}")
-    runtimes = tuple(data.get("runtimes", RUNTIMES))
-    bad = [r for r in runtimes if r not in RUNTIMES]
-    if bad:
-        raise UserError(f"{where}: unknown runtimes {bad}; known: {list(RUNTIMES)}")
-    threads = data.get("threads", 2)
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise UserError(f"{where}: threads must be a positive integer, got {threads!r}")
-    cpus = data.get("cpus", [])
-    if not isinstance(cpus, list) or not all(isinstance(c, int) and c >= 0 for c in cpus):
-        raise UserError(f"{where}: cpus must be a list of core numbers such as [6, 7], "
-                        f"got {cpus!r}")
-    cache_mb = data.get("cache_mb")
-    if cache_mb is not None and (not isinstance(cache_mb, int | float)
-                                 or isinstance(cache_mb, bool) or cache_mb <= 0):
-        raise UserError(f"{where}: cache_mb must be a positive number of megabytes (the "
-                        f"last-level cache), got {cache_mb!r}")
-    adb = _table(AdbSettings, data["adb"], f"{where}: [adb]") if "adb" in data else None
+    f.only(TOP_KEYS)
+    transport = f.get("transport", str, choices=TRANSPORTS,
+                      expect="one of " + ", ".join(f'"{t}"' for t in TRANSPORTS))
+    cache_mb = f.get("cache_mb", float, None, lo=0, hi=1e6, above=True,
+                     expect="a positive number of megabytes (the last-level cache)")
+    adb = _table(AdbSettings, f, "adb") if "adb" in f else None
     if transport == "adb" and adb is None:
-        raise UserError(f"{where}: transport \"adb\" needs an [adb] table with serial or address")
+        raise UserError(f"{path}: transport \"adb\" needs an [adb] table with serial or address")
     if adb is not None and transport == "adb" and not (adb.serial or adb.address):
-        raise UserError(f"{where}: [adb] needs serial = \"...\" (USB) or address = \"host:port\"")
+        raise UserError(f"{path}: [adb] needs serial = \"...\" (USB) or address = \"host:port\"")
     return DeviceProfile(
-        name=name, transport=transport, path=path, description=data.get("description", ""),
-        runtimes=runtimes, threads=threads, cpus=tuple(cpus), adb=adb,
-        cooldown=_table(Cooldown, data.get("cooldown", {}), f"{where}: [cooldown]"),
-        sentinel=_table(Sentinel, data.get("sentinel", {}), f"{where}: [sentinel]"),
-        measure=_table(Measure, data.get("measure", {}), f"{where}: [measure]"),
+        name=f.get("name", str, path.stem), transport=transport, path=path,
+        description=f.get("description", str, ""),
+        runtimes=f.get_list("runtimes", str, RUNTIMES, choices=RUNTIMES),
+        threads=f.get("threads", int, 2, lo=1, hi=1024),
+        cpus=f.get_list("cpus", int, (), lo=0, hi=4095, most=4096),
+        adb=adb, cooldown=_table(Cooldown, f, "cooldown"),
+        sentinel=_table(Sentinel, f, "sentinel"), measure=_table(Measure, f, "measure"),
         cache_mb=cache_mb,
     )
 
@@ -230,16 +246,9 @@ def host_cache_bytes(sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -
 
 
 def read_profile(path: Path) -> DeviceProfile:
-    """Read one profile file."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read device profile {path}: {e.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML ({e})") from None
-    return parse_profile(data, path)
+    """Read one profile file (UTF-8 TOML)."""
+    path = Path(path)
+    return parse_profile(parse_toml(read_text(path, "device profile"), path), path)
 
 
 def load_profile(ws: Workspace, name: str) -> DeviceProfile:
@@ -250,12 +259,7 @@ def load_profile(ws: Workspace, name: str) -> DeviceProfile:
     return read_profile(ws.find("devices", name, ".toml"))
 
 
-def all_profiles(ws: Workspace) -> list[DeviceProfile | UserError]:
-    """Every profile visible from the workspace; unreadable ones as their error."""
-    out: list[DeviceProfile | UserError] = []
-    for name in sorted(ws.names("devices", ".toml")):
-        try:
-            out.append(load_profile(ws, name))
-        except UserError as e:
-            out.append(e)
-    return out
+def all_profiles(ws: Workspace) -> list[DeviceProfile]:
+    """Every profile visible from the workspace, by name. A profile that cannot be read is the
+    UserError of the first such file: a broken profile is fixed, not listed past."""
+    return [load_profile(ws, name) for name in sorted(ws.names("devices", ".toml"))]
