@@ -257,17 +257,21 @@ def profile_cmd(
     Every missing program is exported first (several processes side by side), then the points
     are timed one after the other with nothing else running; an interrupted run continues where
     it stopped."""
+    from merino_mobile.formats import check_runtime_quant
     from merino_mobile.latency.grid import describe_grid, make_grid
     from merino_mobile.latency.profile import run_profile
+    from merino_mobile.target import resolve_target
 
     ws = Workspace.resolve(workspace)
+    check_runtime_quant(runtime, quant, profiled=True)
+    target = resolve_target(ws, device, quant=quant, runtime=runtime)
     g = make_grid(ws.find("search", space, ".toml"), grid, context,
                   None if not prompt else [p for p in prompt if p > 0])
     if not as_json:
         err.print(describe_grid(g), highlight=False)
     bar, progress, _ = profile_bar(transient=as_json, json_out=as_json)
     with bar:
-        report = run_profile(ws, device, runtime, quant, g, progress=progress, workers=jobs,
+        report = run_profile(ws, target, runtime, quant, g, progress=progress, workers=jobs,
                              passes=passes)
     if as_json:
         emit_json(report.to_json())

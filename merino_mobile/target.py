@@ -38,8 +38,8 @@ class Target:
     format: Format
     quant: str
     # tables read so far, by (runtime, quant): shared by the targets `using` derives
-    _tables: dict[tuple[str, str], Lut | UserError] = field(default_factory=dict, repr=False,
-                                                          compare=False)
+    _tables: dict[tuple[str, str], Lut] = field(default_factory=dict, repr=False,
+                                                compare=False)
 
     @property
     def name(self) -> str:
@@ -65,21 +65,19 @@ class Target:
         from merino_mobile.latency.table import load_lut
 
         key = (self.runtime, self.quant)
-        if key not in self._tables:
-            try:
-                self._tables[key] = load_lut(self.ws, self.name, *key)
-            except UserError as e:
-                self._tables[key] = e
-        found = self._tables[key]
-        if isinstance(found, UserError):
-            raise found
-        return found
+        if key not in self._tables:  # a missing table is looked for again: a profile may write it
+            self._tables[key] = load_lut(self.ws, self.name, *key, profile=self.profile)
+        return self._tables[key]
 
 
-def resolve_target(ws: Workspace, device: str | None = None, fmt: str | None = None,
+def resolve_target(ws: Workspace, device: str | Target | None = None, fmt: str | None = None,
                    quant: str = "int8", *, runtime: str | None = None) -> Target:
-    """A device name (default: `default_device_name`) resolved into a Target. The format is
-    `fmt`, else the one of `runtime`, else the device's first runtime."""
+    """A device name (default: `default_device_name`) resolved into a Target, or a Target given
+    another format or quantization. The format is `fmt`, else the one of `runtime`, else the
+    device's first runtime (a Target keeps its own)."""
+    if isinstance(device, Target):
+        f = get_format(fmt) if fmt else for_runtime(runtime) if runtime else device.format
+        return device.using(f, quant)
     prof = load_profile(ws, default_device_name(device))
     if fmt is not None:
         f = get_format(fmt)

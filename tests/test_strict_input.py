@@ -487,7 +487,13 @@ def test_bad_profile_is_one_clear_error(tmp_path, monkeypatch, capsys, name, con
         read_profile(path)
     check_message(str(e.value), path, fragment)
     with deadline(20):
-        cli_fails(monkeypatch, capsys, fragment, "devices", "--workspace", str(tmp_path))
+        cli_fails(monkeypatch, capsys, fragment, "profile", "--device", "bad", "--workspace",
+                  str(tmp_path))
+    # `devices` lists the broken profile with the same reason, beside the others
+    code, out, err = run(monkeypatch, capsys, "devices", "--workspace", str(tmp_path), "--json")
+    rows = json.loads(out)["devices"]
+    assert code == 0 and any(r["name"] is None and fragment in r["error"] for r in rows), out
+    assert any(r["name"] == "host" for r in rows)
 
 
 def test_a_profile_is_read_exactly_as_written(tmp_path):

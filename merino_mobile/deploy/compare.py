@@ -20,12 +20,14 @@ from merino_mobile.deploy.report import compare_markdown, plot_rates
 from merino_mobile.errors import UserError
 from merino_mobile.export import export, reusable_export
 from merino_mobile.files import atomic_write_text, utc_now, write_json
+from merino_mobile.target import Target
 from merino_mobile.workspace import Workspace
 
 SCHEMA_VERSION = 1
 
 
-def compare(ws: Workspace, cards: list[Card], device: str | None = None, fmt: str | None = None,
+def compare(ws: Workspace, cards: list[Card], device: str | Target | None = None,
+            fmt: str | None = None,
             quant: str = "int8", *, baseline: str | None = None, prompt: int = DEFAULT_PROMPT,
             generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT,
             rounds: int = DEFAULT_ROUNDS, force: bool = False, predict_latency: bool = True,

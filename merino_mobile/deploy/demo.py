@@ -19,9 +19,9 @@ from merino_mobile.files import atomic_write_text
 from merino_mobile.latency import predict_latency as predict_ms
 from merino_mobile.latency.grid import make_grid
 from merino_mobile.latency.profile import run_profile
-from merino_mobile.latency.table import load_lut
 from merino_mobile.parallel import Job
 from merino_mobile.space import load_space
+from merino_mobile.target import resolve_target
 from merino_mobile.workspace import Workspace
 
 SCHEMA_VERSION = 1
@@ -61,7 +61,8 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     say = say or (lambda msg: None)
     t0 = time.perf_counter()
     steps: dict[str, float] = {}
-    device, runtime, quant = "host", "executorch", "int8"
+    target = resolve_target(ws, "host", "executorch", "int8")
+    device, runtime, quant = target.name, target.runtime, target.quant
     if reduced:
         space_path = ws.search / "demo-tiny.toml"
         if not space_path.exists():
@@ -83,7 +84,7 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
         reference = load_card(ws.find("models", compare_card, ".json"))
         factor = 1 / DEMO_SPEEDUP
     try:
-        lut = load_lut(ws, device, runtime, quant)
+        lut = target.table()
         say(f"reusing the latency table {lut.source}")
     except UserError:
         extra = [] if reduced else [Job(
@@ -92,9 +93,9 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
              "executorch", quant, context), cost=8.0 * reference.depth)]
         say(f"profiling {device} ({runtime}, {quant}): {len(grid.points())} micro-benchmarks"
             + (f"; {reference.name} is exported beside them" if extra else ""))
-        run_profile(ws, device, runtime, quant, grid, progress=progress, workers=workers,
+        run_profile(ws, target, runtime, quant, grid, progress=progress, workers=workers,
                     extra_jobs=extra)
-        lut = load_lut(ws, device, runtime, quant)
+        lut = target.table()
     steps["profile_s"] = round(time.perf_counter() - t0, 1)
 
     # a budget for the solver: in the solver's own latency model (streaming terms), else a tiny
@@ -117,12 +118,12 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     cmp = None
     if reduced:
         say(f"deploying {card.name} ({runtime}, {quant}) and benchmarking it")
-        rep = deploy(ws, card, device, "executorch", quant, prompt=prompt, generate=generate,
+        rep = deploy(ws, card, target, "executorch", quant, prompt=prompt, generate=generate,
                      repeat=repeat, force=True, command="merino-mobile demo")
         steps["deploy_s"] = round(time.perf_counter() - t1, 1)
     else:
         say(f"comparing {card.name} with {reference.name}, benched side by side")
-        cmp = compare(ws, [card, reference], device, "executorch", quant,
+        cmp = compare(ws, [card, reference], target, "executorch", quant,
                       baseline=reference.name, prompt=prompt, generate=generate, repeat=repeat,
                       force=True, command="merino-mobile demo", say=say)
         rep = cmp.pop("reports")[card.name]

@@ -88,8 +88,8 @@ def _export_and_bench(target: Target, card: Card, out: Path, prompt: int, genera
     return Candidate(fmt, quant, res.to_json(), b)
 
 
-def plan(ws: Workspace, cards: list[Card], device: str | None, fmt: str | None, quant: str,
-         prompt: int, generate: int) -> tuple[Target, list[Target]]:
+def plan(ws: Workspace, cards: list[Card], device: str | Target | None, fmt: str | None,
+         quant: str, prompt: int, generate: int) -> tuple[Target, list[Target]]:
     """Check a deploy (or compare) request, the device opened once: the target as asked (its
     format "auto" when `fmt` is), and the targets (format, quantization) to try."""
     auto_fmt, auto_quant = fmt == "auto", quant == "auto"
@@ -117,7 +117,8 @@ def plan(ws: Workspace, cards: list[Card], device: str | None, fmt: str | None, 
     return target, tries
 
 
-def deploy(ws: Workspace, card: Card, device: str | None = None, fmt: str | None = None,
+def deploy(ws: Workspace, card: Card, device: str | Target | None = None,
+           fmt: str | None = None,
            quant: str = "int8", *, prompt: int = DEFAULT_PROMPT,
            generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
            predict_latency: bool = True, command: str = "merino-mobile deploy"

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from merino_mobile.device.base import Device, Probe
-from merino_mobile.device.profiles import DeviceProfile
 from merino_mobile.errors import UserError
+
+if TYPE_CHECKING:  # profiles.py reads the transports from BACKENDS
+    from merino_mobile.device.profiles import DeviceProfile
 
 BACKENDS = {"local": "merino_mobile.device.host", "adb": "merino_mobile.device.android",
             "coreml": "merino_mobile.device.coreml"}

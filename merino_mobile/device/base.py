@@ -37,13 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from merino_mobile.formats import PROFILED_RUNTIMES
-
 if TYPE_CHECKING:
     from merino_mobile.device.profiles import DeviceProfile
 
-# the runtimes a device profile may list: those `profile` can time (the formats table's rows)
-RUNTIMES = PROFILED_RUNTIMES
 
 
 # -- transport -----------------------------------------------------------------------------------
@@ -333,7 +329,7 @@ class Device(Protocol):
         ...
 
     def runtimes(self) -> list[str]:
-        """Runtimes (of RUNTIMES) this device can run now."""
+        """Runtimes (of the formats table's) this device can run now."""
         ...
 
     def prepare(self, artifact: Path) -> Handle:

@@ -27,7 +27,6 @@ from datetime import date
 from pathlib import Path
 
 from merino_mobile.device.base import (
-    RUNTIMES,
     BenchRequest,
     BenchResult,
     EventHook,
@@ -40,6 +39,7 @@ from merino_mobile.device.base import (
 )
 from merino_mobile.device.profiles import DeviceProfile
 from merino_mobile.errors import UserError
+from merino_mobile.formats import PROFILED_RUNTIMES as RUNTIMES  # what this host runs
 from merino_mobile.formats import for_artifact
 
 RUNTIME_PACKAGE = {"executorch": "executorch", "onnxruntime": "onnxruntime"}

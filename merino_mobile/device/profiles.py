@@ -54,12 +54,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from merino_mobile.device.base import RUNTIMES, BenchRequest, MethodSpec
+from merino_mobile.device.backends import BACKENDS
+from merino_mobile.device.base import BenchRequest, MethodSpec
 from merino_mobile.errors import UserError
+from merino_mobile.formats import PROFILED_RUNTIMES, RUNTIMES
 from merino_mobile.workspace import Fields, Workspace, parse_toml, read_text
 
 SCHEMA_VERSION = 1
-TRANSPORTS = ("local", "adb")
+TRANSPORTS = tuple(BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class DeviceProfile:
     transport: str
     path: Path
     description: str = ""
-    runtimes: tuple[str, ...] = RUNTIMES
+    runtimes: tuple[str, ...] = PROFILED_RUNTIMES
     threads: int = 2
     cpus: tuple[int, ...] = ()
     adb: AdbSettings | None = None
@@ -218,7 +220,7 @@ def parse_profile(data: dict[str, Any], path: Path) -> DeviceProfile:
     return DeviceProfile(
         name=f.get("name", str, path.stem), transport=transport, path=path,
         description=f.get("description", str, ""),
-        runtimes=f.get_list("runtimes", str, RUNTIMES, choices=RUNTIMES),
+        runtimes=f.get_list("runtimes", str, PROFILED_RUNTIMES, choices=RUNTIMES),
         threads=f.get("threads", int, 2, lo=1, hi=1024),
         cpus=f.get_list("cpus", int, (), lo=0, hi=4095, most=4096),
         adb=adb, cooldown=_table(Cooldown, f, "cooldown"),
@@ -259,7 +261,14 @@ def load_profile(ws: Workspace, name: str) -> DeviceProfile:
     return read_profile(ws.find("devices", name, ".toml"))
 
 
-def all_profiles(ws: Workspace) -> list[DeviceProfile]:
-    """Every profile visible from the workspace, by name. A profile that cannot be read is the
-    UserError of the first such file: a broken profile is fixed, not listed past."""
-    return [load_profile(ws, name) for name in sorted(ws.names("devices", ".toml"))]
+def all_profiles(ws: Workspace) -> list[DeviceProfile | UserError]:
+    """Every profile visible from the workspace, by name; one that cannot be read is its
+    UserError, so `devices` lists it with the reason beside the others (a command that uses
+    that device refuses it with the same one line)."""
+    out: list[DeviceProfile | UserError] = []
+    for name in sorted(ws.names("devices", ".toml")):
+        try:
+            out.append(load_profile(ws, name))
+        except UserError as e:
+            out.append(e)
+    return out

@@ -45,6 +45,7 @@ from merino_mobile.latency.programs import (
 from merino_mobile.latency.sentinel import Sentinel
 from merino_mobile.latency.store import Point, ProfileLock, Store
 from merino_mobile.parallel import Job, run_jobs
+from merino_mobile.target import Target, resolve_target
 from merino_mobile.workspace import Workspace
 
 SCHEMA_VERSION = 1
@@ -81,7 +82,8 @@ class ProfileReport:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}
 
 
-def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: str = "fp32",
+def run_profile(ws: Workspace, device: str | Target, runtime: str = "executorch",
+                quant: str = "fp32",
                 grid: Grid | None = None, *, progress: Progress | None = None,
                 on_event: EventHook | None = None, max_redo: int = 2,
                 workers: int | None = None, extra_jobs: Sequence[Job] = (),
@@ -94,16 +96,15 @@ def run_profile(ws: Workspace, device: str, runtime: str = "executorch", quant: 
     Every missing program is exported first, `workers` processes side by side (default: the
     usable cores), together with `extra_jobs` (the demo's reference model); then the points are
     timed with nothing else running."""
-    from merino_mobile.device import open_device
-    from merino_mobile.device.profiles import load_profile
     from merino_mobile.latency.table import Lut, lut_path
 
     check_runtime_quant(runtime, quant, profiled=True)
-    prof = load_profile(ws, device)
+    target = resolve_target(ws, device, quant=quant, runtime=runtime)
+    prof = target.profile
     grid = grid or make_grid(ws.find("search", "default", ".toml"), "quick")
     t0 = time.perf_counter()
     with ProfileLock(ws.state, prof.name):
-        dev = open_device(prof, runtime)
+        dev = target.open()
         try:
             fp = dev.fingerprint(runtime, quant)
             store = Store.open(ws.state)

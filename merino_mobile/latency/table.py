@@ -420,13 +420,14 @@ def read_lut(path: Path) -> Lut:
 
 
 def load_lut(workspace: Any, device: str, runtime: str = "executorch",
-             quant: str = "fp32", *, verify: bool = True) -> Lut:
+             quant: str = "fp32", *, verify: bool = True, profile: Any = None) -> Lut:
     """The table of `device` (a name under devices/) for a runtime and quantization.
 
     `workspace` is a `Workspace` (or a folder). Looks in the workspace's devices/<device>/, then
     the shipped ones; a missing table names the exact `merino-mobile profile` command to run.
     With `verify`, a table of this host (transport "local") is checked against the machine it is
-    used on, so a table copied from another computer is refused, not silently applied.
+    used on, so a table copied from another computer is refused, not silently applied; `profile`
+    is the device's profile when the caller has it (else it is read from the workspace).
     """
     from merino_mobile.workspace import BUILTIN, Workspace
 
@@ -437,20 +438,21 @@ def load_lut(workspace: Any, device: str, runtime: str = "executorch",
         if path.is_file():
             lut = read_lut(path)
             if verify:
-                _verify_local(ws, device, lut)
+                _verify_local(ws, device, lut, profile)
             return lut
     raise UserError(f"no latency table for device {device!r} ({runtime}, {quant}) at "
                     f"{candidates[0]}; measure it first: "
                     f"{profile_command(device, runtime, quant)}")
 
 
-def _verify_local(ws: Any, device: str, lut: Lut) -> None:
+def _verify_local(ws: Any, device: str, lut: Lut, profile: Any = None) -> None:
     from merino_mobile.device.host import HostDevice
     from merino_mobile.device.profiles import load_profile
 
-    try:
-        profile = load_profile(ws, device)
-    except UserError:
-        return  # a table without a profile: nothing to compare with
+    if profile is None:
+        try:
+            profile = load_profile(ws, device)
+        except UserError:
+            return  # a table without a profile: nothing to compare with
     if profile.transport == "local":
         lut.check(HostDevice(profile).fingerprint(lut.runtime, lut.quant), lut.runtime, lut.quant)
