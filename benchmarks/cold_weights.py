@@ -40,7 +40,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from merino_mobile.device import open_device
-    from merino_mobile.device.base import BenchRequest, MethodSpec
+    from merino_mobile.device.base import MethodSpec
     from merino_mobile.device.profiles import read_profile
     from merino_mobile.export.executorch import lower_to_pte
     from merino_mobile.latency.grid import make_grid
@@ -71,9 +71,7 @@ def main() -> int:
     for _ in range(args.repeat):  # interleaved rounds: drift hits every way alike
         for label, prog, instances, per_call in ways:
             path, _, specs = programs[prog]
-            req = BenchRequest("executorch", (MethodSpec("m0", specs, instances),), m.warmup,
-                               m.min_repeats, m.max_repeats, m.target_spread, m.max_seconds,
-                               m.timeout_s)
+            req = m.request("executorch", (MethodSpec("m0", specs, instances),))
             (r,) = dev.benchmark(dev.prepare(path), req).results
             if not r.ok:
                 raise SystemExit(f"{label}: {r.error}")

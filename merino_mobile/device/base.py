@@ -178,12 +178,11 @@ class MethodSpec:
                    int(d.get("instances", 1)))
 
 
-@dataclass(frozen=True)
-class BenchRequest:
-    """Which methods to time and how long to keep timing them."""
+@dataclass(frozen=True, kw_only=True)
+class StopRule:
+    """The measurement discipline's settings (see the module docstring): a device profile's
+    `[measure]` table holds them, and every BenchRequest carries them."""
 
-    runtime: str
-    methods: tuple[MethodSpec, ...]
     warmup: int = 3
     min_repeats: int = 5
     max_repeats: int = 50
@@ -191,6 +190,14 @@ class BenchRequest:
     max_seconds: float = 2.0
     timeout_s: float = 120.0
     min_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BenchRequest(StopRule):
+    """Which methods to time, and (its StopRule fields, by keyword) how long to time them."""
+
+    runtime: str
+    methods: tuple[MethodSpec, ...]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

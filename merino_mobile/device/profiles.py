@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from merino_mobile.device.backends import BACKENDS
-from merino_mobile.device.base import BenchRequest, MethodSpec
+from merino_mobile.device.base import BenchRequest, MethodSpec, StopRule
 from merino_mobile.errors import UserError
 from merino_mobile.formats import PROFILED_RUNTIMES, RUNTIMES
 from merino_mobile.workspace import Fields, Workspace, parse_toml, read_text
@@ -89,21 +89,15 @@ class Sentinel:
 
 
 @dataclass(frozen=True)
-class Measure:
-    warmup: int = 3
-    min_repeats: int = 5
-    max_repeats: int = 50
-    target_spread: float = 1.15
-    max_seconds: float = 2.0
-    timeout_s: float = 120.0
-    min_seconds: float = 0.0
+class Measure(StopRule):
+    """The `[measure]` table: the stopping rule, plus how many passes a profile reads."""
+
     passes: int = 1
 
     def request(self, runtime: str, methods: tuple[MethodSpec, ...]) -> BenchRequest:
         """A benchmark request for `methods` under these settings."""
-        return BenchRequest(runtime, methods, self.warmup, self.min_repeats, self.max_repeats,
-                            self.target_spread, self.max_seconds, self.timeout_s,
-                            self.min_seconds)
+        rule = {f.name: getattr(self, f.name) for f in fields(StopRule)}
+        return BenchRequest(runtime, methods, **rule)
 
 
 @dataclass(frozen=True)
