@@ -14,10 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from merino_mobile.errors import UserError
+
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` through a temporary sibling and a rename."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the path of a file to write (or remove it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ def test_reduced_demo_runs_the_whole_loop(monkeypatch, capsys, tmp_path):
     code, out, err = run(monkeypatch, capsys, "demo", "--reduced", "--workspace", str(tmp_path),
                          "--json")
     assert code == 0, err
-    r = json.loads(out)
+    r = json.loads(out)  # stdout is the JSON object alone
+    # not a terminal: the profile's progress comes as plain lines, on stderr beside --json
+    assert re.search(r"^\[\d+/\d+\] .+ \(elapsed \d+:\d\d(, eta \d+:\d\d)?\)$", err, re.M), err
     assert r["reduced"] and r["compare"] is None
     # a measured table was written and used for the design and the prediction
     assert Path(r["lut"]) == tmp_path / "devices" / "host" / "lut-executorch-int8.json"
