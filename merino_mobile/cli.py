@@ -428,13 +428,13 @@ def design_cmd(
 
 
 def describe_budgets(given: dict) -> str:
-    from merino_mobile.design.exact import _fmt
+    from merino_mobile.design import format_budget as _fmt
 
     return ", ".join(f"{k} {_fmt(k, v)}" for k, v in given.items())
 
 
 def design_json(d: Any, card: Card, path: Path | None, context: int) -> dict:
-    """The `design --json` object (keys are a contract: see the README)."""
+    """The `design --json` object (keys are a contract: see docs/design.md)."""
     m = d.metrics
     return {
         "architecture": [{"width": b.width, "ffn_ratio": b.ffn_ratio, "heads": b.heads,

@@ -19,8 +19,8 @@ from merino_mobile.card import Card
 
 # GPT-2 and OPT-125M sit at rho ~ 0.016, MobileLLM-style deep-and-thin models near 0.06. 0.03 is
 # the bound under which the highest-entropy architecture trained best in the project's experiment
-# (benchmarks/entropy_vs_loss.py, 24 trained architectures; README "Training and the entropy
-# experiment"); a and b stay 1: no weighting changed which architecture was picked.
+# (benchmarks/entropy_vs_loss.py, 24 trained architectures; docs/experiments.md); a and b stay 1:
+# no weighting changed which architecture was picked.
 DEFAULT_RHO = 0.03
 
 

@@ -52,7 +52,7 @@ __all__ = ["AndroidPhone", "DeviceGone", "PhoneBenchResult", "PhoneFacts", "open
 UNREADABLE = ("no timing of this run is used; rerun, and if the line repeats, rebuild the "
               "runner for this ExecuTorch/ONNX Runtime version or report the line")
 RUNNER_MISSING = ("no ExecuTorch runner binary for {name}: build one with `merino-mobile runner "
-                  "build --ndk DIR --executorch-src DIR` (README: Profiling a phone), or set "
+                  "build --ndk DIR --executorch-src DIR` (docs/phones.md), or set "
                   "runner = \"PATH\" under [adb] in {path}")
 
 

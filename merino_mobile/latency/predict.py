@@ -17,10 +17,9 @@ from merino_mobile.accounting import decode_working_set, transitions
 from merino_mobile.card import Card
 
 # Where a whole model's decode step turns from hot to streaming, as a share of the last-level
-# cache (see `cold_fraction`). Chosen on this host from one run of benchmarks/lut_accuracy.py and
-# checked against two earlier measurements of the same 30 models (README): a model reading a fifth
-# of the 32 MB L3 ran hot, one reading half of it already streamed. A VM's L3 is likely shared
+# cache (see `cold_fraction`): well below the cache's size, because a VM's cache is likely shared
 # with other tenants' cores, and the model's activations and the runtime's own data use it too.
+# Chosen from whole models measured with benchmarks/lut_accuracy.py (docs/measurements.md).
 HOT_BELOW = 0.2
 COLD_ABOVE = 0.5
 
