@@ -219,6 +219,27 @@ def save_card(card: Card, path: str | Path, force: bool = False) -> Path:
     return atomic_write_text(path, json.dumps(card.to_json(), indent=2) + "\n")
 
 
+DESIGNED_BY = "merino-mobile design"  # a card's meta.designed_by when `design` wrote it
+
+
+def last_designed(folder: Path) -> tuple[Card, Path] | None:
+    """The card `design` wrote last into `folder` (models/ of a workspace): the newest by its
+    recorded date, then by file time; None when `design` wrote none there. Cards that do not
+    load are passed over: they cannot be what the last design wrote."""
+    found = []
+    for path in Path(folder).glob("*.json"):
+        try:
+            card = load_card(path)
+        except UserError:
+            continue
+        if card.meta.get("designed_by") == DESIGNED_BY:
+            found.append((str(card.meta.get("date", "")), path.stat().st_mtime, card, path))
+    if not found:
+        return None
+    *_, card, path = max(found, key=lambda f: (f[0], f[1]))
+    return card, path
+
+
 def uniform(name: str, vocab: int, context: int, width: int, depth: int, ffn_ratio: float = 4.0,
             head_dim: int = 64, **kw: Any) -> Card:
     """A plain GPT/OPT-style card: one block of `depth` unshared layers."""

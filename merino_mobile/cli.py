@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from merino_mobile import accounting
-from merino_mobile.card import Card, load_card
+from merino_mobile.card import Card, last_designed, load_card
 from merino_mobile.entropy import DEFAULT_RHO, EntropySettings, effectiveness, entropy
 from merino_mobile.errors import UserError
 from merino_mobile.toolchain import quiet_dependencies
@@ -554,7 +554,8 @@ def train_cmd(
 
 @app.command("deploy")
 def deploy_cmd(
-    card: str = typer.Argument(..., help="Card file, or a name under models/."),
+    card: str | None = typer.Argument(None, help="Card file, or a name under models/ (default: "
+                                      "the card the last `design` wrote in this workspace)."),
     device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
     fmt: str | None = typer.Option(None, "--format", help="executorch, onnx, coreml or auto "
                                    "(default: the device's first runtime)."),
@@ -573,7 +574,17 @@ def deploy_cmd(
     from merino_mobile.deploy.bench import BenchReport, llama_bench_table
 
     ws = Workspace.resolve(workspace)
-    c, _ = resolve_card(ws, card)
+    if card is None:
+        last = last_designed(ws.models)
+        if last is None:
+            raise UserError(f"no card to deploy: `design` has written none in {ws.models} yet; "
+                            f"run `merino-mobile design --latency 50ms` first, or name a card "
+                            f"(`merino-mobile info` lists the shipped ones)")
+        c, path = last
+        err.print(f"deploying {c.name}, the last design ({path})", highlight=False,
+                  soft_wrap=True)
+    else:
+        c, _ = resolve_card(ws, card)
     r = deploy(ws, c, device, fmt, quant, prompt=prompt, generate=generate, repeat=repeat,
                force=force, predict_latency=not no_predict, command=" ".join(sys.argv[1:]))
     if as_json:

@@ -216,3 +216,34 @@ def test_compare_reuses_a_matching_export_and_leaves_deploys_alone(tmp_path):
     assert any("exporting tiny-b" in m for m in said)
 
 
+
+
+TINY_SPACE = """schema_version = 1
+name = "tiny"
+vocab = 256
+context = 32
+head_dim = 16
+max_blocks = 2
+widths = [32, 64]
+ffn_ratios = [1.0, 2.0]
+depth = [0, 2]
+"""
+
+
+@pytest.mark.slow
+def test_bare_deploy_deploys_the_last_design(monkeypatch, capsys, tmp_path):
+    ws = ["--workspace", str(tmp_path)]
+    save_card(A, tmp_path / "models" / "tiny-a.json")  # a card `design` did not write
+    code, _, err = run(monkeypatch, capsys, "deploy", *ws)
+    assert code == 2 and "run `merino-mobile design --latency 50ms` first" in err
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "tiny.toml").write_text(TINY_SPACE)
+    for budget, name in (("60k", "older"), ("120k", "newer")):
+        code, _, err = run(monkeypatch, capsys, "design", "--params", budget, "--space", "tiny",
+                           "--name", name, *ws)
+        assert code == 0, err
+    code, out, err = run(monkeypatch, capsys, "deploy", "--format", "onnx", "--quant", "fp32",
+                         "--no-predict", *FAST, "--json", *ws)
+    assert code == 0, err
+    assert "deploying newer, the last design" in err
+    assert json.loads(out)["card"]["name"] == "newer"
