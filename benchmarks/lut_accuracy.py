@@ -179,8 +179,8 @@ def main() -> int:
 
     from merino_mobile import accounting
     from merino_mobile.device.profiles import load_profile
-    from merino_mobile.latency.predict import cold_fraction, predict_latency
     from merino_mobile.latency.grid import describe_grid, make_grid
+    from merino_mobile.latency.predict import cold_fraction, predict_latency
     from merino_mobile.latency.profile import run_profile
     from merino_mobile.latency.store import Store
     from merino_mobile.parallel import Job, run_jobs

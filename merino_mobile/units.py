@@ -1,13 +1,17 @@
 """Budgets with units: "50ms", "0.05s", "60M", "2G", "200MB", "1.5GiB".
 
 A budget without a unit is refused: "50" could be 50 ms or 50 s, 50 parameters or 50 M, and a
-wrong guess silently designs the wrong model. Every error names an accepted form.
+wrong guess silently designs the wrong model. So is one that is not a finite positive number in
+its base unit ("1e999", "inf", "nan", "0ms", or "1e308G", which overflows). Every error names an
+accepted form.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from merino_mobile.errors import UserError
 
@@ -36,12 +40,27 @@ class Range:
     stop: float
     step: float
 
+    def __post_init__(self) -> None:
+        parts = (self.start, self.stop, self.step)
+        if not all(math.isfinite(v) and v > 0 for v in parts):
+            raise UserError(f"a range needs finite positive start, stop and step, got {parts}")
+        if self.stop < self.start:
+            raise UserError(f"the range {self.start:g}:{self.stop:g}:{self.step:g} ends before "
+                            "it starts")
+
+    def count(self) -> int:
+        """How many values the range has (exact: no overflow however small the step)."""
+        # the 1e-9 keeps a stop reached by decimal steps (0.1ms:0.3ms:0.1ms) in the range
+        q = (Fraction(self.stop) - Fraction(self.start)) / Fraction(self.step)
+        return math.floor(q + Fraction(1, 10**9)) + 1
+
     def values(self) -> list[float]:
-        n = int((self.stop - self.start) / self.step + 1e-9) + 1
-        return [self.start + i * self.step for i in range(n)]
+        return [self.start + i * self.step for i in range(self.count())]
 
 
 def _split(text: str, kind: str, what: str) -> tuple[float, str]:
+    if re.fullmatch(r"[+-]?(inf(inity)?|nan)\s*[A-Za-zµ]*", text.strip(), re.IGNORECASE):
+        raise UserError(f"{what} {text!r} is not a finite number; for example {_EXAMPLES[kind]}")
     m = re.fullmatch(_NUMBER, text.strip())
     if not m:
         raise UserError(
@@ -49,9 +68,23 @@ def _split(text: str, kind: str, what: str) -> tuple[float, str]:
             f"{_EXAMPLES[kind]}"
         )
     value = float(m["num"])
+    if not math.isfinite(value):
+        raise UserError(f"{what} {text!r} is too large to be a number; for example "
+                        f"{_EXAMPLES[kind]}")
     if value <= 0:
         raise UserError(f"{what} must be positive, got {text!r}; for example {_EXAMPLES[kind]}")
     return value, m["unit"]
+
+
+def _scaled(value: float, scale: float, text: str, kind: str, what: str) -> float:
+    """value * scale in base units, refused when it overflows or underflows to zero."""
+    out = value * scale
+    if not math.isfinite(out):
+        raise UserError(f"{what} {text!r} is too large; for example {_EXAMPLES[kind]}")
+    if out <= 0:
+        raise UserError(f"{what} {text!r} is too small to be positive; for example "
+                        f"{_EXAMPLES[kind]}")
+    return out
 
 
 def parse_latency_ms(text: str, what: str = "latency budget") -> float:
@@ -64,7 +97,7 @@ def parse_latency_ms(text: str, what: str = "latency budget") -> float:
         )
     if unit not in _TIME:
         raise UserError(f"unknown time unit {unit!r} in {text!r}; accepted: {_EXAMPLES['latency']}")
-    return value * _TIME[unit]
+    return _scaled(value, _TIME[unit], text, "latency", what)
 
 
 def parse_count(text: str, what: str = "parameter budget") -> float:
@@ -80,7 +113,7 @@ def parse_count(text: str, what: str = "parameter budget") -> float:
                 f"billions); accepted: {_EXAMPLES['count']}"
             )
         return value
-    return value * scale
+    return _scaled(value, scale, text, "count", what)
 
 
 def parse_bytes(text: str, what: str = "memory budget") -> float:
@@ -93,7 +126,7 @@ def parse_bytes(text: str, what: str = "memory budget") -> float:
         )
     if unit not in _BYTES:
         raise UserError(f"unknown size unit {unit!r} in {text!r}; accepted: {_EXAMPLES['bytes']}")
-    return value * _BYTES[unit]
+    return _scaled(value, _BYTES[unit], text, "bytes", what)
 
 
 def parse_range(text: str, parse, what: str) -> Range | float:

@@ -1,10 +1,11 @@
-"""The design and info commands end to end, as a user runs them (a subprocess per command)."""
+"""The design and info commands end to end, as a user runs them: the console entry point run
+in-process (tests/cli_runner.py), its exit code, stdout and stderr checked."""
 
 import json
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import pytest
+from cli_runner import run as run_cli  # tests/cli_runner.py (pytest puts tests/ on sys.path)
 
 TINY_SPACE = """
 schema_version = 1
@@ -24,22 +25,29 @@ order = "non-decreasing"
 """
 
 
-def run(tmp_path, *args, ok=True):
-    proc = subprocess.run([sys.executable, "-m", "merino_mobile", *args, "--workspace",
-                           str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
 @pytest.fixture
-def ws(tmp_path):
+def ws(tmp_path, monkeypatch):
     (tmp_path / "search").mkdir()
     (tmp_path / "search" / "tiny.toml").write_text(TINY_SPACE)
+    monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def test_design_writes_a_card_that_info_reads_back(ws):
+@pytest.fixture
+def run(monkeypatch, capsys):
+    """run(workspace, *args, ok=True): `merino-mobile ARGS --workspace WORKSPACE`, with
+    .returncode, .stdout and .stderr; `ok` asserts that it succeeded."""
+
+    def go(workspace, *args, ok=True):
+        code, out, err = run_cli(monkeypatch, capsys, *args, "--workspace", str(workspace))
+        if ok:
+            assert code == 0, err
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return go
+
+
+def test_design_writes_a_card_that_info_reads_back(ws, run):
     out = json.loads(run(ws, "design", "--params", "300k", "--space", "tiny", "--context", "64",
                          "--json").stdout)
     for key in ("architecture", "entropy", "rho", "params", "flops_per_token", "kv_cache_bytes",
@@ -60,7 +68,7 @@ def test_design_writes_a_card_that_info_reads_back(ws):
     assert again["card"] != card
 
 
-def test_design_out_refuses_to_overwrite_without_force(ws):
+def test_design_out_refuses_to_overwrite_without_force(ws, run):
     target = ws / "mine.json"
     run(ws, "design", "--params", "300k", "--space", "tiny", "--out", str(target))
     proc = run(ws, "design", "--params", "300k", "--space", "tiny", "--out", str(target), ok=False)
@@ -68,7 +76,7 @@ def test_design_out_refuses_to_overwrite_without_force(ws):
     run(ws, "design", "--params", "200k", "--space", "tiny", "--out", str(target), "--force")
 
 
-def test_ea_and_brute_solvers_from_the_cli(ws):
+def test_ea_and_brute_solvers_from_the_cli(ws, run):
     exact = json.loads(run(ws, "design", "--params", "300k", "--space", "tiny", "--json").stdout)
     brute = json.loads(run(ws, "design", "--params", "300k", "--space", "tiny", "--solver",
                            "brute", "--json").stdout)
@@ -79,7 +87,7 @@ def test_ea_and_brute_solvers_from_the_cli(ws):
     assert ea["solver"]["optimal"] is False
 
 
-def test_sweep_prints_the_frontier_and_plots_it(ws):
+def test_sweep_prints_the_frontier_and_plots_it(ws, run):
     out = json.loads(run(ws, "design", "--params", "100k:400k:100k", "--space", "tiny",
                          "--json").stdout)
     points = out["points"]
@@ -102,27 +110,61 @@ def test_sweep_prints_the_frontier_and_plots_it(ws):
     (["design", "--latency", "50ms", "--device", "toaster"], "toaster"),
     (["design", "--params", "1M:2M:1M", "--flops", "1G:2G:1G"], "only one budget"),
     (["info", "missing-card"], "known: gpt2"),
+    (["design", "--params", "1e999"], "--params '1e999' is too large to be a number"),
+    (["design", "--latency", "inf"], "--latency 'inf' is not a finite number"),
+    (["design", "--memory", "nan"], "--memory 'nan' is not a finite number"),
+    (["design", "--params", "1M:1e999:1M"], "--params '1e999' is too large to be a number"),
+    (["design", "--flops", "1e308G"], "--flops '1e308G' is too large"),
+    (["design", "--params", "1M", "--rho", "nan"], "--rho must be a finite positive number"),
+    (["design", "--params", "300k", "--space", "tiny", "--solver", "ea", "--ea-seconds", "inf"],
+     "--ea-seconds must be a finite positive number"),
+    (["design", "--params", "300k", "--space", "tiny", "--name", "../../x"],
+     "card name '../../x' is not a plain file name"),
+    (["design", "--params", "300k", "--space", "tiny", "--name", ".hidden"],
+     "not starting with '.'"),
+    (["design", "--params", "1M:1000M:1k", "--space", "tiny"],
+     "the params sweep 1.0M:1.0G:1.0k has 999,001 points"),
 ])
-def test_bad_input_is_one_clear_line(ws, args, fragment):
+def test_bad_input_is_one_clear_line(ws, run, args, fragment):
     proc = run(ws, *args, ok=False)
     assert proc.returncode == 2
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:") and proc.stdout == ""
+    assert not (ws / "models").exists() and not (ws.parent / "x.json").exists()
 
 
-def test_malformed_space_names_the_file(ws):
+def test_a_sweep_over_the_limit_names_the_fix(ws, run):
+    proc = run(ws, "design", "--params", "100k:400k:1k", "--space", "tiny", ok=False)
+    assert proc.returncode == 2
+    assert "301 points" in proc.stderr and "at most 200" in proc.stderr
+    assert "use a step of at least 1.5k" in proc.stderr
+    assert not (ws / "build").exists()  # refused before solving or plotting anything
+
+
+def test_a_budget_a_few_units_below_the_optimum_is_not_exceeded(ws, run):
+    """Issue 15: `design --params 59849452` returned 59,849,472 parameters as optimal (HiGHS's
+    tolerance on scaled rows); 59849471 makes HiGHS return the 59,849,472 design even on exact
+    rows (integer variables off by 1e-6), so the exact check has to cut it off."""
+    for budget in (59849452, 59849471):
+        out = json.loads(run(ws, "design", "--params", str(budget), "--json").stdout)
+        assert out["params"] <= budget
+        assert out["solver"]["optimal"] is True
+
+
+def test_malformed_space_names_the_file(ws, run):
     (ws / "search" / "broken.toml").write_text("widths = [1, 2\n")
     proc = run(ws, "design", "--params", "1M", "--space", "broken", ok=False)
     assert proc.returncode == 2 and "broken.toml: not valid TOML" in proc.stderr
 
 
-def test_latency_without_a_lut_says_which_profile_command_to_run(ws):
+def test_latency_without_a_lut_says_which_profile_command_to_run(ws, run):
     proc = run(ws, "design", "--latency", "50ms", "--device", "host", ok=False)
     assert proc.returncode == 2
     assert "merino-mobile profile --device host" in proc.stderr
 
 
-def test_design_against_a_latency_table_of_this_host(ws):
+def test_design_against_a_latency_table_of_this_host(ws, run):
     """`design --device host --latency` reads devices/host/lut-*.json (here built from synthetic
     rows, fingerprinted as this machine) and returns a design whose predicted latency fits."""
     from test_lut import rows
@@ -131,7 +173,7 @@ def test_design_against_a_latency_table_of_this_host(ws):
     from merino_mobile.device.host import HostDevice
     from merino_mobile.device.profiles import load_profile
     from merino_mobile.latency import predict_latency
-    from merino_mobile.lut import Lut, lut_path
+    from merino_mobile.latency.table import Lut, lut_path
     from merino_mobile.workspace import Workspace
 
     w = Workspace.resolve(ws)

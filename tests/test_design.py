@@ -19,7 +19,7 @@ from merino_mobile.workspace import BUILTIN
 class LinearLatency:
     """A synthetic latency table: cost proportional to FLOPs plus a per-call overhead.
 
-    Stands in for a measured LUT (merino_mobile.lut) so solver tests need no profiling.
+    Stands in for a measured LUT (merino_mobile.latency.table) so solver tests need no profiling.
     """
 
     def __init__(self, ns_per_flop: float = 1e-6, overhead: float = 0.05):
@@ -86,7 +86,7 @@ def test_exact_equals_brute_force(problem):
     assert exact.solver.optimal
     assert exact.metrics.entropy == pytest.approx(brute.metrics.entropy, rel=1e-9)
     # the exact design is re-scored through the card: it meets every constraint
-    assert problem.feasible(exact.metrics), problem.violations(exact.metrics)
+    assert problem.feasible(exact.arch), problem.violations(exact.arch)
     assert problem.space.contains(problem.card(exact.arch))
 
 
@@ -97,7 +97,7 @@ def test_ea_never_beats_exact_and_respects_constraints(problem):
     if isinstance(exact, Infeasible):
         return
     ea = solve(problem, "ea", generations=300, seed=1)
-    assert problem.feasible(ea.metrics)
+    assert problem.feasible(ea.arch, ea.metrics)
     assert ea.metrics.entropy <= exact.metrics.entropy + 1e-9
     assert not ea.solver.optimal
 
@@ -176,3 +176,81 @@ def test_default_card_names_keep_the_budget_readable():
     assert default_name({"latency_ms": 1.05, "memory": 2e8}, "pixel7") == \
         "merino-lat1.05ms-m200MB-pixel7"
     assert default_name({"latency_ms": 50.0}, "host") == "merino-lat50ms-host"
+
+
+def tiny_workspace(tmp_path):
+    from merino_mobile.workspace import Workspace
+
+    return Workspace.resolve(tmp_path)
+
+
+TINY = Space(name="t", vocab=256, context=64, head_dim=16, widths=(16, 32), ffn_ratios=(1.0, 2.0),
+             max_blocks=2, min_depth=0, max_depth=2)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "", "x\\y", "x y", "é",
+                                  "x" * 201])
+def test_design_card_refuses_names_that_are_not_plain_file_names(tmp_path, monkeypatch, name):
+    from merino_mobile import design
+    from merino_mobile.design import api
+
+    monkeypatch.setattr(api, "solve", lambda *a, **k: pytest.fail("solved before the check"))
+    with pytest.raises(UserError, match="is not a plain file name") as e:
+        design.design_card(tiny_workspace(tmp_path), TINY, {"params": 1e5},
+                           EntropySettings(rho=1.0), 64, "int8", None, "exact", {}, name=name)
+    assert "\n" not in str(e.value)
+    assert not any(tmp_path.rglob("*.json")) and not (tmp_path.parent / "x.json").exists()
+
+
+def test_design_card_keeps_plain_names_and_records_the_utc_date(tmp_path):
+    from merino_mobile.design import design_card
+
+    d, card, path = design_card(tiny_workspace(tmp_path), TINY, {"params": 1e5},
+                                EntropySettings(rho=1.0), 64, "int8", None, "exact", {},
+                                name="my_card-2.v1")
+    assert path == tmp_path / "models" / "my_card-2.v1.json" and card.name == "my_card-2.v1"
+    assert card.meta["date"].endswith("+00:00")
+    assert card.meta["solver"]["checked"] == ["space", "params", "rho"]
+    assert not list((tmp_path / "models").glob(".*"))  # no temporary file left behind
+
+
+def test_a_sweep_of_too_many_points_is_refused_before_solving(monkeypatch):
+    from merino_mobile.design import MAX_SWEEP_POINTS, api, sweep
+    from merino_mobile.units import Range
+
+    monkeypatch.setattr(api, "solve", lambda *a, **k: pytest.fail("solved before the check"))
+    with pytest.raises(UserError) as e:
+        sweep(TINY, {"params": Range(1e6, 1e9, 1e3)}, "params", EntropySettings(), 64, "int8",
+              None, "exact", {})
+    msg = str(e.value)
+    assert "999,001 points" in msg and f"at most {MAX_SWEEP_POINTS}" in msg
+    assert "use a step of at least 5.0M" in msg
+    with pytest.raises(UserError, match="over 10\\^"):
+        sweep(TINY, {"params": Range(1e6, 1e9, 1e-300)}, "params", EntropySettings(), 64, "int8",
+              None, "exact", {})
+
+
+def test_a_sweep_at_the_limit_runs():
+    from merino_mobile.design import MAX_SWEEP_POINTS, sweep
+    from merino_mobile.units import Range
+
+    rng = Range(2e4, 2e4 + (MAX_SWEEP_POINTS - 1) * 1e3, 1e3)
+    assert rng.count() == MAX_SWEEP_POINTS
+    result = sweep(TINY, {"params": rng}, "params", EntropySettings(rho=1.0), 64, "int8", None,
+                   "exact", {})
+    assert len(result.points) == MAX_SWEEP_POINTS
+    for p in result.points:
+        assert p.design is None or p.design.metrics.params <= p.budget
+
+
+def test_the_package_only_re_exports():
+    import ast
+    import inspect
+
+    from merino_mobile import design
+
+    tree = ast.parse(inspect.getsource(design))
+    assert all(isinstance(node, (ast.ImportFrom, ast.Import, ast.Assign, ast.Expr))
+               for node in tree.body)
+    assert design.format_budget("memory", 2e8) == "200.0MB"
+    assert design.format_budget("latency_ms", 1.05) == "1.05ms"

@@ -43,3 +43,46 @@ def test_range():
     assert parse_range("20M", parse_count, "--params") == 20e6
     with pytest.raises(UserError, match="start:stop:step"):
         parse_range("10ms:30ms", parse_latency_ms, "--latency")
+
+
+@pytest.mark.parametrize("parse,text,fragment", [
+    (parse_count, "1e999", "too large to be a number"),
+    (parse_count, "1e999M", "too large to be a number"),
+    (parse_count, "1e308G", "too large"),  # finite, but not once scaled to parameters
+    (parse_latency_ms, "inf", "not a finite number"),
+    (parse_latency_ms, "infms", "not a finite number"),
+    (parse_latency_ms, "-Infinity s", "not a finite number"),
+    (parse_latency_ms, "1e999ms", "too large to be a number"),
+    (parse_latency_ms, "1e-322us", "too small to be positive"),
+    (parse_latency_ms, "1e-400ms", "must be positive"),
+    (parse_bytes, "nan", "not a finite number"),
+    (parse_bytes, "NaNMB", "not a finite number"),
+    (parse_bytes, "1e999GiB", "too large to be a number"),
+    (parse_bytes, "0B", "must be positive"),
+])
+def test_budgets_that_are_not_finite_positive_numbers_are_refused(parse, text, fragment):
+    with pytest.raises(UserError) as e:
+        parse(text)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+    assert "for example" in str(e.value)
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("1M:1e999:1M", "too large to be a number"),
+    ("1M:inf:1M", "not a finite number"),
+    ("nan:2M:1M", "not a finite number"),
+    ("1M:2M:0M", "must be positive"),
+    ("2M:1M:1M", "ends before it starts"),
+    ("1M:2M:1M:1M", "start:stop:step"),
+])
+def test_bad_ranges_are_refused(text, fragment):
+    with pytest.raises(UserError, match=fragment):
+        parse_range(text, parse_count, "--params")
+
+
+def test_range_counts_exactly_however_small_the_step():
+    assert 10**299 < Range(1.0, 2.0, 1e-300).count() < 10**301
+    assert Range(0.1, 0.3, 0.1).count() == 3  # decimal steps reach the stop
+    assert Range(5.0, 5.0, 1.0).values() == [5.0]
+    with pytest.raises(UserError, match="finite positive"):
+        Range(1.0, float("inf"), 1.0)

@@ -1,5 +1,6 @@
 """Brute force: score every architecture of a small space. The oracle the other solvers are
-tested against; it scores through the card and the accounting, not through the MIP's pieces."""
+tested against; it scores through the card and the accounting, not through the MIP's pieces, and
+keeps the best design that passes the same exact check (`Problem.violations`)."""
 
 from __future__ import annotations
 
@@ -40,12 +41,11 @@ def solve_brute(problem: Problem) -> Design:
     for arch in architectures(problem.space):
         n += 1
         m = problem.evaluate(arch)
-        if problem.feasible(m) and (best_m is None or m.entropy > best_m.entropy):
+        if (best_m is None or m.entropy > best_m.entropy) and problem.feasible(arch, m):
             best, best_m = arch, m
     seconds = time.perf_counter() - start
     if best is None:
         from merino_mobile.design.exact import explain_infeasible
         raise explain_infeasible(problem)
-    return Design(arch=best, metrics=best_m,
-                  solver=SolverInfo(name="brute", seconds=seconds, optimal=True, gap=0.0,
-                                    evaluated=n))
+    info = SolverInfo(name="brute", seconds=seconds, optimal=True, gap=0.0, evaluated=n)
+    return problem.certify(best, info, best_m)

@@ -3,10 +3,12 @@ and rejection of candidates that break a constraint. Seeded, so runs are reprodu
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
 from merino_mobile.design.problem import Design, Metrics, Problem, SolverInfo
+from merino_mobile.errors import UserError
 from merino_mobile.space import Choice, Space
 
 
@@ -60,9 +62,17 @@ def solve_ea(problem: Problem, *, seconds: float = 1.0, population: int = 64,
     """Evolve for `seconds` (or a fixed number of `generations`); keep the best feasible design.
 
     Each generation mutates a tournament-selected parent; infeasible or invalid children are
-    rejected. The worst member is replaced when a child beats it.
+    rejected (feasible: the exact check every solver's answer passes). The worst member is
+    replaced when a child beats it.
     """
     from merino_mobile.design.exact import explain_infeasible
+
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(f"--ea-seconds must be a finite positive number of seconds, got {seconds}")
+    if population < 1:
+        raise UserError(f"the EA's population must be at least 1, got {population}")
+    if generations is not None and generations < 0:
+        raise UserError(f"the EA's generations must not be negative, got {generations}")
 
     rng = random.Random(seed)
     space = problem.space
@@ -76,7 +86,7 @@ def solve_ea(problem: Problem, *, seconds: float = 1.0, population: int = 64,
         if arch not in seen:
             evaluated += 1
             m = problem.evaluate(arch)
-            seen[arch] = m if problem.feasible(m) else None
+            seen[arch] = m if problem.feasible(arch, m) else None
         return seen[arch]
 
     def out_of_time(gen: int) -> bool:
@@ -112,4 +122,4 @@ def solve_ea(problem: Problem, *, seconds: float = 1.0, population: int = 64,
     info = SolverInfo(name="ea", seconds=time.perf_counter() - start, optimal=False,
                       evaluated=evaluated,
                       detail={"generations": gen, "population": population, "seed": seed})
-    return Design(arch=best, metrics=best_m, solver=info)
+    return problem.certify(best, info, best_m)

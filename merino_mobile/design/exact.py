@@ -14,6 +14,19 @@ The effectiveness bound rho = D / exp(sum_i L_i log E_i / D) <= rho_0 is not lin
 total depth fixed it is: sum_i L_i log E_i >= D (log D - log rho_0), so the one-hot y[D] selects
 the right-hand side. HiGHS closes the gap to 1e-9 relative: the answer is the proven optimum.
 
+Exactness. HiGHS accepts a solution that breaks a row by its feasibility tolerance (about 1e-6,
+and integer variables may be off by as much), so a design a few parameters over its budget could
+come back as optimal. Two things keep that from reaching a user:
+- the rows are relaxations of the exact constraints, never tighter: parameter, FLOP and memory
+  rows keep their whole-unit (int4 memory: 1/8 byte) coefficients unscaled, with the budget
+  rounded down plus a margin (`COUNT_MARGIN`) short of the next unit, so HiGHS's tolerances are
+  a fraction of one unit; latency and rho rows get a relative hair of slack for float rounding;
+- every decoded design is checked exactly (`Problem.violations`). One that breaks a constraint is
+  cut off by a no-good cut (exactly that design, nothing else) and the program is solved again,
+  at most `MAX_RESOLVES` times, after which the solver raises `Unverified` instead of answering.
+Cutting off designs that break an exact constraint removes no feasible design, so the first
+design that passes is optimal for the exact problem (within the MIP gap).
+
 Sharing: a shared block has the same entropy, FLOPs, latency and KV cache as an unshared one and
 fewer weights. With a parameter or memory budget the solver therefore considers multi-layer blocks
 as shared only (never worse); without one it considers them unshared only (the same optimum, with
@@ -22,19 +35,42 @@ the model's full capacity). The brute-force oracle enumerates both and finds the
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
+import os
+import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-from merino_mobile.design.problem import Design, Infeasible, Pieces, Problem, SolverInfo
+from merino_mobile.design.problem import (
+    Budgets,
+    Design,
+    Infeasible,
+    Pieces,
+    Problem,
+    SolverInfo,
+    Unverified,
+    format_budget,
+)
 from merino_mobile.space import Choice
 
 MIP_GAP = 1e-9
+MAX_RESOLVES = 20  # no-good cuts tried before giving up on an exactly feasible design
+# Rows of whole-unit costs (parameters, FLOPs, memory but int4's) admit floor(budget) +
+# COUNT_MARGIN: every cost within the budget, and the next unit only through integrality noise of
+# nearly a whole unit. int4 weights cost multiples of 1/8 byte that the accounting rounds to whole
+# bytes, so up to +0.5 may still be within: those rows admit floor(budget) + 0.5 + COUNT_MARGIN.
+COUNT_MARGIN = 1 / 16
+FLOAT_SLACK = 1e-9  # relative slack of the latency and rho rows (float sums in another order)
 Expr = dict[int, float]
+Pick = tuple[int, int, int]  # (block, type, depth) of one present block
 
 
 class _Program:
@@ -146,17 +182,49 @@ class _Program:
         logs = {self.d[i][k]: math.log(w) for i in range(self.nb)
                 for k, (w, _, _) in enumerate(self.types)}
         logs |= {v: -D * (math.log(D) - log_rho) for D, v in self.y.items()}
-        rows.append((logs, 0.0, np.inf))
+        # slack for rounding in the logarithms: a design exactly on the bound stays in
+        slack = FLOAT_SLACK * self.nb * self.dmax * max(abs(math.log(w)) for w in self.widths)
+        rows.append((logs, -slack, np.inf))
 
     def budget_rows(self, skip: str | None = None) -> list[tuple[Expr, float, float]]:
+        """One row per active budget, each a relaxation of the exact constraint (see the module
+        docstring): no design that meets the budget exactly is cut off."""
         out = []
         for name, bound in self.problem.budgets.active().items():
-            if name != skip:
-                expr, const = self.linear(self.problem.pieces(name))
-                # scaled to O(1); a hair of slack so a design exactly on the budget is kept
-                out.append(({v: c / bound for v, c in expr.items()}, -np.inf,
-                            (bound * (1 + 1e-12) - const) / bound))
+            if name == skip:
+                continue
+            expr, const = self.linear(self.problem.pieces(name))
+            if name == "latency_ms":
+                rhs = bound + abs(bound) * FLOAT_SLACK - const
+            else:  # whole (or 1/8) units, unscaled: HiGHS's tolerances stay a fraction of a unit
+                whole = all(float(c).is_integer() for c in (const, *expr.values()))
+                rhs = math.floor(bound) + (0 if whole else 0.5) + COUNT_MARGIN - const
+            out.append((dict(expr), -np.inf, rhs))
         return out
+
+    def exclude(self, picks: list[Pick]) -> None:
+        """A no-good cut: forbid exactly the design of `picks`, and nothing else.
+
+        The design is: block i present with type k_i at depth L_i for i < n, block n absent.
+        Another design differs in a type or presence (some u[i, k_i] = 0, or block n present),
+        or in a depth, which binaries a_i (d <= L_i - 1) and b_i (d >= L_i + 1) witness.
+        """
+        n = len(picks)
+        after = picks[-1][0] + 1 if picks else 0  # the first absent block
+        cover: Expr = defaultdict(float)
+        for i, k, depth in picks:
+            d = self.d[i][k]
+            a, b = self._var(1), self._var(1)
+            # a = 1 forces d <= depth - 1; b = 1 forces d >= depth + 1
+            self.rows.append(({d: 1.0, a: float(self.dmax)}, -np.inf, depth - 1.0 + self.dmax))
+            self.rows.append(({d: 1.0, b: -(depth + 1.0)}, 0.0, np.inf))
+            cover[self.u[i][k]] -= 1.0
+            cover[a] += 1.0
+            cover[b] += 1.0
+        if after < self.nb:
+            for v in self.u[after]:
+                cover[v] += 1.0
+        self.rows.append((cover, 1.0 - n, np.inf))
 
     def solve(self, objective: Expr, extra: list[tuple[Expr, float, float]],
               time_limit: float | None):
@@ -175,47 +243,136 @@ class _Program:
         options = {"mip_rel_gap": MIP_GAP, "presolve": False}  # presolve costs more than it saves
         if time_limit:
             options["time_limit"] = time_limit
-        return milp(cost, integrality=np.ones(self.n), bounds=Bounds(self.lo, self.hi),
-                    constraints=LinearConstraint(a, [x[1] for x in rows], [x[2] for x in rows]),
-                    options=options)
+        with _stdout_to_stderr():
+            return milp(cost, integrality=np.ones(self.n), bounds=Bounds(self.lo, self.hi),
+                        constraints=LinearConstraint(a, [x[1] for x in rows],
+                                                     [x[2] for x in rows]),
+                        options=options)
 
-    def decode(self, xs: np.ndarray) -> tuple[Choice, ...]:
-        arch = []
+    def picks(self, xs: np.ndarray) -> list[Pick]:
+        out = []
         for i in range(self.nb):
-            for k, (w, r, shared) in enumerate(self.types):
+            for k in range(len(self.types)):
                 if xs[self.u[i][k]] > 0.5:
-                    depth = round(xs[self.d[i][k]])
-                    arch.append(Choice(w, r, depth, shared and depth > 1))
+                    out.append((i, k, round(xs[self.d[i][k]])))
+        return out
+
+    def decode(self, picks: list[Pick]) -> tuple[Choice, ...]:
+        arch = []
+        for _, k, depth in picks:
+            w, r, shared = self.types[k]
+            arch.append(Choice(w, r, depth, shared and depth > 1))
         return tuple(arch)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """HiGHS prints an occasional debug line with C's printf, which would corrupt `--json` on
+    stdout: while it runs, file descriptor 1 points at stderr."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError):  # no real stdout/stderr (embedded): nothing to protect
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _optimize(prog: _Program, problem: Problem, objective: Expr,
+              extra: list[tuple[Expr, float, float]], time_limit: float | None):
+    """Solve, decode and check exactly; cut off each design that breaks a constraint (and its
+    reorderings that break it too) and solve again. Returns (HiGHS result, design, metrics,
+    what each cut-off design broke): the design is None when HiGHS found none (infeasible, or
+    out of time). Raises Unverified after MAX_RESOLVES solves that all broke a constraint."""
+    start = time.perf_counter()
+    rejected: list[str] = []
+    for _ in range(MAX_RESOLVES + 1):
+        left = None
+        if time_limit:
+            left = time_limit - (time.perf_counter() - start)
+            if left <= 0:
+                last = f", the last: {rejected[-1]}" if rejected else ""
+                raise Unverified(f"the exact solver ran out of its {time_limit:g}s time limit "
+                                 f"before a design passed the exact check ({len(rejected)} cut "
+                                 f"off{last})")
+        res = prog.solve(objective, extra, left)
+        if res.x is None:
+            return res, None, None, rejected
+        picks = prog.picks(res.x)
+        arch = prog.decode(picks)
+        m = problem.evaluate(arch)
+        bad = problem.violations(arch, m)
+        if not bad:
+            return res, arch, m, rejected
+        rejected.append("; ".join(bad.values()))
+        prog.exclude(picks)
+        # blocks of one width reordered cost the same, so they break the same budget: cut off
+        # at once each one that the exact check refuses too, rather than one per solve
+        for other in _reorderings(prog, picks):
+            if problem.violations(prog.decode(other)):
+                prog.exclude(other)
+    raise Unverified(
+        f"the exact solver found no design that meets the constraints exactly: HiGHS's answers "
+        f"kept breaking them within its tolerance ({len(rejected)} solves, the last: "
+        f"{rejected[-1]}); loosen that budget by a few units, or try --solver ea")
+
+
+def _reorderings(prog: _Program, picks: list[Pick], limit: int = 200) -> Iterator[list[Pick]]:
+    """The design with its blocks reordered within each run of one width (not itself; at most
+    `limit`). Runs longer than 6 blocks keep their order."""
+    runs: list[list[tuple[int, int]]] = []
+    for _, k, depth in picks:
+        if runs and prog.types[runs[-1][0][0]][0] == prog.types[k][0]:
+            runs[-1].append((k, depth))
+        else:
+            runs.append([(k, depth)])
+    options = [sorted(set(itertools.permutations(r))) if len(r) <= 6 else [tuple(r)]
+               for r in runs]
+    original = [tuple(r) for r in runs]
+    count = 0
+    for combo in itertools.product(*options):
+        if list(combo) == original:
+            continue
+        if count == limit:
+            return
+        count += 1
+        blocks = [b for run in combo for b in run]
+        yield [(i, k, depth) for i, (k, depth) in enumerate(blocks)]
 
 
 def solve_exact(problem: Problem, time_limit: float | None = 120.0) -> Design:
     """Maximize entropy; proven optimal unless the time limit stops HiGHS (then optimal=False and
-    the remaining gap is reported). Raises Infeasible naming the binding budget."""
+    the remaining gap is reported). The design passed the exact check of every constraint.
+    Raises Infeasible naming the binding budget."""
     start = time.perf_counter()
     prog = _Program(problem)
     objective = {v: -k for v, k in prog.entropy().items()}
-    res = prog.solve(objective, prog.budget_rows(), time_limit)
+    res, arch, m, rejected = _optimize(prog, problem, objective, prog.budget_rows(), time_limit)
     seconds = time.perf_counter() - start
-    if res.x is None:
+    if arch is None:
         if res.status == 1:  # time limit without any solution
             raise Infeasible(f"HiGHS found no design within the {time_limit}s time limit", {})
         raise explain_infeasible(problem)
-    arch = prog.decode(res.x)
     gap = float(getattr(res, "mip_gap", 0.0) or 0.0)
     info = SolverInfo(name="exact", seconds=seconds, optimal=res.status == 0, gap=gap,
                       detail={"variables": prog.n, "constraints": len(prog.rows),
-                              "status": res.message})
-    return Design(arch=arch, metrics=problem.evaluate(arch), solver=info)
+                              "status": res.message, "cut_off": rejected})
+    return problem.certify(arch, info, m)
 
 
 def minimum(problem: Problem, resource: str, time_limit: float | None = 60.0) -> float | None:
     """Smallest value of one resource the space allows under the rho bound alone (None when not
-    even the rho bound can be met)."""
+    even the rho bound can be met): the exact cost of a design that passes the exact check."""
     prog = _Program(problem)
-    expr, const = prog.linear(problem.pieces(resource))
-    res = prog.solve(expr, [], time_limit)
-    return None if res.x is None else float(res.fun + const)
+    expr, _ = prog.linear(problem.pieces(resource))
+    alone = replace(problem, budgets=Budgets())
+    _, arch, m, _ = _optimize(prog, alone, expr, [], time_limit)
+    return None if arch is None else m.resource(resource)
 
 
 def explain_infeasible(problem: Problem) -> Infeasible:
@@ -228,19 +385,9 @@ def explain_infeasible(problem: Problem) -> Infeasible:
     mins = {name: minimum(problem, name) for name in budgets}
     binding = [name for name, low in mins.items() if low > budgets[name]]
     if binding:
-        parts = [f"{name} budget {_fmt(name, budgets[name])} is below the smallest achievable "
-                 f"{_fmt(name, mins[name])}" for name in binding]
+        parts = [f"{name} budget {format_budget(name, budgets[name])} is below the smallest "
+                 f"achievable {format_budget(name, mins[name])}" for name in binding]
         return Infeasible("infeasible: " + "; ".join(parts), mins)
-    parts = [f"{name} >= {_fmt(name, v)}" for name, v in mins.items()]
+    parts = [f"{name} >= {format_budget(name, v)}" for name, v in mins.items()]
     return Infeasible("infeasible: each budget can be met alone but not all together (smallest "
                       "achievable: " + ", ".join(parts) + "); loosen one of them", mins)
-
-
-def _fmt(name: str, value: float) -> str:
-    from merino_mobile.units import human_bytes, human_count
-
-    if name == "latency_ms":
-        return f"{value:.3g}ms"
-    if name == "memory":
-        return human_bytes(value)
-    return human_count(value)

@@ -5,15 +5,20 @@
                 A in the search space
 
 `Problem.evaluate` scores one architecture through the card and `merino_mobile.accounting` (the
-source of truth). `Problem.pieces` decomposes each resource over the solver's per-block choices for
-the exact solver; tests check the two agree by solving small spaces both ways.
+source of truth). `Problem.violations` checks it against every constraint in exact arithmetic:
+every solver's answer passes that check before it is returned (`Problem.certify`), so no design
+over its budget is ever reported. `Problem.pieces` decomposes each resource over the solver's
+per-block choices for the exact solver; tests check the two agree by solving small spaces both
+ways.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from merino_mobile import accounting as acc
@@ -25,7 +30,28 @@ from merino_mobile.space import Choice, Space
 
 RESOURCES = ("latency_ms", "flops", "params", "memory")
 UNITS = {"latency_ms": "ms", "flops": "FLOPs/token", "params": "parameters", "memory": "bytes"}
-REL_TOL = 1e-9  # float sums in a different order may differ in the last bits
+# what Problem.violations checks, in this order ("space": choice sets, block count and ordering)
+CONSTRAINTS = ("space", *RESOURCES, "rho")
+
+
+def format_budget(resource: str, value: float) -> str:
+    """A budget or cost of one resource (see RESOURCES) for people: "1.05ms", "60.0M", "200.0MB"."""
+    from merino_mobile.units import human_bytes, human_count
+
+    if resource == "latency_ms":
+        return f"{value:.3g}ms"
+    if resource == "memory":
+        return human_bytes(value)
+    return human_count(value)
+
+
+def _exact(resource: str, value: float) -> str:
+    """A cost or a bound in full, for a message about a constraint missed by a few units."""
+    if resource == "latency_ms":
+        return f"{value!r}ms"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,}"
 
 
 @dataclass(frozen=True)
@@ -36,6 +62,16 @@ class Budgets:
     flops: float | None = None
     params: float | None = None
     memory: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise UserError(f"the {name} budget must be a number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise UserError(f"the {name} budget must be a finite positive number of "
+                                f"{UNITS[name]}, got {value!r}")
 
     def active(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -93,8 +129,8 @@ class Problem:
                             "profiled device (see `merino-mobile profile --help`)")
         if self.context < 1:
             raise UserError(f"context must be positive, got {self.context}")
-        if self.settings.rho <= 0:
-            raise UserError(f"--rho must be positive, got {self.settings.rho}")
+        if not (math.isfinite(self.settings.rho) and self.settings.rho > 0):
+            raise UserError(f"--rho must be a finite positive number, got {self.settings.rho}")
 
     # -- scoring through the card ------------------------------------------------------------
 
@@ -117,19 +153,66 @@ class Problem:
             latency_ms=lat,
         )
 
-    def violations(self, m: Metrics) -> dict[str, float]:
-        """Each violated constraint with its value (empty when feasible)."""
+    def violations(self, arch: tuple[Choice, ...], m: Metrics | None = None) -> dict[str, str]:
+        """Every constraint (see CONSTRAINTS) the architecture breaks, each with what breaks it;
+        empty when it meets them all.
+
+        Exact: counts are Python integers from `merino_mobile.accounting` and are compared with
+        the budgets as fractions (a float budget is a binary fraction, compared as such);
+        latency is the table's own float sum, compared as a float; rho <= rho_0 is decided
+        without logarithms (see `rho_within`). No tolerance: one parameter over is over.
+        """
+        space = self.space_violation(arch)
+        if space:  # not an architecture of the space: nothing else to score
+            return {"space": space}
+        m = self.evaluate(arch) if m is None else m
         out = {}
         for name, bound in self.budgets.active().items():
             value = m.resource(name)
-            if value > bound * (1 + REL_TOL):
-                out[name] = value
-        if m.rho > self.settings.rho * (1 + REL_TOL):
-            out["rho"] = m.rho
+            if name == "latency_ms":
+                over = float(value) > float(bound)
+            else:
+                over = Fraction(value) > Fraction(bound)
+            if over:
+                out[name] = f"{name} {_exact(name, value)} > budget {_exact(name, bound)}"
+        if not rho_within(arch, self.settings.rho):
+            out["rho"] = f"rho {m.rho!r} > {self.settings.rho!r}"
         return out
 
-    def feasible(self, m: Metrics) -> bool:
-        return not self.violations(m)
+    def feasible(self, arch: tuple[Choice, ...], m: Metrics | None = None) -> bool:
+        return not self.violations(arch, m)
+
+    def space_violation(self, arch: tuple[Choice, ...]) -> str | None:
+        """Why an architecture is not one of the space's (block count, choice sets, order)."""
+        s = self.space
+        if not s.min_blocks <= len(arch) <= s.max_blocks:
+            return f"{len(arch)} blocks, the space allows {s.min_blocks} to {s.max_blocks}"
+        for i, c in enumerate(arch):
+            if c.width not in s.widths:
+                return f"block {i} width {c.width} is not one of {list(s.widths)}"
+            if c.ffn_ratio not in s.ffn_ratios:
+                return f"block {i} FFN ratio {c.ffn_ratio:g} is not one of {list(s.ffn_ratios)}"
+            if c.depth not in s.depths:
+                return f"block {i} depth {c.depth} is outside {s.depths.start}..{s.max_depth}"
+            if c.shared and not (s.sharing and c.depth >= 2):
+                return f"block {i} shares weights, which the space does not allow there"
+        for i, (a, b) in enumerate(zip(arch, arch[1:], strict=False)):
+            if not s.allows_step(a.width, b.width):
+                return f"block {i + 1} width {b.width} after {a.width} breaks order {s.order!r}"
+        return None
+
+    def certify(self, arch: tuple[Choice, ...], info: SolverInfo,
+                m: Metrics | None = None) -> Design:
+        """The Design of a solver's answer, once it passes the exact check of every constraint
+        (recorded in `info.checked`); raises Unverified when it does not."""
+        m = self.evaluate(arch) if m is None else m
+        bad = self.violations(arch, m)
+        if bad:
+            raise Unverified(f"the {info.name} solver's design breaks its constraints: "
+                             + "; ".join(bad.values()))
+        info.checked = [c for c in CONSTRAINTS
+                        if c in ("space", "rho") or c in self.budgets.active()]
+        return Design(arch=arch, metrics=m, solver=info)
 
     # -- decomposition for the exact solver ---------------------------------------------------
 
@@ -238,6 +321,7 @@ class SolverInfo:
     gap: float | None = None
     evaluated: int | None = None  # architectures scored (EA, brute force)
     detail: dict[str, Any] = field(default_factory=dict)
+    checked: list[str] = field(default_factory=list)  # constraints verified exactly (certify)
 
 
 @dataclass
@@ -259,6 +343,23 @@ class Infeasible(UserError):
     def __init__(self, message: str, minimums: dict[str, float]):
         super().__init__(message)
         self.minimums = minimums
+
+
+class Unverified(UserError):
+    """A solver found no design that passes the exact check (never returned as a design)."""
+
+
+def rho_within(arch: tuple[Choice, ...], rho: float) -> bool:
+    """rho(A) <= rho_0 decided exactly (rho as in `merino_mobile.entropy.effectiveness`).
+
+    rho = D / exp(sum_i L_i log E_i / D) <= rho_0 is, raised to the power D > 0,
+    D^D <= rho_0^D * prod_i E_i^L_i: integers and one binary fraction, no logarithm.
+    """
+    depth = sum(c.depth for c in arch)
+    if depth == 0:
+        return False
+    widths = math.prod(c.width ** c.depth for c in arch)
+    return Fraction(depth) ** depth <= Fraction(rho) ** depth * widths
 
 
 def log_width_sum(c: Choice) -> float:
