@@ -368,36 +368,23 @@ def design_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Find the decoder of maximum entropy within the budgets and write its architecture card."""
-    from merino_mobile.design import SOLVERS, design_card, sweep
+    from merino_mobile.design import SOLVERS, design_card, read_budgets, sweep
     from merino_mobile.space import load_space
     from merino_mobile.target import design_table
-    from merino_mobile.units import Range, parse_bytes, parse_count, parse_latency_ms, parse_range
 
     ws = Workspace.resolve(workspace)
     if solver not in SOLVERS:
         raise UserError(f"unknown --solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    given = {
-        "latency_ms": latency and parse_range(latency, parse_latency_ms, "--latency"),
-        "flops": flops and parse_range(flops, parse_count, "--flops"),
-        "params": params and parse_range(params, parse_count, "--params"),
-        "memory": memory and parse_range(memory, parse_bytes, "--memory"),
-    }
-    given = {k: v for k, v in given.items() if v}
-    if not given:
-        raise UserError("give at least one budget: --latency 50ms, --flops 2G, --params 60M or "
-                        "--memory 200MB")
-    sweeps = [k for k, v in given.items() if isinstance(v, Range)]
-    if len(sweeps) > 1:
-        raise UserError(f"only one budget can be a range at a time (got {', '.join(sweeps)})")
+    given, swept = read_budgets(latency, flops, params, memory)
     sp = load_space(ws.find("search", space, ".toml"))
     table, table_info = None, None
     if "latency_ms" in given:
         table, table_info = design_table(ws, device, runtime, quant)
     settings = EntropySettings(rho=rho)
     options = {"seconds": ea_seconds, "seed": seed} if solver == "ea" else {}
-    if sweeps:
-        result = sweep(sp, given, sweeps[0], settings, context, quant, table, solver, options)
-        plot = out or ws.root / "build" / f"pareto-{sweeps[0]}.png"
+    if swept:
+        result = sweep(sp, given, swept, settings, context, quant, table, solver, options)
+        plot = out or ws.root / "build" / f"pareto-{swept}.png"
         if plot.exists() and not force:
             raise UserError(f"{plot} exists; pass --force to replace it or --out for another file")
         result.plot(plot)

@@ -10,6 +10,7 @@ from merino_mobile.design.api import (
     check_name,
     default_name,
     design_card,
+    read_budgets,
     solve,
     sweep,
 )
@@ -25,4 +26,4 @@ from merino_mobile.design.problem import (
 
 __all__ = ["MAX_SWEEP_POINTS", "SOLVERS", "Budgets", "Design", "Infeasible", "Metrics", "Problem",
            "Sweep", "SweepPoint", "Unverified", "check_name", "default_name", "design_card",
-           "format_budget", "solve", "sweep"]
+           "format_budget", "read_budgets", "solve", "sweep"]

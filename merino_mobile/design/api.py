@@ -18,7 +18,7 @@ from merino_mobile.errors import UserError
 from merino_mobile.files import utc_now
 from merino_mobile.latency import LatencyTable
 from merino_mobile.space import Space
-from merino_mobile.units import Range
+from merino_mobile.units import Range, parse_bytes, parse_count, parse_latency_ms, parse_range
 
 SOLVERS = ("exact", "ea", "brute")
 MAX_SWEEP_POINTS = 200  # a sweep solves once per point: more is a typo in the step, not a plan
@@ -26,6 +26,28 @@ _SHORT = {"latency_ms": "lat", "flops": "f", "params": "p", "memory": "m"}
 # a card name becomes models/<name>.json: a plain file name, nothing that leaves models/
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 MAX_NAME = 200
+
+
+def read_budgets(latency: str | None = None, flops: str | None = None,
+                 params: str | None = None, memory: str | None = None
+                 ) -> tuple[dict[str, float | Range], str | None]:
+    """The budgets a user gave (`--latency 50ms`, `--params 20M:100M:20M`...) by name, and the
+    one that is a range to sweep (None: a single design). At least one budget, at most one
+    range."""
+    given = {
+        "latency_ms": latency and parse_range(latency, parse_latency_ms, "--latency"),
+        "flops": flops and parse_range(flops, parse_count, "--flops"),
+        "params": params and parse_range(params, parse_count, "--params"),
+        "memory": memory and parse_range(memory, parse_bytes, "--memory"),
+    }
+    given = {k: v for k, v in given.items() if v}
+    if not given:
+        raise UserError("give at least one budget: --latency 50ms, --flops 2G, --params 60M or "
+                        "--memory 200MB")
+    sweeps = [k for k, v in given.items() if isinstance(v, Range)]
+    if len(sweeps) > 1:
+        raise UserError(f"only one budget can be a range at a time (got {', '.join(sweeps)})")
+    return given, (sweeps[0] if sweeps else None)
 
 
 def solve(problem: Problem, solver: str = "exact", **options: Any) -> Design:

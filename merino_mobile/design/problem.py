@@ -361,7 +361,3 @@ def rho_within(arch: tuple[Choice, ...], rho: float) -> bool:
     widths = math.prod(c.width ** c.depth for c in arch)
     return Fraction(depth) ** depth <= Fraction(rho) ** depth * widths
 
-
-def log_width_sum(c: Choice) -> float:
-    """sum over a block's layers of log(width), the effectiveness term."""
-    return c.depth * math.log(c.width)
