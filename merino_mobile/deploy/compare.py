@@ -16,7 +16,7 @@ from merino_mobile.deploy.bench import (
     bench_side_by_side,
 )
 from merino_mobile.deploy.deploy import Candidate, deploy_dir, plan, write_report
-from merino_mobile.deploy.report import compare_markdown, plot_rates
+from merino_mobile.deploy.report import compare_markdown, plot_rates, setup_title
 from merino_mobile.errors import UserError
 from merino_mobile.export import export, reusable_export
 from merino_mobile.files import atomic_write_text, utc_now, write_json
@@ -109,9 +109,11 @@ def compare(ws: Workspace, cards: list[Card], device: str | Target | None = None
               "repeat": repeat, "rounds": rounds, "side_by_side": True, "rows": rows,
               "wall_s": round(time.perf_counter() - t0, 1), "out_dir": str(out)}
     result["plot"] = str(plot_rates(
-        [r["card"] for r in rows], [r["decode_tokens_per_s"] for r in rows],
-        [r["prefill_tokens_per_s"] for r in rows], out / "compare.png",
-        f"{device}, {fmt} {quant}: baseline {base}"))
+        [r["card"] + (" (baseline)" if r["card"] == base else "") for r in rows],
+        [b.decode_tokens_per_s for b in benches], [b.prefill_tokens_per_s for b in benches],
+        out / "compare.png",
+        f"compare on {setup_title(device, target.runtime, quant)}: baseline {base}",
+        highlight=names.index(base)))
     write_json(out / "compare.json", result)
     atomic_write_text(out / "compare.md", compare_markdown(result))
     # the callers get each card's report as written, so nobody reads it back from disk

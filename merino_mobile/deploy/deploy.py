@@ -31,7 +31,13 @@ from merino_mobile.deploy.bench import (
     bench_artifact,
 )
 from merino_mobile.deploy.predict import predict, roofline
-from merino_mobile.deploy.report import deploy_markdown, plot_prediction, plot_rates
+from merino_mobile.deploy.report import (
+    deploy_markdown,
+    latency_budget,
+    plot_prediction,
+    plot_rates,
+    setup_title,
+)
 from merino_mobile.device.base import Fingerprint
 from merino_mobile.errors import UserError
 from merino_mobile.files import atomic_write_text, utc_now, write_json
@@ -195,14 +201,24 @@ def write_report(target: Target, card: Card, requested: tuple[str, str],
             shutil.rmtree(chosen)
         shutil.copytree(Path(best.export["artifact"]).parent, chosen)
         report["artifact"] = str(chosen / Path(best.export["artifact"]).name)
-    if pred and pred.get("decode"):
-        report["plots"].append(str(plot_prediction(pred, out / "latency.png")))
+    budget_ms, why = latency_budget(card.meta)
+    if why:
+        warnings.append(why)
+    setup = setup_title(device, runtime, best.quant)
+    context = card.meta.get("context")
+    report["plots"].append(str(plot_prediction(
+        pred, out / "latency.png", bench=b, budget_ms=budget_ms,
+        design_context=context if type(context) is int else None,
+        title=f"{card.name}: predicted vs measured on {setup}")))
     shown = [c for c in cands if c.bench] if auto else [best]
     report["plots"].append(str(plot_rates(
-        [f"{c.format} {c.quant}" for c in shown],
-        [c.bench.decode_tokens_per_s.median for c in shown],
-        [c.bench.prefill_tokens_per_s.median for c in shown], out / "throughput.png",
-        f"{card.name} on {device}")))
+        [f"{get_format(c.format).runtime} {c.quant}" + (" (chosen)" if auto and c is best else "")
+         for c in shown],
+        [c.bench.decode_tokens_per_s for c in shown],
+        [c.bench.prefill_tokens_per_s for c in shown], out / "throughput.png",
+        f"{card.name}: {len(shown)} candidates on {device}, chosen {runtime} · {best.quant}"
+        if auto else f"{card.name}: tokens/s on {setup}",
+        highlight=shown.index(best) if auto else None)))
     write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", deploy_markdown(report))
     return report

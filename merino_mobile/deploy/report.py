@@ -1,60 +1,177 @@
 """Reports of `deploy` and `compare`: report.json (versioned), report.md (readable on its own)
-and matplotlib plots (predicted vs measured latency, tokens/s side by side)."""
+and matplotlib plots (predicted vs measured latency, tokens/s side by side).
+
+Every plot shows the measured spread, not only a median: a bar is the median of the timed runs,
+its whiskers span p10..p90, and the latency plot also draws each run as a dot, so a reader sees
+at a glance whether a gap between two bars is larger than the noise. Each figure is built by a
+`*_figure` function (returned, for tests to read its data) and written by the `plot_*` one.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from merino_mobile.units import human_bytes, human_count
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from merino_mobile.deploy.bench import BenchReport, Stat
+
 PLOT_DPI = 110
+PREDICTED, MEASURED, MISSED = "#8da0cb", "#66c2a5", "#fc8d62"
+BUDGET, HIGHLIGHT = "#d62728", "#e78ac3"
+SPREAD_LABEL = "p10-p90"  # the label of every spread's whiskers, how tests find them
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def setup_title(device: str, runtime: str, quant: str) -> str:
+    """The part of a plot's title that says where and how it was measured."""
+    return f"{device} · {runtime} · {quant}"
 
 
-def plot_prediction(prediction: dict[str, Any], path: Path) -> Path:
-    """Bars of predicted vs measured ms for decode (per token) and prefill (whole prompt)."""
-    plt = _plt()
-    phases = [p for p in ("decode", "prefill") if prediction.get(p)]
-    fig, axes = plt.subplots(1, len(phases), figsize=(4 * len(phases), 3.4), squeeze=False)
-    for ax, phase in zip(axes[0], phases, strict=True):
-        p = prediction[phase]
-        bars = ax.bar(["predicted", "measured"], [p["predicted_ms"], p["measured_ms"]],
-                      color=["#8da0cb", "#66c2a5"])
-        bars[1].set_color("#fc8d62" if p["flagged"] else "#66c2a5")
+def latency_budget(meta: dict[str, Any]) -> tuple[float | None, str | None]:
+    """A designed card's decode latency budget in ms (its meta's `budgets.latency_ms`, written
+    by `design`), or None; and, when the meta holds a budget that is not a positive number of
+    ms, why it is not drawn (the card's meta is free-form, so a hand edit is reported, not
+    fatal after a bench)."""
+    budgets = meta.get("budgets")
+    if not isinstance(budgets, dict) or budgets.get("latency_ms") is None:
+        return None, None
+    value = budgets["latency_ms"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value > 0):
+        return None, (f"the card's meta budgets.latency_ms is {value!r}, not a positive number "
+                      f"of ms: the latency plot has no budget line (fix the card or design it "
+                      f"again)")
+    return float(value), None
+
+
+def _new_figure(ncols: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
+    # a bare Figure on the Agg canvas: no pyplot state to close, nothing shown; the constrained
+    # layout keeps the title and the legend under the panels clear of them
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=PLOT_DPI)
+    return path
+
+
+def _spread_label(stats: list[Stat]) -> str:
+    ns = sorted({s.n for s in stats})
+    runs = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    return f"{SPREAD_LABEL} of {runs} runs"
+
+
+def _legend_below(fig: Figure, axes: list[Axes]) -> None:
+    """One legend under the panels with every panel's entries once (the panels share them)."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen), loc="outside lower center",
+               ncols=min(len(seen), 3), fontsize=8, frameon=False)
+
+
+def _whiskers(ax: Axes, xs: list[float], stats: list[Stat], capsize: float) -> None:
+    med = [s.median for s in stats]
+    ax.errorbar(xs, med, yerr=[[s.median - s.p10 for s in stats],
+                               [s.p90 - s.median for s in stats]],
+                fmt="none", ecolor="black", capsize=capsize, lw=1.2,
+                label=_spread_label(stats))
+
+
+def prediction_figure(prediction: dict[str, Any], bench: BenchReport, *, title: str,
+                      budget_ms: float | None = None, design_context: int | None = None
+                      ) -> Figure:
+    """Decode ms per token and time to first token: the measured median with its p10..p90
+    whiskers and every run as a dot, the latency table's prediction beside it when
+    `prediction` has one, and `budget_ms` (a designed card's latency budget) as a labelled
+    line on the decode panel. `title` names the card and setup (see `setup_title`)."""
+    phases = (("decode", "decode ms/token", "context", bench.decode_ms_per_token,
+               bench.decode_samples_ms, bench.prompt + bench.generate),
+              ("prefill", "time to first token", "prompt", bench.ttft_ms,
+               bench.ttft_samples_ms, bench.prompt))
+    fig, axes = _new_figure(2, 8.4, 4.4)
+    for ax, (phase, name, at, stat, samples, length) in zip(axes, phases, strict=True):
+        p = prediction.get(phase)
+        x = 1 if p else 0
+        if p:
+            ax.bar([0], [p["predicted_ms"]], color=PREDICTED, width=0.6,
+                   label="predicted (latency table)")
+        flagged = bool(p and p["flagged"])
+        ax.bar([x], [stat.median], color=MISSED if flagged else MEASURED, width=0.6,
+               label="measured median" + (", off the prediction by > 10%" if flagged else ""))
+        _whiskers(ax, [x], [stat], capsize=6)
+        if samples:
+            # spread the dots sideways a little so that equal runs stay visible
+            offsets = [0.18 * (2 * i / max(len(samples) - 1, 1) - 1) for i in
+                       range(len(samples))]
+            ax.plot([x + o for o in offsets], samples, "o", ms=3.5, color="#333333", alpha=0.7,
+                    label="each timed run", gid="runs")
+        ticks = ["predicted", "measured"] if p else ["measured"]
+        ax.set_xticks(range(len(ticks)), ticks)
+        ax.set_xlim(-0.7, len(ticks) - 0.3)
         ax.set_ylabel("ms")
-        ax.set_title(f"{phase} @ {p['length']}: error {p['error_pct']:+.1f}%")
-    fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
-    return path
-
-
-def plot_rates(labels: list[str], decode: list[float], prefill: list[float], path: Path,
-               title: str) -> Path:
-    """Decode and prefill tokens/s of several runs (candidates or cards) side by side."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(labels) + 3), 3.6))
-    for ax, values, name in ((axes[0], decode, "decode (tg)"), (axes[1], prefill,
-                                                                 "prefill (pp)")):
-        ax.bar(range(len(labels)), values, color="#66c2a5")
-        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("tokens/s")
-        ax.set_title(name)
+        verdict = f"prediction off by {p['error_pct']:+.1f}%" if p else "no prediction"
+        ax.set_title(f"{name} at {at} {length}\n{verdict}", fontsize=9)
+        if phase == "decode" and budget_ms is not None:
+            where = f" (designed at context {design_context})" if design_context else ""
+            ax.axhline(budget_ms, color=BUDGET, ls="--", lw=1.4, gid="budget",
+                       label=f"latency budget {budget_ms:.3g} ms/token{where}")
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", alpha=0.3)
+    _legend_below(fig, axes)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_prediction(prediction: dict[str, Any], path: Path, *, bench: BenchReport, title: str,
+                    budget_ms: float | None = None, design_context: int | None = None) -> Path:
+    """Write `prediction_figure` as a PNG at `path`."""
+    return _save(prediction_figure(prediction, bench, title=title, budget_ms=budget_ms,
+                                   design_context=design_context), path)
+
+
+def rates_figure(labels: list[str], decode: list[Stat], prefill: list[Stat], title: str, *,
+                 highlight: int | None = None) -> Figure:
+    """Decode and prefill tokens/s of several runs (candidates or cards) side by side: each bar
+    the median, its whiskers p10..p90; bar number `highlight` (the chosen candidate, the
+    baseline) in another colour."""
+    if not (len(labels) == len(decode) == len(prefill)):
+        raise ValueError(f"{len(labels)} labels for {len(decode)} decode and {len(prefill)} "
+                         f"prefill rates")
+    fig, axes = _new_figure(2, max(6.5, 1.6 * len(labels) + 3), 4.2)
+    colors = [HIGHLIGHT if i == highlight else MEASURED for i in range(len(labels))]
+    for ax, stats, name in ((axes[0], decode, "decode (tg)"), (axes[1], prefill, "prefill (pp)")):
+        xs = list(range(len(labels)))
+        ax.bar(xs, [s.median for s in stats], color=colors)
+        _whiskers(ax, xs, stats, capsize=5)
+        ax.set_xticks(xs, labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("tokens/s (bar: median)")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", alpha=0.3)
+    _legend_below(fig, axes)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_rates(labels: list[str], decode: list[Stat], prefill: list[Stat], path: Path,
+               title: str, *, highlight: int | None = None) -> Path:
+    """Write `rates_figure` as a PNG at `path`."""
+    return _save(rates_figure(labels, decode, prefill, title, highlight=highlight), path)
 
 
 def _ms(x: float | None) -> str:
@@ -114,9 +231,13 @@ def deploy_markdown(r: dict[str, Any]) -> str:
                 lines.append(f"| {phase} | {p['length']} | {_ms(p['predicted_ms'])} | "
                              f"{_ms(p['measured_ms'])} | {p['error_pct']:+.1f}% | "
                              f"{'**> 10%**' if p['flagged'] else 'ok'} |")
-        lines += ["", "![predicted vs measured](latency.png)", ""]
+        lines += [""]
     else:
         lines += [f"No prediction: {(pred or {}).get('reason', 'no latency table')}.", ""]
+    if any(Path(p).name == "latency.png" for p in r.get("plots", [])):
+        lines += ["Bars are medians, whiskers p10-p90 of the timed runs, dots the runs; a "
+                  "designed card's latency budget is the dashed line.", "",
+                  "![predicted vs measured](latency.png)", ""]
     roof = r.get("roofline")
     if roof and roof.get("share") is not None:
         lines += ["## Memory roofline", "",
