@@ -247,3 +247,95 @@ def test_spread_helper_reads_what_errorbar_draws():
     ax = Figure().subplots()
     ax.errorbar([2], [5.0], yerr=[[1.0], [3.0]], fmt="none")
     assert spreads(ax) == [(2.0, 4.0, 8.0)]
+
+
+# -- a design sweep's Pareto plot --------------------------------------------------------------
+
+def test_sweep_plot_marks_the_chosen_designs_and_the_infeasible_budgets(tmp_path):
+    from merino_mobile.design import format_budget, sweep
+    from merino_mobile.entropy import EntropySettings
+    from merino_mobile.space import Space
+    from merino_mobile.units import Range
+
+    space = Space(name="t", vocab=256, context=64, head_dim=16, widths=(16, 32),
+                  ffn_ratios=(1.0, 2.0), max_blocks=2, min_depth=0, max_depth=2)
+    result = sweep(space, {"params": Range(2e3, 6e4, 4e3)}, "params", EntropySettings(rho=1.0),
+                   64, "int8", None, "exact", {})
+    frontier = result.frontier()
+    infeasible = [p.budget for p in result.points if p.design is None]
+    repeated = [p for p in result.points if p.design and p not in frontier]
+    assert len(frontier) >= 2 and infeasible and repeated  # the range covers all three cases
+    fig = result.figure()
+    (ax,) = fig.axes
+    (line,) = by_gid(ax, "chosen")
+    assert list(line.get_xdata()) == [p.design.metrics.params for p in frontier]
+    assert list(line.get_ydata()) == [p.design.metrics.entropy for p in frontier]
+    (crosses,) = by_gid(ax, "infeasible")
+    assert list(crosses.get_xdata()) == infeasible
+    # the larger budgets that gave the same design are in its label, not drawn again
+    assert by_gid(ax, "dominated") == []
+    last = [t.get_text() for t in ax.texts][-1]
+    assert result.points[-1] in repeated and last == (
+        f"budget {format_budget('params', frontier[-1].budget)}-"
+        f"{format_budget('params', result.points[-1].budget)}")
+    assert "any device and runtime (no latency budget) · int8, context 64" in ax.get_title()
+    path = result.plot(tmp_path / "build" / "pareto.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_plot_draws_a_dominated_design_of_its_own():
+    from merino_mobile.design import Sweep, SweepPoint
+    from merino_mobile.design.problem import Design, Metrics, SolverInfo
+
+    def point(budget: float, params: int, entropy: float) -> SweepPoint:
+        m = Metrics(entropy, 0.1, 4, params, 0, 0, 0, None)
+        return SweepPoint(budget, Design((), m, SolverInfo("ea", 1.0, False)))
+
+    # the evolutionary solver may find a costlier design no better than a smaller budget's
+    result = Sweep("params", [point(10e6, 9e6, 50.0), point(20e6, 18e6, 50.0),
+                              point(30e6, 29e6, 60.0)], "int8", 512)
+    (ax,) = result.figure().axes
+    (line,) = by_gid(ax, "chosen")
+    assert list(line.get_xdata()) == [9e6, 29e6]
+    (dominated,) = by_gid(ax, "dominated")
+    assert list(dominated.get_xdata()) == [18e6] and list(dominated.get_ydata()) == [50.0]
+    assert by_gid(ax, "infeasible") == []
+
+
+class FlatTable:
+    """A latency table of made-up constant terms, named like a measured one (Lut)."""
+
+    device, runtime, quant = "pixel7", "executorch", "int4"
+
+    def fixed(self, phase="decode"):
+        return 0.2
+
+    def layer(self, width, ffn_ratio, heads, context, phase="decode"):
+        return 0.001 * width * ffn_ratio
+
+    def projection(self, width_in, width_out, phase="decode", context=1):
+        return 0.01
+
+    def embedding(self, width, vocab, phase="decode", context=1):
+        return 0.01
+
+    def head(self, width, vocab, phase="decode"):
+        return 0.001 * width
+
+
+def test_a_latency_sweeps_plot_names_the_tables_device_and_runtime():
+    from merino_mobile.design import sweep
+    from merino_mobile.entropy import EntropySettings
+    from merino_mobile.space import Space
+    from merino_mobile.units import Range
+
+    space = Space(name="t", vocab=256, context=64, head_dim=16, widths=(16, 32),
+                  ffn_ratios=(1.0, 2.0), max_blocks=2, min_depth=0, max_depth=2)
+    result = sweep(space, {"latency_ms": Range(0.3, 0.5, 0.1)}, "latency_ms",
+                   EntropySettings(rho=1.0), 64, "int4", FlatTable(), "exact", {})
+    assert result.frontier()
+    (ax,) = result.figure().axes
+    assert "pixel7 · executorch · int4, context 64" in ax.get_title()
+    (line,) = by_gid(ax, "chosen")
+    assert list(line.get_xdata()) == [p.design.metrics.latency_ms for p in result.frontier()]
+    assert "predicted latency per token" in ax.get_xlabel()

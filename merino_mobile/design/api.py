@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from merino_mobile.card import DESIGNED_BY, Card, save_card
 from merino_mobile.design.brute import solve_brute
@@ -19,6 +19,9 @@ from merino_mobile.files import utc_now
 from merino_mobile.latency import LatencyTable
 from merino_mobile.space import Space
 from merino_mobile.units import Range, parse_bytes, parse_count, parse_latency_ms, parse_range
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SOLVERS = ("exact", "ea", "brute")
 MAX_SWEEP_POINTS = 200  # a sweep solves once per point: more is a typo in the step, not a plan
@@ -132,6 +135,10 @@ class Sweep:
 
     resource: str
     points: list[SweepPoint]
+    quant: str | None = None  # the weight format the sweep designed for
+    context: int | None = None  # the context of its latency, FLOPs and KV cache
+    device: str | None = None  # the latency table's device and runtime (a latency budget)
+    runtime: str | None = None
 
     def frontier(self) -> list[SweepPoint]:
         """Feasible points that beat every cheaper budget's entropy."""
@@ -172,25 +179,76 @@ class Sweep:
                       fmt(self.resource, m.resource(self.resource)), blocks)
         return t
 
-    def plot(self, path: Path) -> Path:
-        import matplotlib
+    def figure(self) -> Figure:
+        """Entropy over the resource each design uses: the chosen designs (the frontier: each
+        beats every smaller budget's) filled and labelled with their budget, dominated ones
+        hollow, infeasible budgets as red crosses on the axis. The title says the device and
+        runtime of the latency table (when a budget is a latency), and the quantization."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig = Figure(figsize=(7, 4.6), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        chosen = {id(p) for p in self.frontier()}
 
-        pts = [p for p in self.points if p.design]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([p.design.metrics.resource(self.resource) for p in pts],
-                [p.design.metrics.entropy for p in pts], "o-")
-        ax.set_xlabel({"latency_ms": "predicted latency per token (ms)", "flops": "FLOPs/token",
-                       "params": "parameters", "memory": "memory (bytes)"}[self.resource])
+        def used(p: SweepPoint) -> float:
+            return p.design.metrics.resource(self.resource)
+
+        def at(p: SweepPoint) -> tuple[float, float]:
+            return used(p), p.design.metrics.entropy
+
+        # a bigger budget whose optimum is the same design joins that design's label; only a
+        # dominated design of its own is drawn as a point
+        groups: list[tuple[SweepPoint, list[float]]] = []
+        dominated: list[SweepPoint] = []
+        for p in self.points:
+            if id(p) in chosen:
+                groups.append((p, [p.budget]))
+            elif p.design and groups and at(p) == at(groups[-1][0]):
+                groups[-1][1].append(p.budget)
+            elif p.design:
+                dominated.append(p)
+        ax.plot([used(p) for p, _ in groups], [p.design.metrics.entropy for p, _ in groups],
+                "o-", color="#1f77b4", ms=7, gid="chosen",
+                label="chosen: the best design of its budget (Pareto frontier)")
+        for p, budgets in groups:
+            span = "-".join(dict.fromkeys(format_budget(self.resource, b)
+                                          for b in (budgets[0], budgets[-1])))
+            ax.annotate(f"budget {span}", at(p), textcoords="offset points", xytext=(6, -12),
+                        fontsize=7, color="#1f77b4")
+        if dominated:
+            ax.plot([used(p) for p in dominated], [p.design.metrics.entropy for p in dominated],
+                    "o", mfc="none", color="#999999", ms=7, gid="dominated",
+                    label="dominated: no better than a smaller budget's design")
+        bad = [p.budget for p in self.points if p.design is None]
+        if bad:
+            # on the x axis at the budget (y in axes units): there is no design to place
+            ax.plot(bad, [0.03] * len(bad), "x", color="#d62728", ms=8, mew=2, gid="infeasible",
+                    transform=ax.get_xaxis_transform(), clip_on=False,
+                    label="infeasible budget")
+        ax.xaxis.set_major_formatter(FuncFormatter(
+            lambda v, _: format_budget(self.resource, v) if v > 0 else "0" if v == 0 else ""))
+        ax.set_xlabel({"latency_ms": "predicted latency per token", "flops": "FLOPs/token",
+                       "params": "parameters", "memory": "memory (weights + KV cache)"}
+                      [self.resource] + " of the design")
         ax.set_ylabel("entropy H(A)")
-        ax.set_title("MeRino designs: entropy vs " + self.resource)
+        where = (f"{self.device} · {self.runtime} · {self.quant}" if self.device
+                 else f"any device and runtime (no latency budget) · {self.quant}")
+        ctx = f", context {self.context}" if self.context else ""
+        what = {"latency_ms": "latency"}.get(self.resource, self.resource)
+        ax.set_title(f"MeRino designs: entropy vs {what}\n{where}{ctx}", fontsize=10)
         ax.grid(alpha=0.3)
+        ax.margins(x=0.15, y=0.12)  # room for the labels right of and under the last points
+        # a frontier rises to the right, so the upper left is where the legend hides nothing
+        ax.legend(fontsize=7, loc="upper left")
+        return fig
+
+    def plot(self, path: Path) -> Path:
+        """Write `figure` as a PNG at `path`."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        self.figure().savefig(path, dpi=120)
         return path
 
 
@@ -219,4 +277,6 @@ def sweep(space: Space, budgets: dict[str, Any], resource: str, settings: Entrop
             points.append(SweepPoint(value, solve(problem, solver, **options)))
         except Infeasible as e:
             points.append(SweepPoint(value, None, str(e)))
-    return Sweep(resource, points)
+    # a LatencyTable need not know whose it is; the measured tables (latency.table.Lut) do
+    return Sweep(resource, points, quant, context, getattr(table, "device", None),
+                 getattr(table, "runtime", None))
