@@ -127,4 +127,7 @@ class RunnerBuild:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(self.binary, self.out)
         self.out.chmod(0o755)
+        from merino_mobile.device.checklist import write_runner_stamp  # readiness checks it
+
+        write_runner_stamp(self.out, self.executorch_src)
         return self.out

@@ -88,13 +88,25 @@ def test_nothing_listening_is_a_clear_error(key):
         t.run(["true"])
 
 
-def test_usb_without_libusb_says_what_to_install(key):
-    try:
-        import usb1  # noqa: F401
-        pytest.fail("libusb1 is installed here; this test covers the message when it is not")
-    except ImportError:
-        pass
-    with pytest.raises(UserError, match=r"pip install libusb1"):
+def test_usb_without_libusb_says_what_to_install(key, monkeypatch):
+    """USB missing is simulated: the availability function is monkeypatched to answer as on a
+    machine without libusb (this venv has adb-shell's usb extra and libusb-package)."""
+    from merino_mobile.device import adb_transport
+
+    monkeypatch.setattr(adb_transport, "usb_status", lambda: (
+        False, "USB needs libusb-1.0 and none was found", "`pip install libusb-package`"))
+    with pytest.raises(UserError, match=r"cannot reach USB 28201FDH2000XY: USB needs libusb-1.0 "
+                       r"and none was found: `pip install libusb-package`"):
+        AdbTransport(serial="28201FDH2000XY", key=key).run(["true"])
+
+
+def test_usb_without_a_phone_says_how_to_attach_one(key):
+    """With USB working (the install brings it) and no phone attached, the transport says how
+    to attach one."""
+    from merino_mobile.device.adb_transport import usb_available
+
+    assert usb_available()[0]
+    with pytest.raises(UserError, match="no phone with serial 28201FDH2000XY on USB: plug it in"):
         AdbTransport(serial="28201FDH2000XY", key=key).run(["true"])
 
 
@@ -759,11 +771,17 @@ def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm, monkeypa
     assert lut["fingerprint"]["cpu"] == "Tensor G2"
 
 
-def test_list_adb_devices_reports_each_target(tmp_path):
+def test_list_adb_devices_reports_each_target(tmp_path, monkeypatch):
+    """The USB row is simulated (no USB device can be attached here): one phone that this user
+    may not open, which the row names with the udev fix."""
     import socket
 
-    from merino_mobile.device.adb_transport import list_adb_devices
+    from merino_mobile.device import adb_transport
+    from merino_mobile.device.adb_transport import UsbPhone, list_adb_devices
     from merino_mobile.device.profiles import read_profile
+
+    monkeypatch.setattr(adb_transport, "find_usb_phones",
+                        lambda: [UsbPhone(0x18D1, 0x4EE7, None, "USBErrorAccess")])
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -778,7 +796,8 @@ def test_list_adb_devices_reports_each_target(tmp_path):
         ensure_adb_key(tmp_path / "a" / "android" / "adbkey")
         rows = list_adb_devices([up, down])
     usb, tcp_up, tcp_down = rows
-    assert usb["transport"] == "usb" and usb["reachable"] is None and "libusb1" in usb["reason"]
+    assert usb["transport"] == "usb" and usb["reachable"] is False
+    assert usb["reason"].startswith("a phone is on USB (18d1:4ee7) but this user may not open it")
     assert (tcp_up["serial"], tcp_up["reachable"], tcp_up["reason"]) == \
         (d.address, True, f"Pixel 7 at {d.address}")
     assert tcp_down["reachable"] is False and "cannot reach adbd" in tcp_down["reason"]

@@ -5,8 +5,11 @@ top of it. It holds:
 
 - the user's key: `ensure_adb_key` finds or creates ~/.android/adbkey in adb's own format, so the
   phone's "Allow USB debugging" prompt appears once and is remembered, for us and for adb alike;
-- USB availability (adb-shell's usb extra) and detection of Google's adb server, which owns
-  USB-attached phones while it runs;
+- USB: availability (adb-shell's usb extra, libusb from the system or else from the
+  libusb-package wheel, loaded before adb-shell's USB transport is imported, because that import
+  opens a USB context), the phones in USB debugging mode (`find_usb_phones`, with the reason one
+  cannot be opened and the udev rule or step that fixes it), and detection of Google's adb
+  server, which owns USB-attached phones while it runs;
 - `AdbTransport`: run/check/sha256/push/pull against one phone's adbd (no adb server). Every
   command is an argv whose items are quoted with shlex.quote, so names and paths never reach the
   device shell as code; exit codes and stderr come back through a wrapper around the command (ADB
@@ -17,6 +20,8 @@ top of it. It holds:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import math
 import os
 import posixpath
@@ -24,8 +29,10 @@ import secrets
 import shlex
 import socket
 import stat
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +42,12 @@ from merino_mobile.errors import UserError
 
 DEFAULT_KEY = "~/.android/adbkey"
 ADB_SERVER_PORT = 5037
-UNAUTHORIZED = ("the phone did not accept this computer's key: unlock it and accept the "
-                "'Allow USB debugging' prompt (tick 'Always allow from this computer'), then retry")
+UNAUTHORIZED_WHAT = "the phone did not accept this computer's key"
+UNAUTHORIZED_FIX = ("unlock it and accept the 'Allow USB debugging' prompt (tick 'Always allow "
+                    "from this computer'), then retry")
+UNAUTHORIZED = f"{UNAUTHORIZED_WHAT}: {UNAUTHORIZED_FIX}"
+GOOGLE_VENDOR_ID = 0x18D1  # Pixel phones; other makers have their own (Samsung 04e8, ...)
+USB_INSTALL = "pip install 'adb-shell[usb]' libusb-package"  # what merino-mobile's install brings
 
 
 class DeviceGone(UserError):
@@ -93,15 +104,128 @@ def adb_server_running(port: int = ADB_SERVER_PORT) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def usb_available() -> tuple[bool, str]:
-    """adb-shell's USB support needs the libusb1 package (adb-shell's usb extra)."""
+@functools.lru_cache(maxsize=1)
+def load_libusb() -> str:
+    """Load libusb-1.0 into usb1 (once per process): the system's, else the one the
+    libusb-package wheel ships. Returns where it came from; OSError when there is none.
+
+    Must run before adb_shell.transport.usb_transport is imported: that import opens a USB
+    context, which would otherwise look for the system's libusb only."""
+    import usb1
+
     try:
-        import usb1  # noqa: F401
+        usb1.loadLibrary()
+        return "system libusb"
+    except OSError as system_error:
+        try:
+            import libusb_package
+        except ImportError:
+            raise system_error from None
+        path = libusb_package.get_library_path()
+        if path is None:
+            raise system_error from None
+        # usb1 loads libusb with WinDLL on Windows (its calls are stdcall there), else CDLL
+        loader = getattr(ctypes, "WinDLL", ctypes.CDLL) if sys.platform == "win32" else ctypes.CDLL
+        usb1.loadLibrary(loader(str(path), use_errno=True, use_last_error=True))
+        return "libusb from libusb-package"
+
+
+def usb_status() -> tuple[bool, str, str]:
+    """Whether USB works here: (ok, what was found or is missing, the install that fixes it)."""
+    tcp = "; TCP works without it"
+    try:
+        import usb1
+    except ImportError:
+        return (False, "USB needs adb-shell's usb extra (the libusb1 package)",
+                f"`{USB_INSTALL}` (what merino-mobile's install brings){tcp}")
+    try:
+        source = load_libusb()
+    except OSError:
+        return (False, "USB needs libusb-1.0 and none was found",
+                "`pip install libusb-package` (or the system's: `apt-get install libusb-1.0-0`, "
+                f"`brew install libusb`){tcp}")
+    try:
         from adb_shell.transport.usb_transport import UsbTransport  # noqa: F401
     except ImportError:
-        return False, ("USB needs the libusb1 package (`pip install libusb1`, what adb-shell's usb "
-                       "extra installs); TCP works without it")
-    return True, "libusb1"
+        return (False, "USB needs adb-shell's usb extra", f"`{USB_INSTALL}`{tcp}")
+    except usb1.USBError as e:  # libusb is there but cannot start (no usbfs, a sandbox)
+        return (False, f"libusb could not start ({e})",
+                f"check that /dev/bus/usb is there and readable{tcp}")
+    v = usb1.getVersion()
+    return True, f"USB through {source} {v.major}.{v.minor}.{v.micro}", ""
+
+
+def usb_available() -> tuple[bool, str]:
+    """Whether USB works here, and how (or why not, with the install that fixes it)."""
+    ok, what, fix = usb_status()
+    return ok, what if ok else f"{what}: {fix}"
+
+
+@dataclass(frozen=True)
+class UsbPhone:
+    """A USB device with an ADB interface. `error` names libusb's reason when it could not be
+    opened (USBErrorAccess, USBErrorBusy, ...); `serial` is then None."""
+
+    vendor_id: int
+    product_id: int
+    serial: str | None = None
+    error: str | None = None
+
+    @property
+    def ids(self) -> str:
+        return f"{self.vendor_id:04x}:{self.product_id:04x}"
+
+    def problem(self) -> tuple[str, str]:
+        """What keeps it from being opened, and the step that fixes it."""
+        if self.error and "Busy" in self.error:
+            return (f"the phone on USB ({self.ids}) is held by another program",
+                    usb_busy_fix())
+        return (f"a phone is on USB ({self.ids}) but this user may not open it "
+                f"({self.error})", usb_access_fix(self.vendor_id))
+
+
+def usb_access_fix(vendor_id: int) -> str:
+    """The udev rule (Linux) or driver (Windows) that lets this user open a phone."""
+    if sys.platform.startswith("linux"):
+        return ('add the udev rule SUBSYSTEM=="usb", ATTR{idVendor}=="' f"{vendor_id:04x}"
+                '", MODE="0666", GROUP="plugdev" to /etc/udev/rules.d/51-android.rules, run '
+                "`sudo udevadm control --reload-rules`, replug the phone, and add yourself to "
+                "plugdev (`sudo usermod -aG plugdev $USER`, then log in again); see "
+                "docs/phones.md")
+    if sys.platform == "win32":
+        return ("install Google's USB driver (Android Studio > SDK Manager > SDK Tools > Google "
+                "USB Driver) so the phone's ADB interface uses WinUSB, then replug it")
+    return "replug the phone, unlock it and accept the 'Allow USB debugging' prompt"
+
+
+def usb_busy_fix() -> str:
+    if adb_server_running():
+        return "Google's adb server owns USB phones while it runs: run `adb kill-server`"
+    return ("close the program that holds it (Android Studio, scrcpy, another merino-mobile "
+            "run) or run `adb kill-server`, then retry")
+
+
+def find_usb_phones() -> list[UsbPhone]:
+    """The USB devices with an ADB interface (USB debugging on), each opened once for its
+    serial number. Needs `usb_available()` to be true."""
+    import usb1
+
+    load_libusb()  # before adb-shell's USB transport is imported (see load_libusb)
+    from adb_shell import constants
+    from adb_shell.transport.usb_transport import UsbTransport, get_interface
+
+    matcher = _interface_matcher(constants.CLASS, constants.SUBCLASS, constants.PROTOCOL,
+                                 get_interface)
+    phones = []
+    for device in UsbTransport.USB1_CTX.getDeviceIterator(skip_on_error=True):
+        if matcher(device) is None:
+            continue
+        vid, pid = device.getVendorID(), device.getProductID()
+        try:
+            phones.append(UsbPhone(vid, pid, device.getSerialNumber() or ""))
+        except usb1.USBError as e:
+            phones.append(UsbPhone(vid, pid, None, type(e).__name__))
+    return phones
 
 
 # -- transport -----------------------------------------------------------------------------------
@@ -159,6 +283,8 @@ class AdbTransport:
                 raise UserError(f"{self.target}: {UNAUTHORIZED}") from None
             if not self.address and "BUSY" in f"{type(e).__name__} {e}".upper():
                 raise UserError(self._usb_busy()) from None
+            if not self.address and "ACCESS" in f"{type(e).__name__} {e}".upper():
+                raise UserError(self._usb_refused(type(e).__name__)) from None
             if isinstance(e, OSError):
                 raise self._unreachable(e) from None
             if isinstance(e, _lost_errors()):
@@ -203,6 +329,16 @@ class AdbTransport:
             raise UserError(f"no phone{which} on USB: plug it in, enable "
                             "Developer options > USB debugging, and check the serial with "
                             "`merino-mobile devices`") from None
+
+    def _usb_refused(self, error: str) -> str:
+        """The line for a phone libusb would not let us open, with the rule for its vendor."""
+        with contextlib.suppress(Exception):
+            for phone in find_usb_phones():
+                if phone.error:
+                    what, fix = phone.problem()
+                    return f"{what}: {fix}"
+        what, fix = UsbPhone(GOOGLE_VENDOR_ID, 0, None, error).problem()
+        return f"{what}: {fix}"
 
     def _usb_busy(self) -> str:
         return (f"{self.target} is held by a running adb server (Google's adb owns USB phones "
@@ -412,24 +548,16 @@ def list_adb_devices(profiles: Sequence[DeviceProfile] = ()) -> list[dict]:
 
 
 def _usb_rows() -> list[dict]:
-    from adb_shell import constants
-    from adb_shell.transport.usb_transport import UsbTransport, get_interface
-
     rows = []
     try:
-        matcher = _interface_matcher(constants.CLASS, constants.SUBCLASS, constants.PROTOCOL,
-                                     get_interface)
-        for t in UsbTransport._find_devices(matcher):
-            try:
-                serial = t.serial_number
-                rows.append({"transport": "usb", "serial": serial, "profile": None,
-                             "reachable": True, "reason": "USB, ADB interface"})
-            except Exception as e:
-                busy = "BUSY" in str(e).upper() or "ACCESS" in str(e).upper()
-                reason = ("held by a running adb server: run `adb kill-server`" if busy and
-                          adb_server_running() else f"cannot open: {e}")
+        for phone in find_usb_phones():
+            if phone.error is None:
+                rows.append({"transport": "usb", "serial": phone.serial, "profile": None,
+                             "reachable": True, "reason": f"USB {phone.ids}, ADB interface"})
+            else:
+                what, fix = phone.problem()
                 rows.append({"transport": "usb", "serial": None, "profile": None,
-                             "reachable": False, "reason": reason})
+                             "reachable": False, "reason": f"{what}; {fix}"})
     except Exception as e:
         rows.append({"transport": "usb", "serial": None, "profile": None, "reachable": None,
                      "reason": f"USB enumeration failed: {e}"})

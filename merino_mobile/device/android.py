@@ -8,8 +8,10 @@ thermal cooldown before each batch with the temperatures recorded next to the ti
 runners: ExecuTorch's native executor_runner, ExecuTorch's benchmark app, onnxruntime_perf_test
 (their command lines and output formats are in runners.py).
 
-Also here: the parsers of what the phone reports (getprop, cpufreq, thermal zones) and the backend
-entry points the device registry calls, `open_device(profile)` and `probe(profile)`. `DeviceGone`
+Also here: the parsers of what the phone reports (getprop, cpufreq, thermal zones), the phone's
+readiness checklist (`readiness`: transport, phone visible, key accepted, model, runner and its
+version, thermal zones, in that order), and the backend entry points the device registry calls,
+`open_device(profile)`, `readiness(profile, runtime)` and `probe(profile)`. `DeviceGone`
 (the phone went away mid-run) is raised by the transport and re-exported here for callers.
 """
 
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import posixpath
 import secrets
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -26,8 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from merino_mobile.device import runners
-from merino_mobile.device.adb_transport import AdbTransport, DeviceGone, reachable
+from merino_mobile.device import adb_transport, checklist, runners
+from merino_mobile.device.adb_transport import (
+    UNAUTHORIZED,
+    UNAUTHORIZED_FIX,
+    UNAUTHORIZED_WHAT,
+    AdbTransport,
+    DeviceGone,
+    usb_serial,
+)
 from merino_mobile.device.base import (
     BenchRequest,
     BenchResult,
@@ -47,13 +58,18 @@ from merino_mobile.errors import UserError
 from merino_mobile.files import utc_now
 
 __all__ = ["AndroidPhone", "DeviceGone", "PhoneBenchResult", "PhoneFacts", "open_device",
-           "probe"]
+           "probe", "readiness"]
 
 UNREADABLE = ("no timing of this run is used; rerun, and if the line repeats, rebuild the "
               "runner for this ExecuTorch/ONNX Runtime version or report the line")
-RUNNER_MISSING = ("no ExecuTorch runner binary for {name}: build one with `merino-mobile runner "
-                  "build --ndk DIR --executorch-src DIR` (docs/phones.md), or set "
-                  "runner = \"PATH\" under [adb] in {path}")
+RUNNER_BUILD = "`merino-mobile runner build --ndk DIR --executorch-src DIR` (docs/phones.md)"
+RUNNER_MISSING_FIX = ("build one with " + RUNNER_BUILD + ", or set runner = \"PATH\" under [adb] "
+                      "in {path}")
+RUNNER_MISSING = "no ExecuTorch runner binary for {name}: " + RUNNER_MISSING_FIX
+ORT_MISSING_FIX = ("set onnxruntime_perf_test = \"PATH\" under [adb] in {path} (an arm64 build "
+                   "from ONNX Runtime's Android build)")
+APP_MISSING_FIX = ("build and install extension/benchmark/android/benchmark (./gradlew "
+                   "installDebug), or build the native runner")
 
 
 # -- phone facts ---------------------------------------------------------------------------------
@@ -200,13 +216,7 @@ class AndroidPhone:
         self._outputs = Path(tempfile.mkdtemp(prefix=f"merino-{self.name}-"))
 
     def _local(self, value: Any) -> Path | None:
-        if not value:
-            return None
-        p = Path(str(value)).expanduser()
-        if not p.is_absolute():
-            near = self.profile.path.parent / p
-            p = near if near.exists() else p.resolve()
-        return p
+        return local_tool(self.profile, value)
 
     # facts
     def facts(self) -> PhoneFacts:
@@ -293,16 +303,14 @@ class AndroidPhone:
             if not self.app_installed():
                 raise UserError(f"{self.profile.path} uses ExecuTorch's benchmark app "
                                 "(runner = \"minibench\") but it is not installed on the phone: "
-                                "build and install extension/benchmark/android/benchmark "
-                                "(./gradlew installDebug), or build the native runner")
+                                + APP_MISSING_FIX)
             return None
         tool = self.runner if runtime == "executorch" else self.ort_tool
         if tool is None or not tool.exists():
             if runtime == "executorch":
                 raise UserError(RUNNER_MISSING.format(name=self.name, path=self.profile.path))
-            raise UserError(f"no onnxruntime_perf_test for {self.name}: set "
-                            f"onnxruntime_perf_test = \"PATH\" under [adb] in {self.profile.path}"
-                            " (an arm64 build from ONNX Runtime's Android build)")
+            raise UserError(f"no onnxruntime_perf_test for {self.name}: "
+                            + ORT_MISSING_FIX.format(path=self.profile.path))
         return tool
 
     def prepare(self, artifact: Path) -> Handle:
@@ -475,12 +483,248 @@ class AndroidPhone:
         self.transport.close()
 
 
+def local_tool(profile: DeviceProfile, value: Any) -> Path | None:
+    """A runner path from the profile: ~ expanded, relative to the profile's folder if there."""
+    if not value:
+        return None
+    p = Path(str(value)).expanduser()
+    if not p.is_absolute():
+        near = profile.path.parent / p
+        p = near if near.exists() else p.resolve()
+    return p
+
+
 def _last_line(r: RunResult) -> str:
     lines = (r.stderr.strip() or r.stdout.strip()).splitlines()
     return lines[-1] if lines else "no output"
 
 
-# -- backend entry points (merino_mobile.device.open_device / probe) ----------------------------
+# -- readiness: what the phone needs, in order ---------------------------------------------------
+
+class _PhoneWalk:
+    """The ordered checks of one phone; each step may use what the steps before it found."""
+
+    def __init__(self, profile: DeviceProfile, runtime: str | None,
+                 auth_timeout_s: float | None) -> None:
+        assert profile.adb is not None
+        self.profile, self.settings = profile, profile.adb
+        self.runtime = runtime or (profile.runtimes[0] if profile.runtimes else "executorch")
+        self.auth_timeout_s = (auth_timeout_s if auth_timeout_s is not None
+                               else float(self.settings.extra.get("auth_timeout_s", 30.0)))
+        self.transport: AdbTransport | None = None
+        self.props: dict[str, str] = {}
+        self.tool: Path | None = None
+
+    def run(self) -> list[checklist.Check]:
+        try:
+            return checklist.walk([
+                ("transport", self.check_transport), ("phone", self.check_phone),
+                ("key", self.check_key), ("model", self.check_model),
+                ("runner", self.check_runner), ("runner version", self.check_runner_version),
+                ("thermal zones", self.check_thermal)])
+        finally:
+            if self.transport is not None:
+                self.transport.close()
+
+    @property
+    def path(self) -> Path:
+        return self.profile.path
+
+    def _host_port(self) -> tuple[str, int] | None:
+        host, _, port = (self.settings.address or "").rpartition(":")
+        return (host, int(port)) if host and port.isdigit() else None
+
+    def check_transport(self) -> checklist.Check:
+        if self.settings.address:
+            if self._host_port() is None:
+                return checklist.missing("transport", f"ADB address {self.settings.address!r} in "
+                                         f"{self.path} is not host:port",
+                                         'write it as address = "192.168.1.20:5555" under [adb]')
+            return checklist.ok("transport", f"TCP {self.settings.address}")
+        ok, what, fix = adb_transport.usb_status()
+        return checklist.ok("transport", what) if ok else checklist.missing("transport", what, fix)
+
+    def check_phone(self) -> checklist.Check:
+        if self.settings.address:
+            host, port = self._host_port() or ("", 0)
+            try:
+                socket.create_connection((host, port), timeout=3.0).close()
+            except OSError as e:
+                return checklist.missing(
+                    "phone", f"nothing answers at {self.settings.address} ({e.strerror or e})",
+                    "on the phone turn on Wireless debugging, or run `adb tcpip 5555` once over "
+                    f"USB; check the address in {self.path}")
+            return checklist.ok("phone", f"adbd answers at {self.settings.address}")
+        return self._usb_phone()
+
+    def _usb_phone(self) -> checklist.Check:
+        phones = adb_transport.find_usb_phones()
+        if not phones:
+            return checklist.missing(
+                "phone", "no phone in USB debugging mode on USB",
+                "plug it in with a data cable, unlock it and turn on Developer options > USB "
+                "debugging (docs/phones.md)")
+        usable = [p for p in phones if p.error is None]
+        refused = [p for p in phones if p.error is not None]
+        want = usb_serial(self.settings.serial)
+        if want:
+            if any(p.serial == want for p in usable):
+                return checklist.ok("phone", f"USB phone {want}")
+            if refused:  # perhaps the wanted one: it cannot be opened to read its serial
+                return checklist.missing("phone", *refused[0].problem())
+            return checklist.missing(
+                "phone", f"no phone with serial {want} on USB (there: "
+                f"{', '.join(p.serial or '?' for p in usable)})",
+                f'set serial = "<one of those>" (or "auto") under [adb] in {self.path}')
+        if not usable:
+            return checklist.missing("phone", *refused[0].problem())
+        more = (f"; {len(usable)} phones, the first is used (set serial under [adb] to choose)"
+                if len(usable) > 1 else "")
+        first = usable[0]
+        return checklist.ok("phone", f"USB phone {first.serial or '(no serial)'} ({first.ids})"
+                            f"{more}")
+
+    def check_key(self) -> checklist.Check:
+        t = AdbTransport.from_settings(self.settings, auth_timeout_s=self.auth_timeout_s,
+                                       io_timeout_s=5.0, reconnects=0)
+        key = Path(self.settings.adbkey).expanduser()
+        try:
+            t.connect()
+        except UserError as e:
+            if UNAUTHORIZED in str(e):
+                return checklist.missing("key", f"{t.target}: {UNAUTHORIZED_WHAT} ({key})",
+                                         UNAUTHORIZED_FIX)
+            raise
+        self.transport = t
+        return checklist.ok("key", f"{key} accepted by {t.target}")
+
+    def check_model(self) -> checklist.Check:
+        t = self.transport
+        assert t is not None
+        self.props = parse_getprop(t.check(["getprop"], "getprop"))
+        model = self.props.get("ro.product.model", "unknown")
+        expect = self.settings.extra.get("expect_model")
+        expects = [expect] if isinstance(expect, str) else list(expect or ())
+        if expects and model not in expects:
+            return checklist.missing("model", f"{self.path} is for {expects} but the phone at "
+                                     f"{t.target} is a {model!r}",
+                                     "use that phone's profile (or copy one and set expect_model)")
+        return checklist.ok("model", f"{model} at {t.target}")
+
+    def check_runner(self) -> checklist.Check:
+        name, rt = self.profile.name, self.runtime
+        if rt not in self.profile.runtimes:
+            listed = ", ".join(self.profile.runtimes) or "no runtime"
+            return checklist.missing("runner", f"cannot run {rt} artifacts: {self.path} lists "
+                                     f"{listed}", f'add "{rt}" to runtimes = [...] in {self.path}')
+        if rt == "executorch" and self.settings.runner == "minibench":
+            t = self.transport
+            assert t is not None
+            r = t.run(["pm", "list", "packages", runners.MINIBENCH_PACKAGE])
+            if f"package:{runners.MINIBENCH_PACKAGE}" not in r.stdout.split():
+                return checklist.missing("runner", "ExecuTorch's benchmark app "
+                                         f"({runners.MINIBENCH_PACKAGE}) is not on the phone",
+                                         APP_MISSING_FIX)
+            return checklist.ok("runner",
+                                f"ExecuTorch's benchmark app ({runners.MINIBENCH_PACKAGE})")
+        if rt == "executorch":
+            tool = local_tool(self.profile, self.settings.runner)
+            if tool is None or not tool.is_file():
+                at = f" at {tool}" if tool else ""
+                return checklist.missing("runner", f"no ExecuTorch runner binary for {name}{at}",
+                                         RUNNER_MISSING_FIX.format(path=self.path))
+            rebuild = "rebuild it for the phone with " + RUNNER_BUILD
+        elif rt == "onnxruntime":
+            tool = local_tool(self.profile, self.settings.extra.get("onnxruntime_perf_test"))
+            if tool is None or not tool.is_file():
+                at = f" at {tool}" if tool else ""
+                return checklist.missing("runner", f"no onnxruntime_perf_test for {name}{at}",
+                                         ORT_MISSING_FIX.format(path=self.path))
+            rebuild = "use onnxruntime_perf_test from an ONNX Runtime Android build for it"
+        else:
+            return checklist.missing("runner", f"phones run executorch or onnxruntime, not {rt}",
+                                     f"remove {rt!r} from runtimes = [...] in {self.path}")
+        if not os.access(tool, os.X_OK):
+            return checklist.missing("runner", f"{tool} is not executable", f"chmod +x {tool}")
+        abi = checklist.elf_abi(tool)
+        phone_abi = self.props.get("ro.product.cpu.abi", "unknown")
+        abis = self.props.get("ro.product.cpu.abilist", phone_abi).split(",")
+        if abi is not None and abi not in abis:
+            return checklist.missing("runner", f"{tool} is built for {abi}, the phone runs "
+                                     f"{phone_abi}", rebuild)
+        self.tool = tool
+        return checklist.ok("runner", f"{tool} ({abi or 'a script, not an ELF binary'})")
+
+    def check_runner_version(self) -> checklist.Check:
+        name = "runner version"
+        if self.tool is None:
+            return checklist.unknown(name, "ExecuTorch's benchmark app: its version is not checked")
+        if self.runtime != "executorch":
+            return checklist.unknown(name, f"{self.tool.name}: its version is not checked")
+        from merino_mobile.device.host import runtime_version
+
+        here = runtime_version("executorch")
+        stamp = checklist.runner_stamp(self.tool)
+        try:
+            built = stamp.read_text().strip()
+        except OSError:
+            built = ""
+        if not built:
+            return checklist.unknown(
+                name, f"{self.tool.name} records no ExecuTorch version (it was not built by "
+                "`merino-mobile runner build`)", f"rebuild it with {RUNNER_BUILD} to have it "
+                "checked")
+        if here is None:
+            return checklist.unknown(name, f"built from ExecuTorch {built}; ExecuTorch is not "
+                                     "installed here to compare")
+        if checklist.base_version(built) != checklist.base_version(here):
+            return checklist.missing(name, f"the runner is built from ExecuTorch {built}, models "
+                                     f"are exported with {here}",
+                                     f"rebuild it from ExecuTorch v{checklist.base_version(here)} "
+                                     f"sources with {RUNNER_BUILD}")
+        return checklist.ok(name, f"ExecuTorch {built}, as the exporter ({here})")
+
+    def check_thermal(self) -> checklist.Check:
+        name = "thermal zones"
+        t = self.transport
+        assert t is not None
+        temps = parse_thermal(t.run(["sh", "-c", THERMAL_SCRIPT]).stdout)
+        watched = tuple(self.settings.extra.get("thermal_zones", ()))
+        if not temps:
+            what = "the phone reports no readable thermal zone under /sys/class/thermal"
+            if self.profile.cooldown.max_temp_c is None:
+                return checklist.unknown(name, what + "; temperatures are not recorded")
+            return checklist.missing(name, what, "remove max_temp_c from [cooldown] in "
+                                     f"{self.path} to measure without waiting for it to cool")
+        kinds = {k.split("#")[0]: v for k, v in reversed(temps.items())}
+        if watched:
+            found = [z for z in watched if z in kinds]
+            if not found:
+                return checklist.missing(name, f"none of the thermal zones {list(watched)} of "
+                                         f"{self.path} is on the phone",
+                                         "set thermal_zones = [...] under [adb] to some of: "
+                                         + ", ".join(sorted(kinds)))
+            absent = [z for z in watched if z not in kinds]
+            note = f" ({', '.join(absent)} not on this phone)" if absent else ""
+            return checklist.ok(name, ", ".join(f"{z} {kinds[z]:g} °C" for z in found) + note)
+        hottest = max(temps, key=temps.__getitem__)
+        return checklist.ok(name, f"{len(temps)} zones, hottest {hottest} {temps[hottest]:g} °C")
+
+
+def readiness(profile: DeviceProfile, runtime: str | None = None, *,
+              auth_timeout_s: float | None = None) -> list[checklist.Check]:
+    """What the phone needs to run `runtime` (default: the profile's first), in order: the
+    transport (USB, or the TCP address), the phone visible, this computer's key accepted, the
+    model the profile expects, the runner and its version, the thermal zones. Checks after the
+    first missing one are not run. `auth_timeout_s` (default: the profile's, else 30 s) is how
+    long the phone's user has to accept the key."""
+    if profile.adb is None:
+        return [checklist.missing("transport", f"{profile.path} has no [adb] table",
+                                  'add [adb] with serial = "auto" (USB) or address = "host:port"')]
+    return _PhoneWalk(profile, runtime, auth_timeout_s).run()
+
+
+# -- backend entry points (merino_mobile.device.open_device / readiness / probe) ----------------
 
 def open_device(profile: DeviceProfile) -> AndroidPhone:
     """The phone a profile describes; connects on first use."""
@@ -488,7 +732,5 @@ def open_device(profile: DeviceProfile) -> AndroidPhone:
 
 
 def probe(profile: DeviceProfile) -> Probe:
-    """Reachable now? Connects, reads the model, disconnects. Never raises."""
-    if profile.adb is None:
-        return Probe(False, "no [adb] table in the profile")
-    return reachable(profile.adb)
+    """Ready now? The readiness walk with a short wait for the key; never raises."""
+    return checklist.summarize(readiness(profile, auth_timeout_s=5.0), headline="model")

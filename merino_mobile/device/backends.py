@@ -1,6 +1,8 @@
 """The registry of device backends, and opening a device through it.
 
-A backend is a module with `open_device(profile) -> Device` and `probe(profile) -> Probe`.
+A backend is a module with `open_device(profile) -> Device`, `readiness(profile, runtime) ->
+list[Check]` (the ordered checklist of what the device needs, checklist.py) and `probe(profile)
+-> Probe` (the checklist in one row, for `devices`).
 `BACKENDS` names them by the profile's transport: "local" is this host (host.py), "adb" a phone
 over ADB (android.py, on the transport in adb_transport.py), "coreml" this Mac through Core ML
 (coreml.py). A Core ML artifact always runs through the coreml backend: Core ML predicts only on
@@ -15,6 +17,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from merino_mobile.device.base import Device, Probe
+from merino_mobile.device.checklist import Check, blocking_error, missing
 from merino_mobile.errors import UserError
 
 if TYPE_CHECKING:  # profiles.py reads the transports from BACKENDS
@@ -38,28 +41,38 @@ def _backend(name: str) -> ModuleType | None:
         raise
 
 
-def open_device(profile: DeviceProfile, runtime: str | None = None) -> Device:
-    """The device a profile describes, ready to fingerprint, prepare and benchmark; with
-    `runtime`, one that can run it now (else a UserError naming the runtimes it has)."""
+def _not_installed(profile: DeviceProfile, name: str) -> str:
+    return (f"device {profile.name!r} uses transport {name!r}, whose backend "
+            f"({BACKENDS[name]}) is not installed")
+
+
+def readiness(profile: DeviceProfile, runtime: str | None = None) -> list[Check]:
+    """What the device needs to run `runtime` (default: the profile's first), in order, each
+    ok, missing (with its fix) or unknown; the walk stops at the first missing piece."""
     name = _backend_name(profile, runtime)
     mod = _backend(name)
     if mod is None:
-        raise UserError(f"device {profile.name!r} uses transport {name!r}, whose backend "
-                        f"({BACKENDS[name]}) is not installed")
-    dev = mod.open_device(profile)
-    if runtime is not None and runtime not in (have := dev.runtimes()):
-        dev.cleanup()
-        from merino_mobile.formats import for_runtime
+        return [missing("backend", _not_installed(profile, name),
+                        "reinstall merino-mobile (pip install -e .)")]
+    return mod.readiness(profile, runtime)
 
-        raise UserError(f"device {profile.name!r} cannot run {runtime} artifacts: it has "
-                        f"{', '.join(have) or 'no runtime'} (see {profile.path})"
-                        + (f"; export for one of those with --format "
-                           f"{' or '.join(for_runtime(r).name for r in have)}" if have else ""))
-    return dev
+
+def open_device(profile: DeviceProfile, runtime: str | None = None) -> Device:
+    """The device a profile describes, ready to fingerprint, prepare and benchmark `runtime`
+    (default: the profile's first); when it is not ready, a UserError with the first missing
+    check's line (what is missing and what fixes it)."""
+    name = _backend_name(profile, runtime)
+    mod = _backend(name)
+    if mod is None:
+        raise UserError(_not_installed(profile, name))
+    gap = blocking_error(profile.name, mod.readiness(profile, runtime))
+    if gap is not None:
+        raise gap
+    return mod.open_device(profile)
 
 
 def probe(profile: DeviceProfile) -> Probe:
-    """Whether the device is reachable now; never raises."""
+    """Whether the device is ready now, from its readiness checklist; never raises."""
     mod = _backend(profile.transport)
     if mod is None:
         return Probe(None, f"unknown: {profile.transport.upper()} backend not installed")
@@ -67,4 +80,3 @@ def probe(profile: DeviceProfile) -> Probe:
         return mod.probe(profile)
     except Exception as e:  # a probe must never take down `devices`
         return Probe(False, f"{type(e).__name__}: {e}")
-

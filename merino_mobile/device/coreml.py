@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from merino_mobile.device import checklist
 from merino_mobile.device.base import (
     BenchRequest,
     BenchResult,
@@ -26,6 +27,7 @@ from merino_mobile.device.base import (
     Samples,
     file_sha256,
 )
+from merino_mobile.device.checklist import Check
 from merino_mobile.errors import UserError
 
 COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
@@ -145,7 +147,25 @@ def open_device(profile: Any) -> CoreMLDevice:
     return CoreMLDevice(profile, getattr(profile, "compute_units", "ALL"))
 
 
+def readiness(profile: Any, runtime: str | None = None) -> list[Check]:
+    """Core ML needs macOS, then coremltools; either runtime asked for is Core ML's."""
+
+    def macos() -> Check:
+        if sys.platform != "darwin":
+            return checklist.missing("macOS", f"Core ML prediction needs macOS (this is "
+                                     f"{platform.system()})",
+                                     "coremltools converts here, but profile and bench the coreml "
+                                     "runtime on a Mac")
+        return checklist.ok("macOS", f"macOS {platform.mac_ver()[0]}")
+
+    def coremltools() -> Check:
+        ok, why = available()
+        return checklist.ok("coremltools", why) if ok else checklist.missing(
+            "coremltools", why, "pip install coremltools")
+
+    return checklist.walk([("macOS", macos), ("coremltools", coremltools)])
+
+
 def probe(profile: Any) -> Probe:
     """Whether Core ML prediction can run here (never raises)."""
-    ok, why = available()
-    return Probe(ok, why)
+    return checklist.summarize(readiness(profile), headline="macOS")

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+from merino_mobile.device import checklist
 from merino_mobile.device.base import (
     BenchRequest,
     BenchResult,
@@ -37,6 +38,7 @@ from merino_mobile.device.base import (
     RunResult,
     file_sha256,
 )
+from merino_mobile.device.checklist import Check
 from merino_mobile.device.profiles import DeviceProfile
 from merino_mobile.errors import UserError
 from merino_mobile.formats import PROFILED_RUNTIMES as RUNTIMES  # what this host runs
@@ -280,11 +282,39 @@ def open_device(profile: DeviceProfile) -> HostDevice:
     return HostDevice(profile)
 
 
-def probe(profile: DeviceProfile) -> Probe:
-    """The host is always reachable; the detail names its runtimes."""
+def readiness(profile: DeviceProfile, runtime: str | None = None) -> list[Check]:
+    """This host needs only its runtimes (`runtime`, else any the profile lists) installed, and
+    the cores the profile pins to."""
     dev = HostDevice(profile)
-    have = dev.runtimes()
-    if not have:
-        return Probe(False, f"none of the runtimes {list(profile.runtimes)} is installed")
-    versions = ", ".join(f"{r} {runtime_version(r)}" for r in have)
-    return Probe(True, f"{_cpu_model()}, {os.cpu_count()} cores; {versions}")
+
+    def runtimes() -> Check:
+        have = dev.runtimes()
+        if runtime is not None and runtime not in have:
+            from merino_mobile.formats import for_runtime
+
+            return checklist.missing(
+                "runtimes", f"cannot run {runtime} artifacts: it has "
+                f"{', '.join(have) or 'no runtime'} (see {profile.path})",
+                f"export for one of those with --format "
+                f"{' or '.join(for_runtime(r).name for r in have)}" if have else
+                f"pip install {RUNTIME_PACKAGE.get(runtime, runtime)}")
+        if not have:
+            wanted = [r for r in profile.runtimes if r in RUNTIME_PACKAGE]
+            return checklist.missing(
+                "runtimes", f"none of the runtimes {list(profile.runtimes)} is installed",
+                f"pip install {' '.join(RUNTIME_PACKAGE[r] for r in wanted)}" if wanted
+                else f"list executorch or onnxruntime in runtimes = [...] of {profile.path}")
+        versions = ", ".join(f"{r} {runtime_version(r)}" for r in have)
+        return checklist.ok("runtimes", f"{_cpu_model()}, {os.cpu_count()} cores; {versions}")
+
+    def cpus() -> Check:
+        pinned = dev.cpus  # a UserError naming the usable cores when some are not
+        return checklist.ok("cpus", f"pinned to {','.join(map(str, pinned))}" if pinned
+                            else "not pinned")
+
+    return checklist.walk([("runtimes", runtimes), ("cpus", cpus)])
+
+
+def probe(profile: DeviceProfile) -> Probe:
+    """Ready now? The detail names the host and its runtimes."""
+    return checklist.summarize(readiness(profile), headline="runtimes")
