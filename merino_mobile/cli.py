@@ -198,14 +198,25 @@ def runner_build_cmd(
 
 @app.command("devices")
 def devices_cmd(
+    name: str | None = typer.Argument(None, help="A device profile: print its readiness "
+                                      "checklist (default: list every profile)."),
+    runtime: str | None = typer.Option(None, "--runtime", help="With NAME: the runtime to "
+                                       "check the runner of (default: the profile's first)."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """List device profiles (devices/*.toml) and whether each is reachable now."""
+    """List device profiles (devices/*.toml) and whether each is ready now; with NAME, walk
+    what that device needs, item by item, and say what fixes the first missing one."""
     from merino_mobile.device import probe
     from merino_mobile.device.profiles import all_profiles
 
     ws = Workspace.resolve(workspace)
+    if name is not None:
+        _device_checklist(ws, name, runtime, as_json)
+        return
+    if runtime is not None:
+        raise UserError("--runtime goes with a device name: merino-mobile devices NAME --runtime "
+                        f"{runtime}")
     rows = []
     for prof in all_profiles(ws):
         if isinstance(prof, UserError):
@@ -228,6 +239,40 @@ def devices_cmd(
         table.add_row(r["name"], r["transport"], str(r["threads"]),
                       ",".join(map(str, r["cpus"])) or "-", mark[r["reachable"]], r["detail"])
     console.print(table)
+
+
+def _device_checklist(ws: Workspace, name: str, runtime: str | None, as_json: bool) -> None:
+    """`devices NAME`: every readiness check with its state; not ready ends as the first
+    missing check's line (exit code 2), as `profile` or `bench` on that device would."""
+    from merino_mobile.device import readiness
+    from merino_mobile.device.checklist import blocking_error, report
+    from merino_mobile.device.profiles import load_profile
+    from merino_mobile.formats import RUNTIMES
+
+    prof = load_profile(ws, name)
+    if runtime is not None and runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    checks = readiness(prof, runtime)
+    gap = blocking_error(prof.name, checks)
+    if as_json:
+        emit_json(report(prof.name, checks))
+    else:
+        table = Table(title=f"{prof.name} ({prof.path})")
+        for col in ("check", "state"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("detail")
+        table.add_column("fix")
+        mark = {"ok": "[green]ok[/green]", "missing": "[red]missing[/red]",
+                "unknown": "[yellow]unknown[/yellow]"}
+        for c in checks:
+            table.add_row(c.name, mark[c.state], escape(c.detail), escape(c.fix))
+        console.print(table)
+        if gap is None:
+            console.print(f"{prof.name}: ready", highlight=False)
+    if gap is not None:
+        if as_json:
+            sys.exit(2)  # the JSON above says why; no second message on stderr
+        raise gap
 
 
 @app.command("profile")
