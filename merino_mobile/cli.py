@@ -242,8 +242,9 @@ def devices_cmd(
 
 
 def _device_checklist(ws: Workspace, name: str, runtime: str | None, as_json: bool) -> None:
-    """`devices NAME`: every readiness check with its state; not ready ends as the first
-    missing check's line (exit code 2), as `profile` or `bench` on that device would."""
+    """`devices NAME`: every readiness check with its state. Not ready ends with exit code 1
+    and the first missing check's line on stderr, the line `profile` or `bench` on that device
+    would refuse with (exit code 2 stays for bad input: an unknown device or runtime)."""
     from merino_mobile.device import readiness
     from merino_mobile.device.checklist import blocking_error, report
     from merino_mobile.device.profiles import load_profile
@@ -270,9 +271,10 @@ def _device_checklist(ws: Workspace, name: str, runtime: str | None, as_json: bo
         if gap is None:
             console.print(f"{prof.name}: ready", highlight=False)
     if gap is not None:
-        if as_json:
-            sys.exit(2)  # the JSON above says why; no second message on stderr
-        raise gap
+        if not as_json:  # the JSON above says why; no second message on stderr
+            err.print(f"[red]not ready:[/red] {escape(str(gap))}", highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command("profile")

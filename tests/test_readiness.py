@@ -297,14 +297,14 @@ def test_cli_profile_and_devices_stop_at_the_first_missing_piece(tmp_path, monke
             assert " ".join(err.split()).endswith(f"error: {expected[name]}"), err
 
             code, out, err = run(monkeypatch, capsys, "devices", name, "--workspace", str(ws))
-            assert code == 2 and " ".join(err.split()) == f"error: {expected[name]}"
+            assert code == 1 and " ".join(err.split()) == f"not ready: {expected[name]}"
             for check in NAMES:
                 assert check in out
 
             code, out, err = run(monkeypatch, capsys, "devices", name, "--json", "--workspace",
                                  str(ws))
             doc = json.loads(out)
-            assert code == 2 and err == "" and doc["device"] == name and not doc["ready"]
+            assert code == 1 and err == "" and doc["device"] == name and not doc["ready"]
             assert [c["name"] for c in doc["checks"]] == NAMES
             assert all(set(c) == {"name", "ok", "detail", "fix"} for c in doc["checks"])
             gap = next(c for c in doc["checks"] if c["ok"] is False)
