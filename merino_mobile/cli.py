@@ -721,6 +721,103 @@ def demo_cmd(
     console.print(f"report: {r['report']}")
 
 
+@app.command("measurements")
+def measurements_cmd(
+    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
+    runtime: str | None = typer.Option(None, "--runtime", help="Only this runtime."),
+    quant: str | None = typer.Option(None, "--quant", help="Only this quantization."),
+    fingerprint: str | None = typer.Option(None, "--fingerprint", help="Only this fingerprint "
+                                           "key (the key of a latency table's fingerprint)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List the whole-model measurements stored for a device: every bench, deploy and compare
+    of a model on it, with the table's prediction at the time (the calibration's data)."""
+    from merino_mobile.latency.store import Store, read_measurements
+
+    ws = Workspace.resolve(workspace)
+    rows = read_measurements(ws.state, device=device, runtime=runtime, quant=quant,
+                             fingerprint=fingerprint)
+    if as_json:
+        emit_json({"device": device, "store": str(ws.state / "profile.db"),
+                   "measurements": [m.to_json() for m in rows]})
+        return
+    if not rows:
+        console.print(f"no whole-model measurements of {device!r} in {ws.state / 'profile.db'}"
+                      f" (with these filters): `merino-mobile bench`, `deploy` and `compare` "
+                      f"record every model they measure")
+        return
+    store = Store.open(ws.state)
+    try:
+        setups = {m.fingerprint: store.fingerprint(m.fingerprint) for m in rows}
+    finally:
+        store.close()
+    console.print(f"whole-model measurements of {device} in {ws.state / 'profile.db'}, by "
+                  f"setup (one table's calibration data each); predicted: by the device's "
+                  f"table at the time, * calibrated")
+    for key, runtime_, quant_ in dict.fromkeys((m.fingerprint, m.runtime, m.quant) for m in rows):
+        fp = setups[key]
+        table = Table(title=f"{runtime_} {quant_}, fingerprint {key}"
+                      + (f": {fp.describe()}" if fp else ""))
+        for col in ("id", "date", "card", "ctx", "ms/token", "predicted", "error", "tag"):
+            table.add_column(col, no_wrap=col == "card", justify="right" if col in (
+                "id", "ctx", "ms/token", "predicted", "error") else "left")
+        for m in rows:
+            if (m.fingerprint, m.runtime, m.quant) != (key, runtime_, quant_):
+                continue
+            pred = m.calibrated_ms if m.calibrated_ms is not None else m.predicted_ms
+            shown, error = "-", "-"
+            if pred is not None:
+                shown = f"{pred:.3f}" + ("*" if m.calibrated_ms is not None else "")
+                error = f"{100 * (pred - m.decode_median_ms) / m.decode_median_ms:+.1f}%"
+            table.add_row(str(m.id), m.measured_at[5:16].replace("T", " "), m.card_name or "-",
+                          str(m.context), f"{m.decode_median_ms:.3f}", shown, error, m.tag)
+        console.print(table)
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
+    runtime: str | None = typer.Option(None, "--runtime", help="Runtime of the latency table "
+                                       "(default: the device profile's first runtime)."),
+    quant: str = typer.Option("int8", "--quant", help="Quantization of the latency table."),
+    measurement: list[int] | None = typer.Option(None, "--measurement", help="Fit on exactly "
+                                                 "these measurement ids (repeatable; default: "
+                                                 "every one of the table's fingerprint)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Fit the device table's calibration on its stored whole-model measurements (a factor per
+    term group, validated leave-one-out) and write it beside the table."""
+    from merino_mobile.latency.calibration import GROUPS, calibrate
+    from merino_mobile.target import resolve_target
+
+    ws = Workspace.resolve(workspace)
+    target = resolve_target(ws, device, quant=quant, runtime=runtime)
+    cal, path = calibrate(target, measurement or None)
+    if as_json:
+        emit_json(cal.to_json() | {"file": str(path)})
+        return
+    table = Table(title=f"calibration of {cal.table_source}")
+    for col in ("group", "terms", "factor", "fitted"):
+        table.add_column(col, justify="right" if col in ("factor", "fitted") else "left")
+    for g, what in GROUPS.items():
+        fitted = "-" if cal.fitted is None else f"{cal.fitted[g]:.3f}"
+        table.add_row(g, what, f"{cal.factors[g]:.3f}", fitted)
+    console.print(table)
+    used = f"{len(cal.measurement_ids)} measurement(s) of {cal.models} model(s)"
+    if cal.skipped:
+        used += f"; {len(cal.skipped)} not used ({cal.skipped[0]['reason']}" + (
+            ", ..." if len(cal.skipped) > 1 else "") + ")"
+    console.print(f"data: {used}")
+    if cal.loo_mape_pct:
+        console.print(f"leave-one-model-out MAPE: raw {cal.loo_mape_pct['raw']:.1f}%, "
+                      f"calibrated {cal.loo_mape_pct['calibrated']:.1f}%")
+    verdict = "[green]applied[/green]" if cal.applied else "[yellow]not applied[/yellow]"
+    console.print(f"{verdict}: {escape(cal.reason)}")
+    console.print(f"written: {path}")
+
+
 def main() -> None:
     """Console-script entry point: runs the app, turning UserError into one clear line."""
     quiet_dependencies()

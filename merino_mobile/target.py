@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from merino_mobile.device.profiles import DeviceProfile, load_profile
 from merino_mobile.errors import UserError
@@ -19,6 +19,7 @@ from merino_mobile.workspace import Workspace
 
 if TYPE_CHECKING:
     from merino_mobile.device.base import Device
+    from merino_mobile.latency.calibration import CalibratedTable
     from merino_mobile.latency.table import Lut
 
 DEFAULT_DEVICE = "host"  # the embedded default: this computer
@@ -59,15 +60,33 @@ class Target:
 
         return open_device(self.profile, self.runtime)
 
-    def table(self) -> Lut:
+    @overload
+    def table(self, calibrated: Literal[True] = ...) -> CalibratedTable: ...
+
+    @overload
+    def table(self, calibrated: Literal[False]) -> Lut: ...
+
+    def table(self, calibrated: bool = True) -> Lut | CalibratedTable:
         """The device's latency table for this runtime and quantization (read once); a
-        UserError naming the `profile` command when there is none."""
+        UserError naming the `profile` command when there is none.
+
+        `calibrated` (the default: what design and deploy predict with) gives a
+        `CalibratedTable`: the table corrected by the workspace's calibration of it when one
+        applies (`merino_mobile.latency.calibration`; read again on every call, since
+        `calibrate` may have written it since), else the raw terms, its `calibrated` and
+        `reason` saying which. `calibrated=False` is the raw `Lut`.
+        """
         from merino_mobile.latency.table import load_lut
 
         key = (self.runtime, self.quant)
         if key not in self._tables:  # a missing table is looked for again: a profile may write it
             self._tables[key] = load_lut(self.ws, self.name, *key, profile=self.profile)
-        return self._tables[key]
+        raw = self._tables[key]
+        if not calibrated:
+            return raw
+        from merino_mobile.latency.calibration import calibrated_table
+
+        return calibrated_table(self.ws, self.name, raw)
 
 
 def resolve_target(ws: Workspace, device: str | Target | None = None, fmt: str | None = None,
@@ -90,8 +109,15 @@ def resolve_target(ws: Workspace, device: str | Target | None = None, fmt: str |
 
 
 def design_table(ws: Workspace, device: str | None, runtime: str | None,
-                 quant: str) -> tuple[Lut, dict[str, str]]:
+                 quant: str) -> tuple[CalibratedTable, dict[str, Any]]:
     """The latency table a design is bounded by (the device's first runtime unless `runtime`),
-    and the record of which one it is that the card keeps."""
+    calibrated when the device's calibration applies, and the record of which one it is that
+    the card keeps (and `design --json` shows as `lut`): device, runtime, quant, `calibrated`,
+    and when calibrated the calibration's file, factors, data and leave-one-out error."""
     target = resolve_target(ws, device, quant=quant, runtime=runtime)
-    return target.table(), {"device": target.name, "runtime": target.runtime, "quant": quant}
+    table = target.table()
+    info: dict[str, Any] = {"device": target.name, "runtime": target.runtime, "quant": quant,
+                            "calibrated": table.calibrated}
+    if table.calibrated:
+        info["calibration"] = table.summary()
+    return table, info

@@ -183,7 +183,8 @@ def test_design_against_a_latency_table_of_this_host(ws, run):
 
     out = json.loads(run(ws, "design", "--device", "host", "--latency", "0.4ms", "--space", "tiny",
                          "--context", "64", "--json").stdout)
-    assert out["lut"] == {"device": "host", "runtime": "executorch", "quant": "int8"}
+    assert out["lut"] == {"device": "host", "runtime": "executorch", "quant": "int8",
+                          "calibrated": False}
     assert 0 < out["predicted_latency_ms"] <= 0.4
     card = load_card(out["card"])
     assert predict_latency(card, lut, 64) == pytest.approx(out["predicted_latency_ms"])

@@ -21,10 +21,18 @@ medians and p10/p90 are over the N runs, after the device's warm-up calls.
 `bench_side_by_side` benches several artifacts in interleaved rounds (A B C, C B A, ...) and
 pools each one's runs: ratios between artifacts then come from measurements taken together
 (`compare` uses it; on a shared machine, minutes apart can differ by a quarter).
+
+Every bench is data: `record_measurement` stores it in the workspace's store
+(`.merino-mobile/profile.db`, `merino_mobile.latency.store.Measurement`) with the card, the raw
+samples, the artifact's hash and what the device's table predicted for it then, the moment it
+is measured (`bench_artifact`), or once per artifact with every round pooled
+(`bench_side_by_side`). The report's `measurement_id` is its row; the calibration
+(`merino_mobile.latency.calibration`) is fitted on these rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +43,7 @@ from merino_mobile.device.base import (
     BenchRequest,
     BenchResult,
     Device,
+    Fingerprint,
     InputSpec,
     MethodResult,
     MethodSpec,
@@ -103,6 +112,7 @@ class BenchReport:
     ttft_samples_ms: list[float] = field(default_factory=list)  # one per timed prefill run
     decode_samples_ms: list[float] = field(default_factory=list)  # ms/token, one per run
     rounds: int = 1  # separate benches pooled into this report (`bench_side_by_side`)
+    measurement_id: int | None = None  # its row in the workspace's store, once recorded
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -226,8 +236,10 @@ def bench_request(dev: Device, runtime: str, spec: MethodSpec, repeat: int) -> B
 
 def bench_artifact(ws: Workspace, artifact: Path, device: str | Target, *,
                    prompt: int = DEFAULT_PROMPT, generate: int = DEFAULT_GENERATE,
-                   repeat: int = DEFAULT_REPEAT, dev: Device | None = None) -> BenchReport:
-    """Measure an exported decoder on a device (opened here unless `dev` is given)."""
+                   repeat: int = DEFAULT_REPEAT, dev: Device | None = None,
+                   record: bool = True, tag: str = "bench") -> BenchReport:
+    """Measure an exported decoder on a device (opened here unless `dev` is given); with
+    `record`, store the measurement in the workspace (`record_measurement`, labelled `tag`)."""
     import time
 
     artifact = Path(artifact)
@@ -279,7 +291,7 @@ def bench_artifact(ws: Workspace, artifact: Path, device: str | Target, *,
     per_token = [sum(r.samples_ms[i] for r in decodes.values()) / len(decodes) for i in range(n)]
     rss = [r.peak_rss_bytes for r in (pr, *decodes.values()) if r.peak_rss_bytes]
     export = meta.get("export") or {}
-    return BenchReport(
+    report = BenchReport(
         artifact=str(artifact), device=device, runtime=runtime, fingerprint=fp.to_json(),
         prompt=prompt, generate=generate, repeat=repeat, threads=pre.threads,
         size_bytes=artifact_size(artifact),
@@ -289,6 +301,78 @@ def bench_artifact(ws: Workspace, artifact: Path, device: str | Target, *,
         card=card.name if card else export.get("card"),
         params=_params(card), quant=export.get("quant"), cache_len=cache_len,
         cpus=list(pre.cpus), wall_s=round(time.perf_counter() - t0, 3), raw=raw)
+    if record:
+        report.measurement_id = record_measurement(target, report, card, tag)
+    return report
+
+
+def artifact_sha256(artifact: Path) -> str:
+    """sha256 of an artifact: of the file, or of a folder's files (a .mlpackage) by path."""
+    from merino_mobile.device.base import file_sha256
+
+    artifact = Path(artifact)
+    if not artifact.is_dir():
+        return file_sha256(artifact)
+    h = hashlib.sha256()
+    for p in sorted(q for q in artifact.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(artifact).as_posix()}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def _prediction_then(target: Target, card: Any, fp: Fingerprint, quant: str,
+                     context: int) -> tuple[float | None, float | None, str | None]:
+    """What the device's table (raw, and calibrated when a calibration applies) predicts for
+    the card's decode step now: (raw ms, calibrated ms, table file), Nones where it cannot
+    (no card, no table, a table of another setup or vocabulary)."""
+    from merino_mobile.latency import predict_latency
+
+    if card is None or quant not in target.format.quants:
+        return None, None, None
+    try:
+        table = target.using(target.format, quant).table()
+    except UserError:
+        return None, None, None
+    heads = {p.vocab for p, _ in table.entries.get("head", {}).get("decode", [])}
+    if table.fingerprint.mismatch(fp) or (heads and card.vocab not in heads):
+        return None, None, None
+    try:
+        raw = predict_latency(card, table.raw, context)
+        calibrated = predict_latency(card, table, context) if table.calibrated else None
+    except UserError:  # a term the table never measured
+        return None, None, table.source
+    return raw, calibrated, table.source
+
+
+def record_measurement(target: Target, report: BenchReport, card: Any,
+                       tag: str = "bench") -> int:
+    """Store a bench of a whole model in the workspace's store, committed before this returns,
+    with what the device's table predicted for its decode step then; the measurement's id.
+
+    The decode context is the artifact's static KV cache (`cache_len`), which every decode step
+    attends whole, else prompt + generate."""
+    from merino_mobile.latency.store import Measurement, Store
+
+    fp = Fingerprint.from_json(report.fingerprint)
+    quant = report.quant or "unknown"
+    context = report.cache_len or report.prompt + report.generate
+    predicted, calibrated, lut = _prediction_then(target, card, fp, quant, context)
+    m = Measurement(
+        device=report.device, fingerprint=fp.key, runtime=report.runtime, quant=quant,
+        card_name=report.card, card=card.to_json() if card is not None else None,
+        prompt=report.prompt, generate=report.generate, context=context,
+        cache_len=report.cache_len, threads=report.threads, rounds=report.rounds,
+        decode_samples_ms=tuple(report.decode_samples_ms),
+        ttft_samples_ms=tuple(report.ttft_samples_ms),
+        decode_median_ms=report.decode_ms_per_token.median,
+        ttft_median_ms=report.ttft_ms.median, artifact=str(Path(report.artifact).resolve()),
+        artifact_sha256=artifact_sha256(Path(report.artifact)), predicted_ms=predicted,
+        calibrated_ms=calibrated, lut=lut, tag=tag)
+    store = Store.open(target.ws.state)
+    try:
+        store.save_fingerprint(fp)
+        return store.record_measurement(m)
+    finally:
+        store.close()
 
 
 def round_order(n: int, r: int) -> list[int]:
@@ -299,14 +383,16 @@ def round_order(n: int, r: int) -> list[int]:
 def bench_side_by_side(ws: Workspace, artifacts: list[Path], device: str | Target, *,
                        prompt: int = DEFAULT_PROMPT, generate: int = DEFAULT_GENERATE,
                        repeat: int = DEFAULT_REPEAT, rounds: int = DEFAULT_ROUNDS,
-                       on_round: Any = None) -> list[BenchReport]:
+                       on_round: Any = None, record: bool = True,
+                       tag: str = "side-by-side") -> list[BenchReport]:
     """Bench several artifacts of one runtime in `rounds` interleaved rounds, one report each.
 
     Round r benches every artifact once (`repeat` timed runs per phase), in the given order on
     even rounds and reversed on odd ones (A B C, C B A, ...), so a load or clock that drifts
     during the run touches every artifact alike and ratios between them stay fair. Each report
     pools its artifact's runs of all rounds (`BenchReport.pooled`). `on_round(r, rounds)` is
-    called before each round.
+    called before each round. With `record`, each pooled report is stored once
+    (`record_measurement`, labelled `tag`), not round by round.
     """
     if not artifacts:
         raise UserError("nothing to bench")
@@ -325,10 +411,16 @@ def bench_side_by_side(ws: Workspace, artifacts: list[Path], device: str | Targe
                 on_round(r, rounds)
             for i in round_order(len(artifacts), r):
                 parts[i].append(bench_artifact(ws, Path(artifacts[i]), target, prompt=prompt,
-                                               generate=generate, repeat=repeat, dev=dev))
+                                               generate=generate, repeat=repeat, dev=dev,
+                                               record=False))
     finally:
         dev.cleanup()
-    return [BenchReport.pooled(parts[i]) for i in range(len(artifacts))]
+    reports = [BenchReport.pooled(parts[i]) for i in range(len(artifacts))]
+    if record:
+        for i, r in enumerate(reports):
+            r.measurement_id = record_measurement(target, r, artifact_meta(artifacts[i]).get(
+                "card"), tag)
+    return reports
 
 
 def _params(card: Any) -> int | None:

@@ -6,6 +6,10 @@ memory roofline of its decode step.
   the measured range is a warning: the prediction is extrapolated and flagged. The model attends
   its whole static cache, so the predicted decode latency is the table's at context = prompt +
   generate, and the predicted prefill is the table's at the prompt length.
+- Calibrated or not: the decode prediction uses the device's calibration when one applies
+  (`Target.table`, `merino_mobile.latency.calibration`); `calibrated` says whether it did,
+  `calibration` gives its factors (or why none applied), and each phase keeps the raw table's
+  own prediction beside it (`raw_predicted_ms`; prefill is never calibrated).
 - Memory roofline: weight bytes read per token (accounting.weight_bytes) over the device's
   measured copy bandwidth (bandwidth.json under devices/<name>/, measured once).
 """
@@ -55,7 +59,8 @@ def predict(target: Target, card: Card, bench: BenchReport,
                         f"profile with a space of vocab {card.vocab} (--space) or deploy with "
                         f"--no-predict")
     context = bench.prompt + bench.generate
-    out: dict[str, Any] = {"lut": lut.source, "lut_fingerprint": lut.fingerprint.describe()}
+    out: dict[str, Any] = {"lut": lut.source, "lut_fingerprint": lut.fingerprint.describe(),
+                           "calibrated": lut.calibrated, "calibration": lut.summary()}
     for phase, length, measured in (("decode", context, bench.decode_ms_per_token.median),
                                     ("prefill", bench.prompt, bench.ttft_ms.median)):
         lengths = {p.context for p, _ in lut.entries.get("layer", {}).get(phase, [])}
@@ -65,7 +70,8 @@ def predict(target: Target, card: Card, bench: BenchReport,
         pred = predict_latency(card, lut, length, phase)
         err = 100 * (pred - measured) / measured
         out[phase] = {"length": length, "predicted_ms": pred, "measured_ms": measured,
-                      "error_pct": err, "flagged": abs(err) > FLAG_PCT}
+                      "error_pct": err, "flagged": abs(err) > FLAG_PCT,
+                      "raw_predicted_ms": predict_latency(card, lut.raw, length, phase)}
     for phase in ("decode", "prefill"):
         if out[phase]["flagged"]:
             warnings.append(f"predicted {phase} latency is off by {out[phase]['error_pct']:+.1f}% "

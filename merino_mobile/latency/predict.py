@@ -11,6 +11,7 @@ so any object with them works.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from merino_mobile.accounting import decode_working_set, transitions
@@ -97,3 +98,53 @@ def predict_latency(card: Card, table: LatencyTable, context: int, phase: str = 
         total += weighted(table.projection, a, b, phase, context)
     total += weighted(table.head, card.embedding_width, card.vocab, phase)
     return total
+
+
+@dataclass(frozen=True)
+class TermCost:
+    """One term of a card's predicted latency (see `predict_breakdown`).
+
+    `term` is "fixed", "embedding", "layer", "projection" or "head"; `width` the width it runs
+    at (a layer's own width, the width a projection reads, the embedding width for the embedding
+    and the head, 0 for the fixed cost); `width_out` a projection's output width; `ms` its share
+    of the prediction: for a layer term, all `depth` layers of its block.
+    """
+
+    term: str
+    width: int
+    ms: float
+    width_out: int = 0
+    depth: int = 1
+
+
+def predict_breakdown(card: Card, table: LatencyTable, context: int, phase: str = "decode",
+                      *, cache_aware: bool = True) -> list[TermCost]:
+    """The terms `predict_latency` sums, one `TermCost` each, in the same order and with the
+    same hot/streaming blend: their `ms` add up to `predict_latency(card, table, context, phase,
+    cache_aware=cache_aware)`. The calibration (`merino_mobile.latency.calibration`) fits its
+    per-group factors on these."""
+    blend = (cache_aware and phase == "decode" and getattr(table, "has_hot", False)
+             and getattr(table, "cache_bytes", 0) > 0)
+    f = 1.0
+    if blend:
+        quant = getattr(table, "quant", "fp32")
+        f = cold_fraction(decode_working_set(card, context, quant), table.cache_bytes)
+
+    def weighted(term: Callable[..., float], *args: Any) -> float:
+        cold = term(*args)
+        if not blend or f >= 1.0:
+            return cold
+        hot = term(*args, hot=True)
+        return hot + f * (cold - hot)
+
+    e = card.embedding_width
+    out = [TermCost("fixed", 0, table.fixed(phase)),
+           TermCost("embedding", e, table.embedding(e, card.vocab, phase, context))]
+    for b in card.blocks:
+        out.append(TermCost("layer", b.width, b.depth * weighted(
+            table.layer, b.width, b.ffn_ratio, b.heads, context, phase), depth=b.depth))
+    for a, b in transitions(card):
+        out.append(TermCost("projection", a, weighted(table.projection, a, b, phase, context),
+                            width_out=b))
+    out.append(TermCost("head", e, weighted(table.head, e, card.vocab, phase)))
+    return out

@@ -10,6 +10,12 @@ measures only what is missing. The unique key makes a duplicate impossible, not 
 Failed points (the runtime crashed, raised, timed out) are stored too, with the reason, so the
 summary can name them; a rerun tries them again.
 
+Whole-model measurements live in the same file (`measurements`): every bench of an exported
+model on a device (`merino_mobile.deploy.bench`) is one row, committed at once like a point, with
+the card, runtime, quantization, lengths, fingerprint key, the raw decode and TTFT samples, the
+artifact and what the device's table predicted for it then. They are the data the calibration
+(`merino_mobile.latency.calibration`) is fitted on; `Store.measurements` lists them.
+
 `ProfileLock` keeps two `profile` runs on one device from interleaving: an exclusive
 `fcntl.flock` on `.merino-mobile/profile-<device>.lock`, released by the kernel when the holder
 exits, however it exits.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -31,7 +38,9 @@ from merino_mobile.device.base import Fingerprint, MethodResult
 from merino_mobile.errors import UserError
 from merino_mobile.files import utc_now
 
-SCHEMA_VERSION = 2  # 2 added points.per_call (version 1 files are upgraded in place)
+# 2 added points.per_call (version 1 files are upgraded in place). The measurements table came
+# later without a bump: it is created where missing, and a reader that does not know it ignores it.
+SCHEMA_VERSION = 2
 TERMS = ("fixed", "null", "layer", "projection", "embedding", "head")
 
 _SCHEMA = """
@@ -64,6 +73,33 @@ CREATE TABLE IF NOT EXISTS sentinels (
     measured_at TEXT NOT NULL,
     good INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,         -- the device profile's name
+    fingerprint TEXT NOT NULL,    -- Fingerprint.key (its JSON in fingerprints)
+    runtime TEXT NOT NULL,
+    quant TEXT NOT NULL,
+    card_name TEXT,
+    card TEXT,                    -- the card's JSON; NULL when the artifact came without one
+    prompt INTEGER NOT NULL,
+    generate INTEGER NOT NULL,
+    context INTEGER NOT NULL,     -- the decode context: the static KV cache attended per step
+    cache_len INTEGER,
+    threads INTEGER NOT NULL,
+    rounds INTEGER NOT NULL,      -- separate benches pooled into this one
+    decode_samples_ms TEXT NOT NULL,  -- JSON list: ms per token, one per timed run
+    ttft_samples_ms TEXT NOT NULL,    -- JSON list: one per timed prefill
+    decode_median_ms REAL NOT NULL,
+    ttft_median_ms REAL NOT NULL,
+    artifact TEXT NOT NULL,       -- its path when measured
+    artifact_sha256 TEXT NOT NULL,
+    predicted_ms REAL,            -- the raw table's decode prediction then; NULL: no table
+    calibrated_ms REAL,           -- the calibrated one; NULL: no calibration applied
+    lut TEXT,                     -- the table file predicted from
+    tag TEXT NOT NULL,            -- what measured it: bench, side-by-side, ...
+    measured_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS measurements_of ON measurements (fingerprint, runtime, quant);
 """
 
 
@@ -138,6 +174,62 @@ class Row:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self.point), "median_ms": self.median_ms, "p10_ms": self.p10_ms,
                 "p90_ms": self.p90_ms, "samples": self.samples, "error": self.error}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One whole model benched on a device: what ran, how, the raw samples, and the prediction
+    the device's table made for it at the time (None when there was no usable table).
+
+    `context` is the decode context the step attends (the artifact's static KV cache,
+    `cache_len`, else prompt + generate); `predicted_ms` the raw table's decode prediction at
+    it, `calibrated_ms` the calibrated one when a calibration applied. `id` is the store's (0
+    before it is recorded).
+    """
+
+    device: str
+    fingerprint: str
+    runtime: str
+    quant: str
+    card_name: str | None
+    card: dict[str, Any] | None
+    prompt: int
+    generate: int
+    context: int
+    cache_len: int | None
+    threads: int
+    rounds: int
+    decode_samples_ms: tuple[float, ...]
+    ttft_samples_ms: tuple[float, ...]
+    decode_median_ms: float
+    ttft_median_ms: float
+    artifact: str
+    artifact_sha256: str
+    predicted_ms: float | None = None
+    calibrated_ms: float | None = None
+    lut: str | None = None
+    tag: str = "bench"
+    measured_at: str = ""
+    id: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"decode_samples_ms": list(self.decode_samples_ms),
+                               "ttft_samples_ms": list(self.ttft_samples_ms)}
+
+
+_MEASUREMENT_COLUMNS = ("device", "fingerprint", "runtime", "quant", "card_name", "card",
+                        "prompt", "generate", "context", "cache_len", "threads", "rounds",
+                        "decode_samples_ms", "ttft_samples_ms", "decode_median_ms",
+                        "ttft_median_ms", "artifact", "artifact_sha256", "predicted_ms",
+                        "calibrated_ms", "lut", "tag", "measured_at")
+
+
+def _measurement(row: tuple[Any, ...]) -> Measurement:
+    d = dict(zip(("id", *_MEASUREMENT_COLUMNS), row, strict=True))
+    d["card"] = json.loads(d["card"]) if d["card"] is not None else None
+    for k in ("decode_samples_ms", "ttft_samples_ms"):
+        d[k] = tuple(float(v) for v in json.loads(d[k]))
+    return Measurement(**d)
 
 
 class Store:
@@ -273,6 +365,66 @@ class Store:
             "SELECT median_ms, seq, good FROM sentinels WHERE fingerprint=? AND runtime=? "
             "AND quant=? ORDER BY rowid", (fp_key, runtime, quant))
         return [(m, s, bool(g)) for m, s, g in cur]
+
+
+    # -- whole-model measurements --------------------------------------------------------------
+
+    def record_measurement(self, m: Measurement) -> int:
+        """Store one whole-model measurement, committed before this returns; its id."""
+        if not m.decode_samples_ms or not all(
+                math.isfinite(v) and v > 0 for v in (*m.decode_samples_ms, *m.ttft_samples_ms)):
+            raise ValueError(f"a whole-model measurement needs positive, finite samples; got "
+                             f"decode {list(m.decode_samples_ms)}, ttft {list(m.ttft_samples_ms)}")
+        values = asdict(m) | {
+            "card": json.dumps(m.card, sort_keys=True) if m.card is not None else None,
+            "decode_samples_ms": json.dumps(list(m.decode_samples_ms)),
+            "ttft_samples_ms": json.dumps(list(m.ttft_samples_ms)),
+            "measured_at": m.measured_at or utc_now()}
+        with self._write() as db:
+            cur = db.execute(
+                f"INSERT INTO measurements ({', '.join(_MEASUREMENT_COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(_MEASUREMENT_COLUMNS))})",
+                tuple(values[c] for c in _MEASUREMENT_COLUMNS))
+            new_id = cur.lastrowid
+        assert new_id is not None
+        return int(new_id)
+
+    def measurements(self, *, device: str | None = None, fingerprint: str | None = None,
+                     runtime: str | None = None, quant: str | None = None,
+                     ids: Iterable[int] | None = None) -> list[Measurement]:
+        """The stored whole-model measurements, oldest first, of one device (profile name),
+        fingerprint key, runtime and quantization (each None: any), or exactly `ids`."""
+        where, args = [], []
+        for col, value in (("device", device), ("fingerprint", fingerprint),
+                           ("runtime", runtime), ("quant", quant)):
+            if value is not None:
+                where.append(f"{col}=?")
+                args.append(value)
+        if ids is not None:
+            wanted = sorted(set(ids))
+            where.append(f"id IN ({', '.join('?' * len(wanted))})" if wanted else "0")
+            args += wanted
+        sql = (f"SELECT id, {', '.join(_MEASUREMENT_COLUMNS)} FROM measurements"
+               + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id")
+        return [_measurement(r) for r in self.db.execute(sql, args)]
+
+    def measured_devices(self) -> list[str]:
+        """The device names that have whole-model measurements, sorted."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT device FROM measurements ORDER BY device")]
+
+
+def read_measurements(state_dir: Path, **filters: Any) -> list[Measurement]:
+    """`Store.measurements(**filters)` of a workspace's state folder, without creating a store
+    where there is none (a workspace that never measured anything has no measurements)."""
+    path = Path(state_dir) / "profile.db"
+    if not path.is_file():
+        return []
+    store = Store(path)
+    try:
+        return store.measurements(**filters)
+    finally:
+        store.close()
 
 
 class ProfileLock:
