@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cli_runner import run  # tests/cli_runner.py (pytest puts tests/ on sys.path)
 
+from merino_mobile import accounting
 from merino_mobile.card import Block, Card, save_card
 from merino_mobile.cli import main
 from merino_mobile.device.base import Fingerprint
@@ -105,7 +106,14 @@ def test_deploy_report_has_every_field(deployed, workspace):
         assert q["flagged"] == (abs(q["error_pct"]) > 10)
     roof = r["roofline"]
     assert roof["share"] > 0 and roof["bandwidth_gbs"] > 0.1
-    assert (workspace / "devices" / "host" / "bandwidth.json").is_file()
+    # a decode step reads every weight and the whole static KV cache it attends (16 positions)
+    assert roof["weight_bytes"] == accounting.weight_bytes(B, "int8")
+    assert roof["kv_bytes"] == accounting.kv_cache_bytes(B, 16) > 0
+    assert roof["floor_ms"] == pytest.approx(
+        1000 * (roof["weight_bytes"] + roof["kv_bytes"]) / (roof["bandwidth_gbs"] * 1e9))
+    bw = json.loads((workspace / "devices" / "host" / "bandwidth.json").read_text())
+    assert bw["schema_version"] == 2 and "read-only" in bw["method"]
+    assert set(bw["read_bytes_per_s"]) == {"1", str(bw["threads"])}
     md = (out / "report.md").read_text()
     for word in ("Predicted vs measured", "tg8", "pp8", "time to first token", "peak RSS",
                  "fingerprint key", "latency.png", "roofline"):

@@ -199,9 +199,10 @@ def figures(monkeypatch) -> dict[str, list]:
 
 def test_write_report_plots_a_designed_cards_budget_and_spread(tmp_path, figures):
     ws = Workspace(tmp_path)
-    # the host's copy bandwidth, as `deploy` keeps it once measured (no copy test here)
+    # the host's read bandwidth, as `deploy` keeps it once measured (no sweep here)
     (ws.devices / "host").mkdir(parents=True)
-    (ws.devices / "host" / "bandwidth.json").write_text(json.dumps({"bytes_per_s": 1e10}))
+    (ws.devices / "host" / "bandwidth.json").write_text(json.dumps(
+        {"schema_version": 2, "bytes_per_s": 1e10}))
     target = resolve_target(ws, "host", "executorch", "int8")
     card = replace(CARD, meta={"designed_by": "merino-mobile design",
                                "budgets": {"latency_ms": 13.0}, "context": 512})
@@ -229,7 +230,8 @@ def test_write_report_plots_a_designed_cards_budget_and_spread(tmp_path, figures
 def test_write_report_warns_of_a_malformed_budget(tmp_path, figures):
     ws = Workspace(tmp_path)
     (ws.devices / "host").mkdir(parents=True)
-    (ws.devices / "host" / "bandwidth.json").write_text(json.dumps({"bytes_per_s": 1e10}))
+    (ws.devices / "host" / "bandwidth.json").write_text(json.dumps(
+        {"schema_version": 2, "bytes_per_s": 1e10}))
     target = resolve_target(ws, "host", "executorch", "int8")
     card = replace(CARD, meta={"budgets": {"latency_ms": "13ms"}})
     b = bench(artifact=str(tmp_path / "model.pte"))

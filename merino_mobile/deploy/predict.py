@@ -10,8 +10,9 @@ memory roofline of its decode step.
   (`Target.table`, `merino_mobile.latency.calibration`); `calibrated` says whether it did,
   `calibration` gives its factors (or why none applied), and each phase keeps the raw table's
   own prediction beside it (`raw_predicted_ms`; prefill is never calibrated).
-- Memory roofline: weight bytes read per token (accounting.weight_bytes) over the device's
-  measured copy bandwidth (bandwidth.json under devices/<name>/, measured once).
+- Memory roofline: bytes read per token (weights, accounting.weight_bytes, plus the KV cache
+  attended) over the device's read bandwidth at its thread count (bandwidth.json under
+  devices/<name>/, measured once by a read-only sweep).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from merino_mobile.files import utc_now, write_json
 from merino_mobile.latency import predict_latency
 from merino_mobile.target import Target
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # of bandwidth.json: 2 is the read-only sweep (1 was a copy)
 FLAG_PCT = 10.0  # a prediction further off than this is flagged in the report
 
 
@@ -81,43 +82,65 @@ def predict(target: Target, card: Card, bench: BenchReport,
 
 # -- memory bandwidth and roofline ---------------------------------------------------------------
 
-def host_copy_bandwidth(mbytes: int = 64, repeats: int = 7) -> float:
-    """Bytes/s of a large numpy copy on this host (read + write counted), best of `repeats`."""
-    import numpy as np
+def host_read_bandwidth(threads: int, mbytes: int = 256, repeats: int = 5) -> float:
+    """Bytes/s of a read-only sweep over a buffer far larger than any cache (`torch.sum` of
+    `mbytes` of fp32 with `threads` threads), best of `repeats`: what a decode step does with
+    its weights, which are read and never written (a copy would count writes a decode does
+    not make)."""
+    import torch
 
-    a = np.ones(mbytes * (1 << 20) // 8)
-    b = np.empty_like(a)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.copyto(b, a)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * a.nbytes / best
+    x = torch.ones(mbytes * (1 << 20) // 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        float(x.sum())  # first touch and thread pool start-up are not timed
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            float(x.sum())
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return x.numel() * x.element_size() / best
 
 
 def device_bandwidth(target: Target) -> dict[str, Any] | None:
-    """The device's measured memory bandwidth, measured once and kept in devices/<name>/."""
+    """The device's read bandwidth (single-threaded and at its profile's thread count),
+    measured once and kept in devices/<name>/bandwidth.json; None for a device this host
+    cannot measure (a phone: put its numbers in that file, see docs/phones.md). A file of an
+    older method (a copy's read + write bytes) is measured again."""
     path = target.ws.devices / target.name / "bandwidth.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
+        if data.get("schema_version") == SCHEMA_VERSION and data.get("bytes_per_s"):
+            return data
     if target.profile.transport != "local":
-        return None  # a phone needs the copy test run on it: not available yet
+        return None
+    threads = target.profile.threads
+    single = host_read_bandwidth(1)
     data = {"schema_version": SCHEMA_VERSION, "device": target.name,
-            "method": "numpy copy of 64 MiB, read + write bytes, best of 7",
-            "bytes_per_s": host_copy_bandwidth(), "date": utc_now()}
+            "method": "read-only sweep: torch.sum over 256 MiB of fp32, best of 5",
+            "threads": threads,
+            "read_bytes_per_s": {"1": single,
+                                 str(threads): single if threads == 1
+                                 else host_read_bandwidth(threads)},
+            "date": utc_now()}
+    data["bytes_per_s"] = data["read_bytes_per_s"][str(threads)]
     write_json(path, data)
     return data
 
 
 def roofline(target: Target, card: Card, bench: BenchReport) -> dict[str, Any]:
-    """The decode step's floor: weight bytes read per token over the device's bandwidth, and
-    the share of the measured step it explains."""
+    """The decode step's floor: the bytes it reads per token (every weight, plus the KV cache
+    it attends: the exported decoder attends its whole static cache) over the device's read
+    bandwidth at its thread count, and the share of the measured step that floor explains."""
     bw = device_bandwidth(target)
     if bw is None:
-        return {"share": None, "reason": f"no measured bandwidth for {target.name}"}
+        return {"share": None, "reason": f"no measured read bandwidth for {target.name}: "
+                                         f"see docs/phones.md (bandwidth.json)"}
     wb = accounting.weight_bytes(card, target.quant)
-    floor_ms = 1000 * wb / bw["bytes_per_s"]
-    return {"weight_bytes": wb, "bandwidth_gbs": bw["bytes_per_s"] / 1e9, "floor_ms": floor_ms,
-            "share": floor_ms / bench.decode_ms_per_token.median}
-
-
+    kv = accounting.kv_cache_bytes(card, bench.cache_len or bench.prompt + bench.generate)
+    floor_ms = 1000 * (wb + kv) / bw["bytes_per_s"]
+    return {"weight_bytes": wb, "kv_bytes": kv, "bytes_per_token": wb + kv,
+            "bandwidth_gbs": bw["bytes_per_s"] / 1e9, "threads": bw.get("threads"),
+            "floor_ms": floor_ms, "share": floor_ms / bench.decode_ms_per_token.median}

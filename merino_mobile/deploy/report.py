@@ -241,12 +241,13 @@ def deploy_markdown(r: dict[str, Any]) -> str:
     roof = r.get("roofline")
     if roof and roof.get("share") is not None:
         lines += ["## Memory roofline", "",
-                  f"{human_bytes(roof['weight_bytes'])} of {r['quant']} weights read per token "
-                  f"at {roof['bandwidth_gbs']:.1f} GB/s (measured copy bandwidth) take at least "
+                  f"{human_bytes(roof['weight_bytes'])} of {r['quant']} weights and "
+                  f"{human_bytes(roof.get('kv_bytes', 0))} of KV cache read per token at "
+                  f"{roof['bandwidth_gbs']:.1f} GB/s (measured read bandwidth) take at least "
                   f"{roof['floor_ms']:.3g} ms: the measured decode reaches "
                   f"{100 * roof['share']:.0f}% of the memory roofline"
                   + (" (above 100%: the weights fit in the CPU caches, faster than the memory "
-                     "copy measured)" if roof["share"] > 1 else "") + ".", ""]
+                     "read measured)" if roof["share"] > 1 else "") + ".", ""]
     if r.get("candidates"):
         lines += ["## Candidates (--format auto / --quant auto)", "",
                   "| format | quant | decode tokens/s | size | greedy agreement | cosine min | "
