@@ -4,12 +4,15 @@ Data flows top to bottom in the order of this file:
 
     tokens -> token embedding (embed_width) -> projection in -> + learned positions
            -> block 0: depth x DecoderLayer (one shared layer run depth times, or depth layers)
-           -> projection -> block 1 ... -> final LayerNorm -> projection out -> head -> logits
+           -> projection -> block 1 ... -> final norm -> projection out -> head -> logits
 
-Every layer is pre-LN (x + attn(ln(x)), x + ffn(ln(x))). The parameter layout follows the card's
+Every layer is pre-norm (x + attn(norm(x)), x + ffn(norm(x))), the norm a LayerNorm or an RMSNorm;
+attention has as many K/V heads as the block's `kv_heads` (grouped-query attention: each K/V head
+serves heads / kv_heads query heads); the FFN is GELU, ReLU or gated (SwiGLU); rotary positions
+(RoPE) turn q and k instead of adding a learned table. The parameter layout follows the card's
 accounting exactly (`merino_mobile.accounting`), so `sum(p.numel())` equals `accounting.params`.
 
-The KV cache is static: one pair of [heads, cache_len, head_dim] fp32 buffers per *executed*
+The KV cache is static: one pair of [kv_heads, cache_len, head_dim] fp32 buffers per *executed*
 layer (a shared block reuses its weights, but each of its depth positions sees different inputs
 and so keeps its own cache). `forward(tokens, start)` writes the keys and values of positions
 start..start+T-1 and attends causally over the whole buffer with a mask, so one function with a
@@ -25,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from merino_mobile.card import Block, Card
+from merino_mobile.card import DEFAULT_NORM_EPS, DEFAULT_ROPE_THETA, GATED, Block, Card
 from merino_mobile.errors import UserError
 
-ROPE_BASE = 10000.0
+ROPE_BASE = DEFAULT_ROPE_THETA
 
 
 class KVCache(nn.Module):
@@ -71,55 +74,111 @@ class LayerNorm(nn.LayerNorm):
         return y * self.weight + self.bias
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight (Llama's norm: no centering, no bias), in the same XNNPACK-friendly
+    ops as LayerNorm above."""
+
+    def __init__(self, width: int, eps: float = DEFAULT_NORM_EPS) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x4 = x.view(1, -1, x.shape[-1], 1)  # [1, rows, width, 1]
+        y = (x4 * torch.rsqrt((x4 * x4).mean(dim=(2, 3), keepdim=True) + self.eps)).view(x.shape)
+        return y * self.weight
+
+
+def make_norm(kind: str, width: int, eps: float = DEFAULT_NORM_EPS) -> nn.Module:
+    return RMSNorm(width, eps) if kind == "rmsnorm" else LayerNorm(width, eps=eps)
+
+
 class Attention(nn.Module):
-    def __init__(self, width: int, heads: int, bias: bool) -> None:
+    def __init__(self, width: int, heads: int, bias: bool, *, kv_heads: int | None = None,
+                 out_bias: bool | None = None) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, width // heads
+        self.kv_heads = kv_heads or heads
+        kv_width = self.kv_heads * self.head_dim
         # three matmuls, not one fused q|k|v: XNNPACK cannot slice a tensor with a dynamic
         # length, and the slices of a fused output would run outside it
         self.q = nn.Linear(width, width, bias=bias)
-        self.k = nn.Linear(width, width, bias=bias)
-        self.v = nn.Linear(width, width, bias=bias)
-        self.o = nn.Linear(width, width, bias=bias)
+        self.k = nn.Linear(width, kv_width, bias=bias)
+        self.v = nn.Linear(width, kv_width, bias=bias)
+        self.o = nn.Linear(width, width, bias=bias if out_bias is None else out_bias)
 
     def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor,
                 rope: tuple[Tensor, Tensor] | None) -> Tensor:
         t = x.shape[1]  # x [1, T, width]: batch 1, like the cache
-        h, d = self.heads, self.head_dim
-        q, k, v = (proj(x).view(t, h, d).transpose(0, 1)
-                   for proj in (self.q, self.k, self.v))  # each [heads, T, head_dim]
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        q = self.q(x).view(t, h, d).transpose(0, 1)  # [heads, T, head_dim]
+        k, v = (proj(x).view(t, kv, d).transpose(0, 1)
+                for proj in (self.k, self.v))  # each [kv_heads, T, head_dim]
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        keys, values = cache.update(pos, k, v)  # [heads, cache_len, head_dim]
+        keys, values = cache.update(pos, k, v)  # [kv_heads, cache_len, head_dim]
+        group = h // kv
+        if group > 1:
+            # query heads g*j .. g*j+g-1 share K/V head j (transformers' order): they become
+            # the rows of one product with that head, so the cache is never copied g times
+            q, mask = q.contiguous().view(kv, group * t, d), mask.repeat(group, 1)
         # The whole static cache is attended; the additive mask (-inf) hides future and
         # never-written slots. Written out rather than F.scaled_dot_product_attention, whose
         # decomposition adds fully-masked-row guards that split the XNNPACK partitions; as 3-D
         # bmm, since a 4-D matmul adds an expand (a copy of the cache) outside XNNPACK; and with
         # views, not reshapes, which the exporter can keep inside XNNPACK at a dynamic T.
         scores = torch.bmm(q, keys.transpose(1, 2)) * (d ** -0.5) + mask
-        y = torch.bmm(scores.softmax(dim=-1), values)  # [heads, T, head_dim]
-        return self.o(y.transpose(0, 1).contiguous().view(1, t, h * d))
+        y = torch.bmm(scores.softmax(dim=-1), values)  # [kv_heads, group * T, head_dim]
+        # to [T, heads, head_dim]; split the rows back into (group, T) rather than merging
+        # (kv_heads, group): torch.export cannot prove that merge is a view at a dynamic T
+        y = y.view(kv, group, t, d).permute(2, 0, 1, 3) if group > 1 else y.transpose(0, 1)
+        return self.o(y.contiguous().view(1, t, h * d))
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+               "relu": F.relu, "swiglu": F.silu}
 
 
 class FFN(nn.Module):
-    def __init__(self, width: int, hidden: int, bias: bool) -> None:
+    """down(act(up x)); gated (SwiGLU): down(silu(gate x) * up x)."""
+
+    def __init__(self, width: int, hidden: int, bias: bool, kind: str = "gelu") -> None:
         super().__init__()
+        self.kind = kind
+        self.gate = nn.Linear(width, hidden, bias=bias) if kind in GATED else None
         self.up = nn.Linear(width, hidden, bias=bias)
         self.down = nn.Linear(hidden, width, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.gelu(self.up(x)))
+        act = ACTIVATIONS[self.kind]
+        if self.gate is not None:
+            return self.down(act(self.gate(x)) * self.up(x))
+        return self.down(act(self.up(x)))
 
 
 class DecoderLayer(nn.Module):
-    """One pre-LN decoder layer: x + attention(ln1(x)), then x + ffn(ln2(x))."""
+    """One pre-norm decoder layer: x + attention(ln1(x)), then x + ffn(ln2(x)).
 
-    def __init__(self, width: int, ffn_hidden: int, heads: int, bias: bool = True) -> None:
+    The positional arguments make a version 1 layer (LayerNorm, MHA, GELU, every bias or none);
+    the keywords give the rest of a card's layer (`DecoderLayer.of(card, block)`).
+    """
+
+    def __init__(self, width: int, ffn_hidden: int, heads: int, bias: bool = True, *,
+                 kv_heads: int | None = None, ffn: str = "gelu", norm: str = "layernorm",
+                 eps: float = DEFAULT_NORM_EPS, qkv_bias: bool | None = None,
+                 out_bias: bool | None = None) -> None:
         super().__init__()
-        self.ln1 = LayerNorm(width)
-        self.attn = Attention(width, heads, bias)
-        self.ln2 = LayerNorm(width)
-        self.ffn = FFN(width, ffn_hidden, bias)
+        self.ln1 = make_norm(norm, width, eps)
+        self.attn = Attention(width, heads, bias if qkv_bias is None else qkv_bias,
+                              kv_heads=kv_heads, out_bias=bias if out_bias is None else out_bias)
+        self.ln2 = make_norm(norm, width, eps)
+        self.ffn = FFN(width, ffn_hidden, bias, ffn)
+
+    @classmethod
+    def of(cls, card: Card, block: Block) -> DecoderLayer:
+        return cls(block.width, block.ffn_hidden, block.heads, card.bias,
+                   kv_heads=block.n_kv_heads, ffn=block.ffn, norm=card.norm, eps=card.norm_eps,
+                   qkv_bias=card.has_qkv_bias, out_bias=card.has_out_bias)
 
     def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor,
                 rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -130,11 +189,10 @@ class DecoderLayer(nn.Module):
 class AdaptiveBlock(nn.Module):
     """`depth` layers of one width; with `shared`, one layer's weights run `depth` times."""
 
-    def __init__(self, block: Block, bias: bool) -> None:
+    def __init__(self, card: Card, block: Block) -> None:
         super().__init__()
         copies = 1 if block.shared else block.depth
-        self.layers = nn.ModuleList(
-            DecoderLayer(block.width, block.ffn_hidden, block.heads, bias) for _ in range(copies))
+        self.layers = nn.ModuleList(DecoderLayer.of(card, block) for _ in range(copies))
         self.depth = block.depth
 
     def schedule(self) -> list[DecoderLayer]:
@@ -142,9 +200,9 @@ class AdaptiveBlock(nn.Module):
         return [self.layers[i % len(self.layers)] for i in range(self.depth)]
 
 
-def rope_tables(length: int, head_dim: int) -> tuple[Tensor, Tensor]:
+def rope_tables(length: int, head_dim: int, theta: float = ROPE_BASE) -> tuple[Tensor, Tensor]:
     """cos and sin [length, head_dim] of the rotary angles of positions 0..length-1."""
-    inv = ROPE_BASE ** (-torch.arange(0, head_dim, 2).float() / head_dim)
+    inv = theta ** (-torch.arange(0, head_dim, 2).float() / head_dim)
     angles = torch.outer(torch.arange(length).float(), inv).repeat(1, 2)
     return angles.cos(), angles.sin()
 
@@ -171,16 +229,16 @@ class Decoder(nn.Module):
         elif card.head_dim % 2:
             raise UserError(f"rope positions need an even head_dim, got {card.head_dim}")
         else:
-            cos, sin = rope_tables(self.cache_len, card.head_dim)
+            cos, sin = rope_tables(self.cache_len, card.head_dim, card.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.blocks = nn.ModuleList(AdaptiveBlock(b, card.bias) for b in card.blocks)
+        self.blocks = nn.ModuleList(AdaptiveBlock(card, b) for b in card.blocks)
         self.joins = nn.ModuleList(projection(a.width, b.width)
                                    for a, b in zip(card.blocks, card.blocks[1:], strict=False))
-        self.norm = LayerNorm(last) if card.final_norm else nn.Identity()
+        self.norm = make_norm(card.norm, last, card.norm_eps) if card.final_norm else nn.Identity()
         self.proj_out = projection(last, e)
         self.head = None if card.tied_head else nn.Linear(e, card.vocab, bias=False)
-        self.caches = nn.ModuleList(KVCache(b.heads, self.cache_len, card.head_dim)
+        self.caches = nn.ModuleList(KVCache(b.n_kv_heads, self.cache_len, card.head_dim)
                                     for b in card.blocks for _ in range(b.depth))
 
     def forward(self, tokens: Tensor, start: Tensor) -> Tensor:
@@ -243,11 +301,13 @@ class Decoder(nn.Module):
 def causal_attention(attn: Attention, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
     """`attn` over x [B, T, width] with a causal mask and no cache (the training path)."""
     b, t, e = x.shape
-    q, k, v = (proj(x).view(b, t, attn.heads, attn.head_dim).transpose(1, 2)
-               for proj in (attn.q, attn.k, attn.v))
+    q = attn.q(x).view(b, t, attn.heads, attn.head_dim).transpose(1, 2)
+    k, v = (proj(x).view(b, t, attn.kv_heads, attn.head_dim).transpose(1, 2)
+            for proj in (attn.k, attn.v))
     if rope is not None:
         q, k = rotate(q, *rope), rotate(k, *rope)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                       enable_gqa=attn.kv_heads != attn.heads)
     return attn.o(y.transpose(1, 2).reshape(b, t, e))
 
 
@@ -259,6 +319,8 @@ def init_weights(model: Decoder, seed: int = 0) -> None:
             if isinstance(m, nn.LayerNorm):
                 m.weight.fill_(1.0)
                 m.bias.zero_()
+            elif isinstance(m, RMSNorm):
+                m.weight.fill_(1.0)
             elif isinstance(m, (nn.Linear, nn.Embedding)):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.02)
                 if getattr(m, "bias", None) is not None:

@@ -173,7 +173,7 @@ CARD_CASES: list[tuple[str, Any, str]] = [
     ("name-lone-surrogate", json.dumps(CARD).replace('"tiny"', '"\\ud800"'), "not valid Unicode"),
     ("schema-true", changed(CARD, schema_version=True), "schema_version must be the integer 1"),
     ("schema-string", changed(CARD, schema_version="1"), "schema_version must be the integer 1"),
-    ("schema-2", changed(CARD, schema_version=2), "schema_version 2 is not supported"),
+    ("schema-3", changed(CARD, schema_version=3), "schema_version 3 is not supported"),
     ("schema-missing", changed(CARD, schema_version=DROP), "missing field 'schema_version'"),
 ]
 

@@ -8,7 +8,7 @@ iOS 18 / macOS 15, the first Core ML with state: the decoder's mutated cache buf
 
 with T = prompt length to prefill, then T = 1 per generated token. Compute precision is fp16
 (Core ML states are fp16 only). Weight compression (coremltools.optimize.coreml), every weight of
-at least 2048 elements:
+more than 2048 elements:
 - fp16: none;
 - int8: linear symmetric int8, one scale per output channel -> constexpr_blockwise_shift_scale;
 - int4: 4-bit palettization, a 16-entry k-means lookup table per weight -> constexpr_lut_to_dense.
@@ -35,7 +35,8 @@ from merino_mobile.model import Decoder
 # the compression op each quantization leaves in the program, and the dtype of its weights
 COMPRESSION = {"int8": ("constexpr_blockwise_shift_scale", "INT8"),
                "int4": ("constexpr_lut_to_dense", "UINT4")}
-WEIGHT_MIN = 2048  # coremltools' default weight_threshold: smaller tensors stay fp16
+# coremltools' default weight_threshold: it compresses tensors of more elements, keeps these fp16
+WEIGHT_MIN = 2048
 # where a compression op keeps its compressed weight; int tensors are masks and positions
 WEIGHT_INPUT = {"constexpr_blockwise_shift_scale": "data", "constexpr_lut_to_dense": "indices",
                 "constexpr_affine_dequantize": "quantized_data"}
@@ -173,7 +174,7 @@ def inspect_package(artifact: Path) -> dict:
 
     inputs/outputs/states: name -> [shape, dtype] (tokens' shape is its upper bound);
     ops: op type counts of the main function; weights: dtype -> elements of the weight matrices
-    (constant tensors of rank >= 2 and at least WEIGHT_MIN elements, compressed or not; vectors
+    (constant tensors of rank >= 2 and more than WEIGHT_MIN elements, compressed or not; vectors
     such as biases may stay fp16 and are not counted).
     """
     ct = _coremltools()
@@ -205,7 +206,7 @@ def inspect_package(artifact: Path) -> dict:
         else:
             continue
         shape, dtype = _tensor(value.type)
-        if len(shape) >= 2 and math.prod(shape) >= WEIGHT_MIN and dtype not in INDEX_DTYPES:
+        if len(shape) >= 2 and math.prod(shape) > WEIGHT_MIN and dtype not in INDEX_DTYPES:
             weights[dtype] += math.prod(shape)
     return {
         "spec_version": spec.specificationVersion,
