@@ -586,6 +586,38 @@ def train_cmd(
     console.print(table)
 
 
+@app.command("import")
+def import_cmd(
+    folder: Path = typer.Argument(..., help="A local Hugging Face model folder (config.json, "
+                                  "*.safetensors, tokenizer.json) of the llama, qwen2, opt or "
+                                  "gpt2 family."),
+    name: str | None = typer.Option(None, "--name", help="Card name (default: the folder's "
+                                    "name, lowercased): models/NAME.json."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier import of that name."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Turn a Hugging Face model folder into a card (models/NAME.json) and a checkpoint
+    (build/NAME/import/model.safetensors, with its tokenizer.json); nothing is downloaded."""
+    from merino_mobile.hf_import import import_folder
+
+    ws = Workspace.resolve(workspace)
+    r = import_folder(folder, ws, name=name, force=force)
+    if as_json:
+        emit_json(r.to_json())
+        return
+    console.print(blocks_table(r.card, f"{r.card.name}: imported {r.family} from {folder}"))
+    table = Table(show_header=False, box=None)
+    c, b = r.card, r.card.blocks[0]
+    table.add_row("layers", f"{b.depth} x width {b.width}, {b.heads} heads ({b.n_kv_heads} K/V), "
+                  f"{b.ffn} FFN {b.ffn_hidden}, {c.norm}, {c.positions} positions")
+    table.add_row("parameters", human_count(accounting.params(c)))
+    table.add_row("card", str(r.card_path))
+    table.add_row("checkpoint", str(r.checkpoint))
+    table.add_row("tokenizer", str(r.tokenizer) if r.tokenizer else "none in the folder")
+    console.print(table)
+
+
 @app.command("deploy")
 def deploy_cmd(
     card: str | None = typer.Argument(None, help="Card file, or a name under models/ (default: "
