@@ -279,7 +279,9 @@ def _device_checklist(ws: Workspace, name: str, runtime: str | None, as_json: bo
 
 @app.command("profile")
 def profile_cmd(
-    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
+    device: list[str] = typer.Option([], "--device", help="Device profile name "
+                                     "(devices/*.toml; default host). Repeat it with --cluster "
+                                     "to profile several devices at once."),
     runtime: str = typer.Option("executorch", "--runtime", help="executorch or onnxruntime."),
     quant: str = typer.Option("fp32", "--quant", help="fp32, int8 or int4."),
     grid: str = typer.Option("quick", "--grid", help="quick (a subset) or full (every shape)."),
@@ -296,6 +298,11 @@ def profile_cmd(
                                       "read, pass after pass; the table takes the median "
                                       "(default: the device profile's [measure] passes; host "
                                       "2). Raising it later measures only the new readings."),
+    cluster: str | None = typer.Option(None, "--cluster", help="auto (the fleet this host "
+                                       "started) or HOST:PORT of a fleet's head: every --device "
+                                       "at once on its node, exports spread over the fleet "
+                                       "(default $MERINO_MOBILE_CLUSTER, else none: this "
+                                       "process alone). See docs/fleet.md."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -303,26 +310,45 @@ def profile_cmd(
 
     Every missing program is exported first (several processes side by side), then the points
     are timed one after the other with nothing else running; an interrupted run continues where
-    it stopped."""
+    it stopped. With --cluster, several devices at once on a Ray fleet (docs/fleet.md)."""
+    import os
+
     from merino_mobile.formats import check_runtime_quant
     from merino_mobile.latency.grid import describe_grid, make_grid
     from merino_mobile.latency.profile import run_profile
     from merino_mobile.target import resolve_target
 
     ws = Workspace.resolve(workspace)
+    devices = device or ["host"]
+    # without a fleet, nothing of merino_mobile.fleet (nor Ray) is imported
+    fleet = (cluster if cluster is not None
+             else os.environ.get("MERINO_MOBILE_CLUSTER", "")).strip() or None
+    if fleet is None and len(devices) > 1:
+        raise UserError(f"--device given {len(devices)} times: profiling several devices at "
+                        f"once needs a fleet, --cluster auto (after `merino-mobile fleet "
+                        f"start`) or --cluster HOST:PORT; without one, profile one device per "
+                        f"command")
     check_runtime_quant(runtime, quant, profiled=True)
-    target = resolve_target(ws, device, quant=quant, runtime=runtime)
+    targets = [resolve_target(ws, d, quant=quant, runtime=runtime) for d in devices]
     g = make_grid(ws.find("search", space, ".toml"), grid, context,
                   None if not prompt else [p for p in prompt if p > 0])
     if not as_json:
         err.print(describe_grid(g), highlight=False)
+    if fleet is not None:
+        profile_fleet_cmd(ws, targets, runtime, quant, g, fleet, passes, as_json)
+        return
     bar, progress, _ = profile_bar(transient=as_json, json_out=as_json)
     with bar:
-        report = run_profile(ws, target, runtime, quant, g, progress=progress, workers=jobs,
+        report = run_profile(ws, targets[0], runtime, quant, g, progress=progress, workers=jobs,
                              passes=passes)
     if as_json:
         emit_json(report.to_json())
         return
+    print_profile(report, runtime, quant)
+
+
+def print_profile(report: Any, runtime: str, quant: str) -> None:
+    """One device's profile report as the `profile` table, its failed points on stderr."""
     table = Table(title=f"profile {report.device} ({runtime}, {quant})", show_header=False)
     table.add_row("fingerprint", f"{report.fingerprint['cpu']}, {report.fingerprint['cores']} "
                   f"cores, {report.fingerprint['os']}, {runtime} "
@@ -339,6 +365,84 @@ def profile_cmd(
     console.print(table)
     for f in report.failed:
         err.print(f"[red]failed:[/red] {f}", highlight=False, soft_wrap=True)
+
+
+def profile_fleet_cmd(ws: Workspace, targets: list[Any], runtime: str, quant: str, grid: Any,
+                      cluster: str, passes: int | None, as_json: bool) -> None:
+    """`profile --cluster`: every device at once on the fleet, one progress line each.
+
+    One device prints what `profile` prints without a fleet (the same table, the same JSON
+    object). Several print a table each, or with --json one object whose `devices` maps each
+    name to its report or to {"error": ...}; a device that failed is one line on stderr and the
+    exit code 2, after the others finished."""
+    from merino_mobile.fleet import profile_fleet
+
+    bar, progress = fleet_bars([t.name for t in targets], transient=as_json, json_out=as_json)
+    with bar:
+        r = profile_fleet(ws, targets, runtime, quant, grid, cluster=cluster, progress=progress,
+                          passes=passes)
+    if len(targets) == 1:
+        name = targets[0].name
+        if name in r.errors:
+            raise UserError(r.errors[name])
+        if as_json:
+            emit_json(r.reports[name].to_json())
+        else:
+            print_profile(r.reports[name], runtime, quant)
+        return
+    if as_json:
+        emit_json(r.to_json())
+    else:
+        for name in r.order:
+            if name in r.reports:
+                print_profile(r.reports[name], runtime, quant)
+        e = r.exports
+        console.print(f"fleet: {e.built} programs exported on {len(e.to_json()['by_node'])} "
+                      f"nodes in {e.seconds:.0f} s, {e.cached} reused; {r.wall_s:.0f} s in all",
+                      highlight=False)
+    for name in r.order:
+        if name in r.errors:
+            err.print(f"[red]error:[/red] {escape(r.errors[name])}", highlight=False,
+                      soft_wrap=True)
+    if r.errors:
+        raise typer.Exit(2)
+
+
+def fleet_bars(names: list[str], transient: bool = False, json_out: bool = False
+               ) -> tuple[Any, Any]:
+    """One progress line per device (and one for the fleet's exports): a rich bar each on a
+    terminal, else plain prefixed lines (on stderr with --json), as `profile_bar`. Returns the
+    context to run in and the fleet's `progress(device or None, message, done, total)`."""
+    if not (console.is_terminal and err.is_terminal):
+        from contextlib import nullcontext
+
+        from merino_mobile.progress import LineProgress
+
+        out = err if json_out else console
+
+        def writer(prefix: str) -> Any:
+            return LineProgress(lambda line: out.print(f"{prefix}: {line}", highlight=False,
+                                                       soft_wrap=True))
+
+        lines = {name: writer(name) for name in names}
+        lines[None] = writer("fleet")
+
+        def plain(device: str | None, message: str, done: int, total: int) -> None:
+            lines[device](message, done, total)
+
+        return nullcontext(), plain
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}", style="cyan"), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=transient)
+    tasks = {name: bar.add_task(f"{name}: waiting", total=1) for name in ["fleet", *names]}
+
+    def rich_progress(device: str | None, message: str, done: int, total: int) -> None:
+        name = device or "fleet"
+        bar.update(tasks[name], description=f"{name}: {message}"[:60], completed=done,
+                   total=max(total, 1))
+
+    return bar, rich_progress
 
 
 def profile_bar(transient: bool = False, json_out: bool = False) -> tuple[Any, Any, Console]:
@@ -848,6 +952,95 @@ def calibrate_cmd(
     verdict = "[green]applied[/green]" if cal.applied else "[yellow]not applied[/yellow]"
     console.print(f"{verdict}: {escape(cal.reason)}")
     console.print(f"written: {path}")
+
+
+fleet_app = typer.Typer(help="A device fleet on Ray: hosts that share their devices and CPUs "
+                        "(docs/fleet.md).", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.command("start")
+def fleet_start_cmd(
+    address: str | None = typer.Option(None, "--address", help="HOST:PORT of the fleet's head "
+                                       "to join (default: this host becomes the head)."),
+    node_ip: str | None = typer.Option(None, "--node-ip-address", help="This host's address "
+                                       "on the network the fleet's hosts share (default "
+                                       "127.0.0.1: a fleet of this host alone, reachable from "
+                                       "nowhere else)."),
+    port: int = typer.Option(6379, "--port", min=1, max=65535, help="The head's port."),
+    device: list[str] = typer.Option([], "--device", help="Declare these devices (repeatable; "
+                                     "default: every profile this host reaches now)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run; start nothing."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Join this host to the fleet (or start it): declare the devices it reaches, `ray start`."""
+    from merino_mobile.fleet import plan_start, start
+
+    ws = Workspace.resolve(workspace)
+    plan = plan_start(ws, address=address, node_ip=node_ip, port=port, devices=device or None)
+    record = None if dry_run else start(plan)
+    if as_json:
+        emit_json(plan.to_json() | {"started": record is not None})
+        return
+    table = Table(title=f"fleet {'head' if plan.head else 'node'} at {plan.address}")
+    for col in ("device", "declared", "detail"):
+        table.add_column(col)
+    for row in plan.devices:
+        table.add_row(row["name"], "[green]yes[/green]" if row["declared"] else "no",
+                      row["detail"])
+    console.print(table)
+    if dry_run:
+        env = " ".join(f"{k}={v}" for k, v in plan.env.items())
+        print(f"{env} {' '.join(plan.command)}")
+        return
+    console.print(f"started; profile with `merino-mobile profile --device NAME ... --cluster "
+                  f"{'auto' if plan.head else plan.address}`", highlight=False)
+    if plan.head and not plan.address.startswith("127."):
+        console.print(f"other hosts join with `merino-mobile fleet start --address "
+                      f"{plan.address} --node-ip-address THEIR_ADDRESS`, after copying "
+                      f"~/.ray/auth_token to them", highlight=False)
+
+
+@fleet_app.command("status")
+def fleet_status_cmd(
+    cluster: str | None = typer.Option(None, "--cluster", help="auto or HOST:PORT (default "
+                                       "$MERINO_MOBILE_CLUSTER, else auto)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The fleet's nodes, the devices each has, and what each device is doing."""
+    from merino_mobile.fleet import cluster_from, status
+
+    s = status(cluster_from(cluster) or "auto")
+    if as_json:
+        emit_json(s)
+        return
+    table = Table(title="fleet")
+    for col in ("node", "cpus", "device", "doing", "for", "driver"):
+        table.add_column(col)
+    for node in s["nodes"]:
+        label = f"{node['hostname']} ({node['address']}){' head' if node['head'] else ''}"
+        rows = node["devices"] or [{"name": "-", "doing": "", "for_s": None, "driver": None}]
+        for i, d in enumerate(rows):
+            table.add_row(label if i == 0 else "", f"{node['cpus']:g}" if i == 0 else "",
+                          d["name"], d["doing"], "" if d["for_s"] is None else f"{d['for_s']} s",
+                          d["driver"] or "")
+    console.print(table)
+    if s["dead_nodes"]:
+        err.print(f"{s['dead_nodes']} node(s) of this fleet are dead", highlight=False)
+
+
+@fleet_app.command("stop")
+def fleet_stop_cmd(as_json: bool = JsonOpt) -> None:
+    """Leave the fleet: `ray stop` on this host (every Ray process of this host ends)."""
+    from merino_mobile.fleet import stop
+
+    r = stop()
+    if as_json:
+        emit_json(r)
+    else:
+        console.print(f"stopped the fleet's processes on this host"
+                      f"{' (' + r['address'] + ')' if r['address'] else ''}", highlight=False)
 
 
 def main() -> None:

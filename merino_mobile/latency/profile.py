@@ -178,8 +178,7 @@ class ProfileRun:
         load."""
         queue = deque((b, k) for k in range(self.passes) for b in self.batches
                       if self.unread(b, k))
-        self._export(list({id(b): b for b, _ in queue}.values()), bool(queue), workers,
-                     extra_jobs)
+        self._export(self.export_batches(), workers, extra_jobs)
         if queue:
             self.sentinel.check()
         since = redo = 0
@@ -205,11 +204,17 @@ class ProfileRun:
         self.report.sentinel = self.sentinel.readings
         return self.report
 
-    def _export(self, to_export: list[Sequence[Point]], timing: bool, workers: int | None,
+    def export_batches(self) -> list[Sequence[Point]]:
+        """The batches whose programs this run times: each with a reading still to take, and
+        the sentinel's when anything is timed (a fleet exports them across its cluster before
+        its devices' runs start, `merino_mobile.fleet`)."""
+        unread = [b for b in self.batches if any(self.unread(b, k) for k in range(self.passes))]
+        return unread + [b for b in self.batches if unread and b is self.sentinel_batch]
+
+    def _export(self, wanted: list[Sequence[Point]], workers: int | None,
                 extra_jobs: Sequence[Job]) -> None:
-        """Every missing program, side by side; the sentinel's only when something is timed.
-        The progress of this phase counts exports (its total differs from the points')."""
-        wanted = to_export + [b for b in self.batches if timing and b is self.sentinel_batch]
+        """Every missing program of `wanted` and `extra_jobs`, side by side. The progress of
+        this phase counts exports (its total differs from the points')."""
         jobs = [*export_jobs(wanted, self.grid, self.runtime, self.quant, self.cache,
                              self.replicated), *extra_jobs]
         if not jobs:
