@@ -515,6 +515,11 @@ def design_cmd(
     out: Path | None = typer.Option(None, "--out", help="Card file to write (default: "
                                     "models/<name>.json; for a sweep, the PNG plot)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+    verify: bool = typer.Option(False, "--verify", help="Export and bench the design on the "
+                                "device; while its measured latency exceeds --latency, refit "
+                                "the calibration and redesign (docs/deploy.md)."),
+    iterations: int | None = typer.Option(None, "--iterations", help="Designs --verify may "
+                                          "measure (default 3)."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -527,9 +532,10 @@ def design_cmd(
     if solver not in SOLVERS:
         raise UserError(f"unknown --solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     given, swept = read_budgets(latency, flops, params, memory)
+    check_verify(given, verify, iterations)
     sp = load_space(ws.find("search", space, ".toml"))
     table, table_info = None, None
-    if "latency_ms" in given:
+    if "latency_ms" in given and not verify:  # --verify opens the device before the table
         table, table_info = design_table(ws, device, runtime, quant)
     settings = EntropySettings(rho=rho)
     options = {"seconds": ea_seconds, "seed": seed} if solver == "ea" else {}
@@ -545,11 +551,20 @@ def design_cmd(
         console.print(result.table())
         console.print(f"plot: {plot}")
         return
-    d, card, path = design_card(ws, sp, given, settings, context, quant, table, solver, options,
-                                name=name, out=out, force=force, lut_info=table_info)
+    verified = None
+    if verify:
+        verified = run_verify(ws, sp, given, settings, context, device, runtime, quant, solver,
+                              options, name, out, force, iterations, as_json)
+        d, card, path, table_info = (verified.design, verified.card, verified.path,
+                                     verified.lut)
+    else:
+        d, card, path = design_card(ws, sp, given, settings, context, quant, table, solver,
+                                    options, name=name, out=out, force=force,
+                                    lut_info=table_info)
     summary = design_json(d, card, path, context)
     if as_json:
-        emit_json(summary | {"lut": table_info})
+        emit_json(summary | {"lut": table_info}
+                  | ({"verify": verified.to_json()} if verified else {}))
         return
     console.print(blocks_table(card, f"{card.name}: maximum entropy within "
                                f"{describe_budgets(given)}"))
@@ -561,8 +576,71 @@ def design_cmd(
     gap = f", gap {d.solver.gap:.1e}" if d.solver.gap is not None else ""
     totals.add_row("solver", f"{d.solver.name}: {d.solver.seconds:.2f} s, "
                    f"{'proven optimal' if d.solver.optimal else 'not proven optimal'}{gap}")
+    if verified:
+        totals.add_row(f"measured latency @ {context}", escape(verified.message))
     totals.add_row("card", str(path))
     console.print(totals)
+    if verified:
+        console.print(verify_table(verified))
+
+
+def check_verify(given: dict, verify: bool, iterations: int | None) -> None:
+    """--verify needs one --latency value; --iterations needs --verify (refused before anything
+    is solved)."""
+    if iterations is not None and not verify:
+        raise UserError("--iterations counts the designs --verify measures; add --verify")
+    if verify:
+        from merino_mobile.deploy.verify import verify_budget
+
+        verify_budget(given)
+
+
+def run_verify(ws: Workspace, sp: Any, given: dict, settings: EntropySettings, context: int,
+               device: str | None, runtime: str | None, quant: str, solver: str, options: dict,
+               name: str | None, out: Path | None, force: bool, iterations: int | None,
+               as_json: bool) -> Any:
+    """`design --verify`: the loop (merino_mobile.deploy.verify), its progress on stderr; when
+    no design keeps the budget, the iterations table before the error line."""
+    from merino_mobile.deploy.verify import DEFAULT_ITERATIONS, BudgetNotMet, verify_design
+
+    try:
+        return verify_design(
+            ws, sp, given, settings, context, device=device, runtime=runtime, quant=quant,
+            solver=solver, options=options, name=name, out=out, force=force,
+            iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
+            say=lambda m: err.print(f"[cyan]verify:[/cyan] {escape(m)}", highlight=False,
+                                    soft_wrap=True))
+    except BudgetNotMet as e:
+        if not as_json:
+            console.print(verify_table(e.result))
+        raise
+
+
+def verify_table(r: Any) -> Table:
+    """The iterations of `design --verify`: design, predicted, measured, one row each."""
+    from merino_mobile.design import format_budget
+
+    table = Table(title=f"--verify on {r.device}: budget {format_budget('latency_ms', r.budget_ms)}"
+                  f", {STATUS_WORDS.get(r.status, r.status)}",
+                  caption="ms per token; predicted by the device's table then (* calibrated)")
+    for col in ("#", "how", "design", "params", "solved at", "predicted", "measured",
+                "p10-p90", ""):
+        table.add_column(col, justify="left" if col in ("how", "design", "") else "right")
+    for it in r.iterations:
+        done = it.measured_ms is not None
+        verdict = "" if not done else (
+            "[green]within[/green]" if it.measured_ms <= r.budget_ms else "[red]over[/red]")
+        table.add_row(str(it.index), it.how, escape(it.summary()["architecture"]),
+                      human_count(it.params), f"{it.solve_budget_ms:.3g}",
+                      f"{it.predicted_ms:.3g}" + ("*" if it.calibrated else ""),
+                      f"{it.measured_ms:.3g}" if done else "-",
+                      f"{it.p10_ms:.3g}-{it.p90_ms:.3g}" if done else "-",
+                      verdict + (" (chosen)" if r.chosen is it else ""))
+    return table
+
+
+STATUS_WORDS = {"within_budget": "kept", "within_noise": "kept within the device's noise",
+                "unmet": "not met by the space", "spent": "not met in the iterations allowed"}
 
 
 def describe_budgets(given: dict) -> str:

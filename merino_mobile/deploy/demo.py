@@ -4,11 +4,12 @@ design with a reference card side by side (`--reduced`: a tiny space, deployed a
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from merino_mobile import accounting
-from merino_mobile.card import Block, Card, load_card
+from merino_mobile.card import Block, Card, load_card, save_card
 from merino_mobile.deploy.bench import DEFAULT_GENERATE, DEFAULT_PROMPT, DEFAULT_REPEAT
 from merino_mobile.deploy.compare import compare
 from merino_mobile.deploy.deploy import deploy, deploy_dir, export_for_deploy
@@ -51,6 +52,12 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     """The whole loop on this host: profile (or reuse the table), design, then `compare` the
     design with the comparison card (export, bench side by side, reports); `reduced` deploys its
     tiny design alone.
+
+    The full demo designs with `design --verify` (`merino_mobile.deploy.verify`): the design is
+    exported and benched, and redesigned while it measures over its budget, so the card it
+    compares keeps the budget on this host as measured. When no design keeps it, the fastest
+    measured one is compared and the result says so (`verify.status`). `reduced` designs
+    without the loop: the tests run it, and they check the loop in tests/test_verify.py.
 
     Budget: the design's decode latency budget is the predicted latency of the comparison card
     over DEMO_SPEEDUP (the paper's MeRino-64M is 4.9x faster than OPT-350M); `reduced` has no
@@ -108,12 +115,20 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     # the tiny space's 32-wide layers are all "too deep" for the default rho_0 (one layer is
     # already 1/32): it exercises the pipeline, not the design rule, so its bound is loose
     settings = EntropySettings(rho=0.2) if reduced else EntropySettings()
-    d, card, card_path = design_card(
-        ws, space, {"latency_ms": budget}, settings, context, quant, lut, "exact", {},
-        name=name, force=True, lut_info={"device": device, "runtime": runtime, "quant": quant})
+    verified = None
+    if reduced:
+        d, card, card_path = design_card(
+            ws, space, {"latency_ms": budget}, settings, context, quant, lut, "exact", {},
+            name=name, force=True, lut_info={"device": device, "runtime": runtime,
+                                             "quant": quant})
+        predicted = d.metrics.latency_ms
+    else:
+        card, card_path, verified = _verified_design(ws, target, space, budget, settings,
+                                                     context, name, say)
+        predicted = verified["iterations"][verified["chosen"] - 1]["predicted_ms"]
     steps["design_s"] = round(time.perf_counter() - t1, 1)
     say(f"designed {card.name}: {accounting.params(card):,} parameters, predicted "
-        f"{d.metrics.latency_ms:.3g} ms ({card_path})")
+        f"{predicted:.3g} ms ({card_path})")
     t1 = time.perf_counter()
     cmp = None
     if reduced:
@@ -133,9 +148,36 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
             "device": device, "runtime": runtime, "quant": quant, "lut": lut.source,
             "budget_ms": budget, "budget_rule": f"{factor:g}x predicted decode latency of "
             f"{reference.name} at context {context}", "card": str(card_path),
-            "params": accounting.params(card), "predicted_ms": d.metrics.latency_ms,
+            "params": accounting.params(card), "predicted_ms": predicted,
             "report": str(Path(rep["out_dir"]) / "report.md"), "deploy": rep,
-            "compare": cmp, "steps": steps}
+            "compare": cmp, "verify": verified, "steps": steps}
+
+
+def _verified_design(ws: Workspace, target: Any, space: Any, budget: float,
+                     settings: EntropySettings, context: int, name: str,
+                     say: Any) -> tuple[Card, Path, dict[str, Any]]:
+    """The full demo's design: `verify_design` at `budget`; when no design keeps it, the
+    fastest measured one, written as the card with the loop's record (so the demo still
+    compares what this host can do, and says it missed)."""
+    from merino_mobile.deploy.verify import BudgetNotMet, verify_design
+
+    try:
+        r = verify_design(ws, space, {"latency_ms": budget}, settings, context, device=target,
+                          quant=target.quant, name=name, force=True,
+                          say=lambda m: say(f"verify: {m}"))
+    except BudgetNotMet as e:
+        say(f"verify: {e}; comparing the fastest measured design")
+        r = e.result
+        assert r.chosen is not None
+        chosen = r.chosen.load_card()
+        path = ws.models / f"{name}.json"
+        card = replace(chosen, name=name, meta=dict(chosen.meta) | {
+            "budgets": {"latency_ms": budget}, "measured_latency_ms": r.measured_ms,
+            "verify": r.to_json() | {"card": str(path)}})
+        save_card(card, path, force=True)
+        return card, path, r.to_json()
+    assert r.card is not None and r.path is not None
+    return r.card, r.path, r.to_json()
 
 
 def accounting_block(space: Any) -> Block:

@@ -1,0 +1,287 @@
+"""`design --verify`: the measured-in-the-loop design on this host, with real exports and benches
+of a tiny space (vocab 256, width 32, 1 to 4 layers) against a hand-made table that predicts
+every model about ten times too fast, so a first design misses any budget between the space's
+fastest and slowest models and the loop has to tighten."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from cli_runner import run  # tests/cli_runner.py (pytest puts tests/ on sys.path)
+
+from merino_mobile import export as export_mod
+from merino_mobile.card import load_card
+from merino_mobile.deploy import bench as bench_mod
+from merino_mobile.deploy.verify import (
+    bench_lengths,
+    blocks_label,
+    export_card,
+    round_up,
+    verify_design,
+)
+from merino_mobile.device import readiness
+from merino_mobile.device.base import Fingerprint
+from merino_mobile.device.checklist import first_missing
+from merino_mobile.device.host import HostDevice
+from merino_mobile.device.profiles import load_profile, read_profile
+from merino_mobile.entropy import EntropySettings
+from merino_mobile.errors import UserError
+from merino_mobile.latency.store import Point, read_measurements
+from merino_mobile.latency.table import Lut, lut_path
+from merino_mobile.space import load_space
+from merino_mobile.workspace import Workspace
+
+SPACE = """schema_version = 1
+name = "verify-tiny"
+vocab = 256
+context = 64
+head_dim = 16
+positions = "learned"
+tied_head = true
+embed_width = 0
+max_blocks = 1
+widths = [32]
+ffn_ratios = [2.0]
+depth = [1, 4]
+sharing = true
+order = "non-decreasing"
+"""
+CONTEXT = 64
+RHO = 0.2  # one 32-wide layer is already rho 1/32: the tiny space needs a loose bound
+# The table: about a tenth of what such models measure on the reference host (a fixed part near
+# 0.017 ms, 0.013 ms a layer), so every design is predicted far too fast.
+FIXED_MS, LAYER_MS = 0.001, 0.0013
+DESIGN = ("--space", "tiny", "--context", str(CONTEXT), "--rho", str(RHO))
+
+
+def make_workspace(root: Path) -> Workspace:
+    """A workspace with the tiny space and the too-fast host table (ExecuTorch int8)."""
+    (root / "search").mkdir(parents=True, exist_ok=True)
+    (root / "search" / "tiny.toml").write_text(SPACE)
+    ws = Workspace.resolve(root)
+    fp = HostDevice(load_profile(ws, "host")).fingerprint("executorch", "int8")
+    fp = Fingerprint(**{**fp.__dict__, "date": ""})
+    entries = {
+        "fixed": {"decode": [(Point("fixed", "decode", context=c), FIXED_MS) for c in (32, 64)]},
+        "layer": {"decode": [(Point("layer", "decode", width=32, ffn_ratio=2.0, heads=2,
+                                    context=c), LAYER_MS) for c in (32, 64)]},
+        "embedding": {"decode": [(Point("embedding", "decode", width=32, vocab=256, context=1),
+                                  FIXED_MS / 5)]},
+        "head": {"decode": [(Point("head", "decode", width=32, vocab=256), FIXED_MS / 2)]},
+    }
+    Lut("host", "executorch", "int8", fp, entries).save(
+        lut_path(ws.devices, "host", "executorch", "int8"))
+    return ws
+
+
+def predicted(depth: int) -> float:
+    return FIXED_MS * 1.7 + depth * LAYER_MS
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("verify")).root
+
+
+@pytest.fixture(scope="module")
+def deep(shared) -> dict:
+    """`design --verify --json` at a budget every design meets: the deepest design, measured
+    once and kept (its export is what the other tests reuse)."""
+    import contextlib
+    import io
+    import sys
+
+    from merino_mobile.cli import main
+
+    mp = pytest.MonkeyPatch()  # the fixture is module-scoped: monkeypatch and capsys are not
+    mp.setattr(sys, "argv", ["merino-mobile", "design", "--latency", "50ms", *DESIGN, "--verify",
+                             "--workspace", str(shared), "--json"])
+    out, errs = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(errs):
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    mp.undo()
+    assert code == 0, errs.getvalue()
+    return json.loads(out.getvalue())
+
+
+@pytest.mark.slow
+def test_a_budget_met_at_once_is_one_iteration_and_the_card_records_it(deep, shared):
+    v = deep["verify"]
+    assert v["status"] == "within_budget" and v["within_budget"] is True
+    assert len(v["iterations"]) == 1 and v["iterations_allowed"] == 3
+    it = v["iterations"][0]
+    assert it["architecture"] == "32x2x4" and it["how"] == "first"
+    assert it["predicted_ms"] == pytest.approx(predicted(4))
+    assert it["calibrated"] is False and it["reused"] == {"export": False, "measurement": False}
+    assert v["measured_ms"] == it["measured_ms"] > it["predicted_ms"]  # the table is too fast
+    assert it["p10_ms"] <= it["measured_ms"] <= it["p90_ms"]
+    card_path = Path(deep["card"])
+    assert card_path == shared / "models" / "merino-lat50ms-host.json"
+    card = load_card(card_path)
+    assert card.meta["budgets"] == {"latency_ms": 50.0}  # the budget asked, not a solver's
+    assert card.meta["measured_latency_ms"] == v["measured_ms"]
+    assert card.meta["verify"]["iterations"] == v["iterations"]
+    assert card.meta["verify"]["card"] == str(card_path)
+    # the bench is in the store, tagged, with the export's card and the decode context
+    (m,) = [m for m in read_measurements(Path(shared) / ".merino-mobile", device="host")
+            if m.id == it["measurement_id"]]
+    assert m.tag == "verify" and m.context == CONTEXT and m.decode_median_ms == v["measured_ms"]
+    assert m.card_name == export_card(card).name and (m.prompt, m.generate) == (32, 32)
+    assert m.predicted_ms == pytest.approx(predicted(4))
+
+
+@pytest.mark.slow
+def test_a_miss_tightens_and_an_interrupted_run_resumes(deep, shared, monkeypatch):
+    ws = Workspace.resolve(shared)
+    space = load_space(ws.root / "search" / "tiny.toml")
+    budget = 0.6 * deep["verify"]["measured_ms"]  # the deep design misses it by far
+    calls = {"bench": 0, "export": 0}
+    real_bench, real_export = bench_mod.bench_artifact, export_mod.export
+
+    def interrupted(*a, **k):
+        calls["bench"] += 1
+        report = real_bench(*a, **k)
+        if calls["bench"] == 2:
+            # Ctrl-C the moment the second iteration's bench is stored, before the loop notes it
+            raise KeyboardInterrupt
+        return report
+
+    monkeypatch.setattr(bench_mod, "bench_artifact", interrupted)
+    args = (ws, space, {"latency_ms": budget}, EntropySettings(rho=RHO), CONTEXT)
+    with pytest.raises(KeyboardInterrupt):
+        verify_design(*args, name="tight", repeat=3)
+    state = json.loads((ws.root / "build" / "verify" / "tight-host-executorch-int8" /
+                        "verify.json").read_text())
+    assert not state["finished"] and len(state["iterations"]) == 2
+    first, second = state["iterations"]
+    assert first["measured_ms"] > budget and first["export_reused"]
+    assert second["measured_ms"] is None and second["artifact"]  # exported, not noted
+    (stored,) = [m for m in read_measurements(ws.state, device="host")
+                 if m.id > second["bench_after_id"]]
+    assert second["how"] == "tightened"
+    # the tighten rule: the measured design's prediction scaled by budget / measured
+    assert second["solve_budget_ms"] == pytest.approx(
+        first["predicted_ms"] * budget / first["measured_ms"])
+    assert second["predicted_ms"] <= second["solve_budget_ms"] < first["predicted_ms"]
+
+    def counted_export(*a, **k):
+        calls["export"] += 1
+        return real_export(*a, **k)
+
+    benched = []
+
+    def counted_bench(*a, **k):
+        benched.append(Path(a[1]))
+        return real_bench(*a, **k)
+
+    monkeypatch.setattr(bench_mod, "bench_artifact", counted_bench)
+    monkeypatch.setattr(export_mod, "export", counted_export)
+    said: list[str] = []
+    r = verify_design(*args, name="tight", repeat=3, say=said.append)
+    assert r.resumed == 2 and any(s.startswith("resuming ") for s in said)
+    assert r.iterations[0].measurement_id == first["measurement_id"]  # not benched again
+    # the second iteration: its export reused, its stored bench read back, not benched again
+    assert r.iterations[1].export_reused and r.iterations[1].measurement_reused
+    assert r.iterations[1].measurement_id == stored.id
+    assert r.iterations[1].measured_ms == stored.decode_median_ms
+    assert Path(second["artifact"]) not in benched and len(benched) == len(r.iterations) - 2
+    # a design new to this workspace after the resumed one may be exported; the resumed one not
+    assert calls["export"] == len(r.iterations) - 2
+    assert r.status in ("within_budget", "within_noise"), r.message
+    last = r.iterations[-1]
+    assert r.chosen is last and last.p10_ms <= budget
+    assert [it.predicted_ms for it in r.iterations] == sorted(
+        (it.predicted_ms for it in r.iterations), reverse=True)
+    card = load_card(r.path)
+    assert r.path == ws.models / "tight.json" and card.name == "tight"
+    assert blocks_label(card) == last.summary()["architecture"]
+    assert card.meta["verify"]["status"] == r.status and card.meta["verify"]["resumed"] == 2
+    assert json.loads(r.state.read_text())["finished"] is True
+
+
+@pytest.mark.slow
+def test_a_budget_no_design_meets_names_the_fastest_measured(deep, shared, tmp_path,
+                                                              monkeypatch, capsys):
+    # a workspace of its own (its store: no calibration from the other tests' models), with the
+    # exports of the shared one, which are reused
+    ws = make_workspace(tmp_path / "ws")
+    shutil.copytree(Path(shared) / "build" / "verify" / "exports",
+                    ws.root / "build" / "verify" / "exports")
+    code, out, err = run(monkeypatch, capsys, "design", "--latency", "0.008ms", *DESIGN,
+                         "--verify", "--workspace", str(ws.root))
+    assert code == 2
+    line = " ".join(err.split())
+    assert "the space cannot meet the latency budget 0.008ms on host once measured" in line
+    assert "its fastest design measured, 32x2x1 (" in line
+    state = json.loads((ws.root / "build" / "verify" / "merino-lat0.008ms-host-host-executorch-"
+                                                      "int8" / "verify.json").read_text())
+    assert state["status"] == "unmet" and state["finished"]
+    its = state["iterations"]
+    assert [it["how"] for it in its] == ["first", "fastest"]
+    fastest = min(it["measured_ms"] for it in its)
+    assert f"the smallest budget it meets is {round_up(fastest):.3g}ms" in line
+    assert round_up(fastest) >= fastest
+    assert "--verify on host" in out and "not met by the space" in out  # the iterations table
+    assert not list(ws.models.glob("*.json"))  # no card claims a budget it does not keep
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_refusals(tmp_path, monkeypatch, capsys):
+    ws = make_workspace(tmp_path)
+
+    def refused(*args: str) -> str:
+        code, _, err = run(monkeypatch, capsys, "design", *args, "--workspace", str(ws.root))
+        assert code == 2, err
+        return " ".join(err.split())
+
+    assert "--verify measures a latency budget on the device: give --latency" in refused(
+        "--params", "1M", "--space", "tiny", "--verify")
+    assert "give --latency one value, not a range" in refused(
+        "--latency", "1ms:3ms:1ms", *DESIGN, "--verify")
+    assert "--iterations counts the designs --verify measures; add --verify" in refused(
+        "--latency", "1ms", *DESIGN, "--iterations", "2")
+    assert "--iterations must be at least 1 (got 0)" in refused(
+        "--latency", "1ms", *DESIGN, "--verify", "--iterations", "0")
+    (ws.models / "taken.json").parent.mkdir(parents=True, exist_ok=True)
+    (ws.models / "taken.json").write_text("{}")
+    assert "taken.json exists; choose another --out or pass --force" in refused(
+        "--latency", "1ms", *DESIGN, "--verify", "--out", str(ws.models / "taken.json"))
+    # a phone nobody answers for: its readiness line, before any table is read or design made
+    phone = ws.devices / "lost.toml"
+    phone.write_text(f"""schema_version = 1
+name = "lost"
+transport = "adb"
+runtimes = ["executorch"]
+threads = 2
+
+[adb]
+address = "127.0.0.1:{closed_port()}"
+adbkey = "{tmp_path / 'android' / 'adbkey'}"
+runner = "{tmp_path / 'executor_runner'}"
+""")
+    gap = first_missing(readiness(read_profile(phone)))
+    line = refused("--latency", "1ms", *DESIGN, "--device", "lost", "--verify")
+    assert line == f"error: lost: {' '.join(gap.line().split())}"
+    assert not (ws.root / "build").exists()
+
+
+def test_bench_lengths_fill_the_designed_context():
+    assert bench_lengths(512) == (128, 128)
+    assert bench_lengths(64) == (32, 32)
+    assert bench_lengths(3) == (1, 1)
+    with pytest.raises(UserError, match="--context of at least 2"):
+        bench_lengths(1)
+    assert round_up(0.0751234) == pytest.approx(0.0752) and round_up(12.0) == 12.0
