@@ -19,7 +19,14 @@ from rich.table import Table
 
 from merino_mobile import accounting
 from merino_mobile.card import Card, last_designed, load_card
-from merino_mobile.entropy import DEFAULT_RHO, EntropySettings, effectiveness, entropy
+from merino_mobile.entropy import (
+    DEFAULT_EFFECTIVENESS,
+    DEFAULT_OBJECTIVE,
+    DEFAULT_RHO,
+    EntropySettings,
+    effectiveness,
+    entropy,
+)
 from merino_mobile.errors import UserError
 from merino_mobile.toolchain import quiet_dependencies
 from merino_mobile.units import human_bytes, human_count
@@ -101,15 +108,31 @@ def info(
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Print the exact accounting of a card: parameters, FLOPs, KV cache, entropy, rho."""
+    """Print the exact accounting of a card: parameters, FLOPs, KV cache, every objective, rho."""
+    from merino_mobile.entropy import effectiveness_all, objectives, subspace_table
+
     ws = Workspace.resolve(workspace)
     c, path = resolve_card(ws, card)
-    summary = card_summary(c, context) | {"card": str(path)}
+    summary = card_summary(c, context) | {"card": str(path), "objectives": objectives(c),
+                                          "effectiveness": effectiveness_all(c)}
     if as_json:
         emit_json(summary)
         return
     console.print(blocks_table(c, f"{c.name} ({path})"))
-    console.print(totals_table(summary))
+    totals = totals_table(summary)
+    for name, value in summary["objectives"].items():
+        if value is None:  # merino: its table is unreadable, or does not reach these shapes
+            try:
+                subspace_table()
+                shown = "[yellow]outside its table's shapes[/yellow]"
+            except UserError as e:
+                shown = f"[yellow]{escape(str(e))}[/yellow]"
+        else:
+            shown = f"{value:,.0f}" if name == "params" else f"{value:.2f}"
+        totals.add_row(f"objective {name}", shown)
+    totals.add_row("rho merino (depth / 16 log2 width)",
+                   f"{summary['effectiveness']['merino']:.4f}")
+    console.print(totals)
 
 
 @app.command("export")
@@ -506,8 +529,19 @@ def design_cmd(
                               "search/."),
     solver: str = typer.Option("exact", "--solver", help="exact (proven optimum), ea (the "
                                "paper's evolutionary baseline) or brute (small spaces)."),
-    rho: float = typer.Option(DEFAULT_RHO, "--rho", help="Effectiveness bound: depth / mean "
-                              "width <= rho."),
+    objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help="What to maximize: "
+                                  "deepmad (sum of log widths), merino (MeRino's subspace "
+                                  "entropy) or params (decoder parameters); see docs/design.md."),
+    effectiveness: str = typer.Option(DEFAULT_EFFECTIVENESS, "--effectiveness", help="The rho "
+                                      "bounded by --rho: deepmad (depth / mean width) or merino "
+                                      "(depth / 16 log2 mean width)."),
+    rho: float | None = typer.Option(None, "--rho", help=f"Effectiveness bound rho <= rho_0 "
+                                     f"(default {DEFAULT_RHO} for --effectiveness deepmad; "
+                                     f"merino needs one)."),
+    alpha_mha: float = typer.Option(1.0, "--alpha-mha", help="Weight of the attention term of "
+                                    "the entropy objectives (MeRino's alpha_1)."),
+    alpha_ffn: float = typer.Option(1.0, "--alpha-ffn", help="Weight of the FFN term of the "
+                                    "entropy objectives (MeRino's alpha_2)."),
     ea_seconds: float = typer.Option(2.0, "--ea-seconds", help="Time given to --solver ea."),
     seed: int = typer.Option(0, "--seed", help="Seed of --solver ea."),
     name: str | None = typer.Option(None, "--name", help="Name of the card (default: from the "
@@ -525,19 +559,28 @@ def design_cmd(
 ) -> None:
     """Find the decoder of maximum entropy within the budgets and write its architecture card."""
     from merino_mobile.design import SOLVERS, design_card, read_budgets, sweep
+    from merino_mobile.entropy import EFFECTIVENESS, OBJECTIVES, objectives
     from merino_mobile.space import load_space
     from merino_mobile.target import design_table
 
     ws = Workspace.resolve(workspace)
     if solver not in SOLVERS:
         raise UserError(f"unknown --solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    if objective not in OBJECTIVES:
+        raise UserError(f"unknown --objective {objective!r}; choose one of "
+                        f"{', '.join(OBJECTIVES)}")
+    if effectiveness not in EFFECTIVENESS:
+        raise UserError(f"unknown --effectiveness {effectiveness!r}; choose one of "
+                        f"{', '.join(EFFECTIVENESS)}")
+    settings = EntropySettings(a=alpha_mha, b=alpha_ffn, rho=rho, objective=objective,
+                               effectiveness=effectiveness)
     given, swept = read_budgets(latency, flops, params, memory)
     check_verify(given, verify, iterations)
     sp = load_space(ws.find("search", space, ".toml"))
     table, table_info = None, None
     if "latency_ms" in given and not verify:  # --verify opens the device before the table
         table, table_info = design_table(ws, device, runtime, quant)
-    settings = EntropySettings(rho=rho)
+    chosen = {"objective": objective, "effectiveness": effectiveness, "rho_0": settings.rho}
     options = {"seconds": ea_seconds, "seed": seed} if solver == "ea" else {}
     if swept:
         result = sweep(sp, given, swept, settings, context, quant, table, solver, options)
@@ -546,7 +589,7 @@ def design_cmd(
             raise UserError(f"{plot} exists; pass --force to replace it or --out for another file")
         result.plot(plot)
         if as_json:
-            emit_json(result.to_json() | {"plot": str(plot), "lut": table_info})
+            emit_json(result.to_json() | {"plot": str(plot), "lut": table_info} | chosen)
             return
         console.print(result.table())
         console.print(f"plot: {plot}")
@@ -561,14 +604,18 @@ def design_cmd(
         d, card, path = design_card(ws, sp, given, settings, context, quant, table, solver,
                                     options, name=name, out=out, force=force,
                                     lut_info=table_info)
-    summary = design_json(d, card, path, context)
+    summary = design_json(d, card, path, context) | chosen
     if as_json:
-        emit_json(summary | {"lut": table_info}
+        emit_json(summary | {"lut": table_info, "objectives": objectives(card, settings)}
                   | ({"verify": verified.to_json()} if verified else {}))
         return
-    console.print(blocks_table(card, f"{card.name}: maximum entropy within "
+    console.print(blocks_table(card, f"{card.name}: maximum {objective} objective within "
                                f"{describe_budgets(given)}"))
     totals = totals_table(card_summary(card, context, settings))
+    if objective != "deepmad":
+        totals.add_row(f"objective {objective}", f"{d.metrics.entropy:,.2f}")
+    if effectiveness != "deepmad":
+        totals.add_row(f"rho {effectiveness} (bound {settings.rho:g})", f"{d.metrics.rho:.4f}")
     if d.metrics.latency_ms is not None:
         totals.add_row(f"predicted latency @ {context}", f"{d.metrics.latency_ms:.2f} ms "
                        f"({table_info['device']}, {table_info['runtime']}, {table_info['quant']})")

@@ -2,18 +2,19 @@
 
 An architecture in a space is a sequence of 1..max_blocks non-empty blocks. Each block picks a width
 (a multiple of head_dim), an FFN ratio, a depth in [max(1, min_depth), max_depth] and, if sharing is
-allowed and the depth is at least 2, whether its layers share weights. A depth range starting at 0
-means "fewer blocks are allowed": empty blocks are always the trailing ones, so every architecture
-has exactly one representation. With order = "non-decreasing", widths never shrink from block to
-block.
+allowed and the depth is at least 2, whether its layers share weights (`sharing = "always"`:
+every block of 2 or more layers shares, as in MeRino's own space; `Space.share_always`). A depth
+range starting at 0 means "fewer blocks are allowed": empty blocks are always the trailing ones,
+so every architecture has exactly one representation. With order = "non-decreasing", widths never
+shrink from block to block.
 
 The TOML is read as strictly as a card (`merino_mobile.card`): whole numbers are TOML integers
-(`64`, not `64.0` or `"64"`), ratios finite numbers, flags `true`/`false`, `depth` a list of two
-integers, and unknown keys are refused with the known ones. Every architecture of a space must be
-a valid card, so its sizes obey the card's limits (vocab, context, widths, ffn ratios), and
-max_blocks x max_depth <= MAX_DEPTH (1024) layers; widths and ffn_ratios list at most
-MAX_CHOICES (64) values each and max_blocks is at most MAX_BLOCKS (64), which keeps the design
-problem a size the solvers finish.
+(`64`, not `64.0` or `"64"`), ratios finite numbers, flags `true`/`false` (`sharing` may also be
+"always"), `depth` a list of two integers, and unknown keys are refused with the known ones.
+Every architecture of a space must be a valid card, so its sizes obey the card's limits (vocab,
+context, widths, ffn ratios), and max_blocks x max_depth <= MAX_DEPTH (1024) layers; widths and
+ffn_ratios list at most MAX_CHOICES (64) values each and max_blocks is at most MAX_BLOCKS (64),
+which keeps the design problem a size the solvers finish.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Space:
     tied_head: bool = True
     embed_width: int | None = None
     source: str = "<space>"
+    # every block of 2+ layers shares one set of weights (TOML `sharing = "always"`)
+    share_always: bool = False
 
     def __post_init__(self) -> None:
         problems = [p for p in (
@@ -107,6 +110,8 @@ class Space:
         elif 1 <= self.max_blocks <= MAX_BLOCKS and self.max_blocks * self.max_depth > MAX_DEPTH:
             problems.append(f"max_blocks {self.max_blocks} x max depth {self.max_depth} is over "
                             f"{MAX_DEPTH} layers (the most a card has): lower either")
+        if self.share_always and not self.sharing:
+            problems.append("share_always needs sharing allowed (sharing = true)")
         if self.order not in ORDERS:
             problems.append(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.positions not in POSITIONS:
@@ -132,9 +137,23 @@ class Space:
         for w in self.widths if width is None else (width,):
             for r in self.ffn_ratios:
                 for d in self.depths:
-                    yield Choice(w, r, d, False)
+                    if not (self.share_always and d >= 2):
+                        yield Choice(w, r, d, False)
                     if self.sharing and d >= 2:
                         yield Choice(w, r, d, True)
+
+    def allows_sharing(self, shared: bool, depth: int) -> bool:
+        """Whether a block of `depth` layers may (shared) or may not (not shared) share weights:
+        sharing needs 2+ layers and a space that allows it; `share_always` requires it there."""
+        if shared:
+            return self.sharing and depth >= 2
+        return not (self.share_always and depth >= 2)
+
+    def with_sharing(self, c: Choice) -> Choice:
+        """`c` with the sharing the space imposes: forced on by `share_always` at 2+ layers, off
+        at 1 layer or where the space does not allow it."""
+        shared = (c.shared or self.share_always) and self.sharing and c.depth >= 2
+        return c if shared == c.shared else Choice(c.width, c.ffn_ratio, c.depth, shared)
 
     def allows_step(self, prev_width: int, width: int) -> bool:
         return self.order == "any" or width >= prev_width
@@ -174,7 +193,7 @@ class Space:
         if any(not self.allows_step(a, b) for a, b in zip(widths, widths[1:], strict=False)):
             return False
         return all(b.width in self.widths and b.ffn_ratio in self.ffn_ratios
-                   and b.depth in self.depths and (self.sharing or not b.shared)
+                   and b.depth in self.depths and self.allows_sharing(b.shared, b.depth)
                    for b in card.blocks)
 
 
@@ -188,7 +207,12 @@ def load_space(path: str | Path) -> Space:
         f.fail("schema_version", f"must be {SCHEMA_VERSION}, got {version}")
     f.only(KEYS)
     min_depth, max_depth = f.get_list("depth", int, length=2)
+    sharing = f.data.get("sharing", True)
+    if not (type(sharing) is bool or sharing == "always"):
+        f.fail("sharing", f"must be true or false, got {f.show(sharing)} (or \"always\": every "
+                          "block of 2 or more layers shares one set of weights)")
     given = {
+        "sharing": sharing is not False, "share_always": sharing == "always",
         "name": f.get("name", str, path.stem),
         "min_depth": min_depth, "max_depth": max_depth,
         # 0: the embedding has the first block's width

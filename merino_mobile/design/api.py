@@ -54,7 +54,8 @@ def read_budgets(latency: str | None = None, flops: str | None = None,
 
 
 def solve(problem: Problem, solver: str = "exact", **options: Any) -> Design:
-    """Maximize entropy under the problem's budgets with the named solver."""
+    """Maximize the problem's objective (`problem.settings.objective`) under its budgets with
+    the named solver."""
     if solver == "exact":
         return solve_exact(problem, **options)
     if solver == "ea":

@@ -1,6 +1,7 @@
 """Brute force: score every architecture of a small space. The oracle the other solvers are
-tested against; it scores through the card and the accounting, not through the MIP's pieces, and
-keeps the best design that passes the same exact check (`Problem.violations`)."""
+tested against; it scores through the card and the accounting (and the objective of the card,
+`merino_mobile.entropy.objective_value`), not through the MIP's pieces, and keeps the best
+design that passes the same exact check (`Problem.violations`)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def architectures(space: Space) -> Iterator[tuple[Choice, ...]]:
 
 
 def solve_brute(problem: Problem) -> Design:
-    """The best feasible architecture by enumeration (refuses spaces over MAX_SIZE)."""
+    """The architecture of the highest objective that meets every constraint, by enumeration
+    (refuses spaces over MAX_SIZE)."""
     size = problem.space.size()
     if size > MAX_SIZE:
         raise UserError(f"the brute-force solver enumerates every architecture; this space has "

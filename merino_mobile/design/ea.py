@@ -1,5 +1,6 @@
 """Evolutionary baseline, as the MeRino paper searched: a population of architectures, mutation,
-and rejection of candidates that break a constraint. Seeded, so runs are reproducible."""
+and rejection of candidates that break a constraint. Seeded, so runs are reproducible. Fitness is
+the problem's objective (`Metrics.entropy`), whichever it is."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from merino_mobile.space import Choice, Space
 def _random_block(space: Space, rng: random.Random, min_width: int | None = None) -> Choice:
     widths = [w for w in space.widths if min_width is None or space.allows_step(min_width, w)]
     depth = rng.choice(space.depths)
-    return Choice(rng.choice(widths), rng.choice(space.ffn_ratios), depth,
-                  space.sharing and depth > 1 and rng.random() < 0.5)
+    return space.with_sharing(Choice(rng.choice(widths), rng.choice(space.ffn_ratios), depth,
+                                     space.sharing and depth > 1 and rng.random() < 0.5))
 
 
 def _random_arch(space: Space, rng: random.Random) -> tuple[Choice, ...]:
@@ -46,14 +47,14 @@ def mutate(space: Space, arch: tuple[Choice, ...], rng: random.Random) -> tuple[
     elif move == "depth":
         d = rng.choice(space.depths)
         c = Choice(c.width, c.ffn_ratio, d, c.shared and d > 1)
-    elif move == "share" and space.sharing and c.depth > 1:
+    elif move == "share" and space.sharing and not space.share_always and c.depth > 1:
         c = Choice(c.width, c.ffn_ratio, c.depth, not c.shared)
     elif move == "add" and len(blocks) < space.max_blocks:
         blocks.insert(i + 1, _random_block(space, rng))
     elif move == "drop" and len(blocks) > space.min_blocks:
         del blocks[i]
         return tuple(blocks)
-    blocks[i] = c
+    blocks[i] = space.with_sharing(c)
     return tuple(blocks)
 
 

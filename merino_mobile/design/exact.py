@@ -2,8 +2,9 @@
 
 Variables (in any integer solution):
 - u[i, k]    0/1: block i is present with type k = (width, FFN ratio, shared);
-- d[i, k]    integer: its depth (0 when the block is absent). Entropy and every resource are linear
-             in depth for a fixed type (a shared block's weights are paid once);
+- d[i, k]    integer: its depth (0 when the block is absent). The objective and every resource
+             are affine in depth for a fixed type, c_u u + c_d d (a shared block's weights are
+             paid, and counted by the `params` objective, once);
 - t[i, a, b] 0/1: blocks i and i+1 are both present with widths a and b. A path through a layered
              graph of widths, so the projections between blocks cost exactly what they should;
 - z[a, b]    0/1: the last block has width a and the first width b (only when the tied embedding has
@@ -12,7 +13,9 @@ Variables (in any integer solution):
 
 The effectiveness bound rho = D / exp(sum_i L_i log E_i / D) <= rho_0 is not linear, but with the
 total depth fixed it is: sum_i L_i log E_i >= D (log D - log rho_0), so the one-hot y[D] selects
-the right-hand side. HiGHS closes the gap to 1e-9 relative: the answer is the proven optimum.
+the right-hand side. MeRino's rho = beta D / (sum_i L_i log2 E_i / D) <= rho_0 is likewise
+sum_i L_i log2 E_i >= beta D^2 / rho_0 (`problem.rho_row`). HiGHS closes the gap to 1e-9
+relative: the answer is the proven optimum.
 
 Exactness. HiGHS accepts a solution that breaks a row by its feasibility tolerance (about 1e-6,
 and integer variables may be off by as much), so a design a few parameters over its budget could
@@ -30,7 +33,10 @@ design that passes is optimal for the exact problem (within the MIP gap).
 Sharing: a shared block has the same entropy, FLOPs, latency and KV cache as an unshared one and
 fewer weights. With a parameter or memory budget the solver therefore considers multi-layer blocks
 as shared only (never worse); without one it considers them unshared only (the same optimum, with
-the model's full capacity). The brute-force oracle enumerates both and finds the same entropy.
+the model's full capacity). The `params` objective counts a shared block's weights once, so there
+sharing is a trade (fewer parameters scored, fewer paid): with a parameter or memory budget it
+considers both. A space with `sharing = "always"` gets shared types only. The brute-force oracle
+enumerates every choice and finds the same optimum.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from merino_mobile.design.problem import (
     SolverInfo,
     Unverified,
     format_budget,
+    rho_row,
 )
 from merino_mobile.space import Choice
 
@@ -82,9 +89,8 @@ class _Program:
         self.nb = s.max_blocks
         self.widths = list(s.widths)
         self.dmin, self.dmax = max(1, s.min_depth), s.max_depth
-        budgets = set(problem.budgets.active())
-        share = s.sharing and bool(budgets & {"params", "memory"})
-        self.types = [(w, r, share) for w in self.widths for r in s.ffn_ratios]
+        self.types = [(w, r, shared) for w in self.widths for r in s.ffn_ratios
+                      for shared in _sharing(problem)]
         self.lo: list[float] = []
         self.hi: list[float] = []
         self.u = [[self._var(1) for _ in self.types] for _ in range(self.nb)]
@@ -146,9 +152,16 @@ class _Program:
                 expr[v] += pieces.wrap(a, b)
         return expr, pieces.const
 
-    def entropy(self) -> Expr:
-        return {self.d[i][k]: self.problem.layer_entropy(Choice(w, r, 1, False), i)
-                for i in range(self.nb) for k, (w, r, _) in enumerate(self.types)}
+    def objective(self) -> Expr:
+        """The problem's objective (to maximize) as coefficients of u and d."""
+        expr: Expr = defaultdict(float)
+        for i in range(self.nb):
+            for k, (w, r, shared) in enumerate(self.types):
+                one = self.problem.block_score(Choice(w, r, 1, False), i)
+                per_layer = self.problem.block_score(Choice(w, r, 2, shared), i) - one
+                expr[self.u[i][k]] += one - per_layer
+                expr[self.d[i][k]] += per_layer
+        return expr
 
     # -- constraints -----------------------------------------------------------------------------
 
@@ -178,12 +191,13 @@ class _Program:
         rows.append(({v: 1.0 for v in self.y.values()}, 1.0, 1.0))
         depth = {v: 1.0 for row in self.d for v in row} | {v: -float(D) for D, v in self.y.items()}
         rows.append((depth, 0.0, 0.0))
-        log_rho = math.log(self.problem.settings.rho)
-        logs = {self.d[i][k]: math.log(w) for i in range(self.nb)
+        settings = self.problem.settings
+        coef, need = rho_row(settings.effectiveness, settings.rho)
+        logs = {self.d[i][k]: coef(w) for i in range(self.nb)
                 for k, (w, _, _) in enumerate(self.types)}
-        logs |= {v: -D * (math.log(D) - log_rho) for D, v in self.y.items()}
+        logs |= {v: -need(D) for D, v in self.y.items()}
         # slack for rounding in the logarithms: a design exactly on the bound stays in
-        slack = FLOAT_SLACK * self.nb * self.dmax * max(abs(math.log(w)) for w in self.widths)
+        slack = FLOAT_SLACK * self.nb * self.dmax * max(abs(coef(w)) for w in self.widths)
         rows.append((logs, -slack, np.inf))
 
     def budget_rows(self, skip: str | None = None) -> list[tuple[Expr, float, float]]:
@@ -263,6 +277,18 @@ class _Program:
             w, r, shared = self.types[k]
             arch.append(Choice(w, r, depth, shared and depth > 1))
         return tuple(arch)
+
+
+def _sharing(problem: Problem) -> tuple[bool, ...]:
+    """Which sharing flags the program's block types take (see the module docstring)."""
+    s = problem.space
+    if s.share_always:
+        return (True,)
+    if not s.sharing:
+        return (False,)
+    if not set(problem.budgets.active()) & {"params", "memory"}:
+        return (False,)  # sharing saves nothing budgeted, and never scores more
+    return (True, False) if problem.objective_sees_sharing else (True,)
 
 
 @contextlib.contextmanager
@@ -346,12 +372,12 @@ def _reorderings(prog: _Program, picks: list[Pick], limit: int = 200) -> Iterato
 
 
 def solve_exact(problem: Problem, time_limit: float | None = 120.0) -> Design:
-    """Maximize entropy; proven optimal unless the time limit stops HiGHS (then optimal=False and
-    the remaining gap is reported). The design passed the exact check of every constraint.
-    Raises Infeasible naming the binding budget."""
+    """Maximize the problem's objective; proven optimal unless the time limit stops HiGHS (then
+    optimal=False and the remaining gap is reported). The design passed the exact check of every
+    constraint. Raises Infeasible naming the binding budget."""
     start = time.perf_counter()
     prog = _Program(problem)
-    objective = {v: -k for v, k in prog.entropy().items()}
+    objective = {v: -k for v, k in prog.objective().items()}
     res, arch, m, rejected = _optimize(prog, problem, objective, prog.budget_rows(), time_limit)
     seconds = time.perf_counter() - start
     if arch is None:

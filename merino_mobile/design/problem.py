@@ -1,8 +1,13 @@
-"""The MeRino design problem: maximize entropy under latency, FLOPs, parameter and memory budgets.
+"""The MeRino design problem: maximize an objective under latency, FLOPs, parameter and memory
+budgets.
 
     maximize  H(A)
     subject to  lat(A) <= T, flops(A) <= F, params(A) <= P, memory(A) <= M, rho(A) <= rho_0,
                 A in the search space
+
+H is the objective of the entropy settings (`merino_mobile.entropy`: `deepmad`, `merino` or
+`params`), rho its effectiveness variant (`deepmad` or `merino`); `Metrics.entropy` is the value
+of that objective, whichever it is.
 
 `Problem.evaluate` scores one architecture through the card and `merino_mobile.accounting` (the
 source of truth). `Problem.violations` checks it against every constraint in exact arithmetic:
@@ -23,7 +28,15 @@ from typing import Any
 
 from merino_mobile import accounting as acc
 from merino_mobile.card import Card
-from merino_mobile.entropy import EntropySettings, effectiveness, entropy, layer_entropy
+from merino_mobile.entropy import (
+    MERINO_BETA,
+    EntropySettings,
+    block_value,
+    effectiveness,
+    log2_at_least,
+    objective_value,
+    subspace_table,
+)
 from merino_mobile.errors import UserError
 from merino_mobile.latency import LatencyTable, predict_latency
 from merino_mobile.space import Choice, Space
@@ -79,7 +92,8 @@ class Budgets:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Everything the design reports about one architecture."""
+    """Everything the design reports about one architecture (`entropy`: the value of the
+    problem's objective; `rho`: its effectiveness variant)."""
 
     entropy: float
     rho: float
@@ -131,6 +145,13 @@ class Problem:
             raise UserError(f"context must be positive, got {self.context}")
         if not (math.isfinite(self.settings.rho) and self.settings.rho > 0):
             raise UserError(f"--rho must be a finite positive number, got {self.settings.rho}")
+        if self.settings.objective == "merino":  # every matrix shape of the space, or refuse now
+            table = subspace_table()
+            for w in self.space.widths:
+                for r in self.space.ffn_ratios:
+                    f = round(w * r)
+                    for d_in, d_out in ((w, w), (w, f), (f, w)):
+                        table.expected(d_in, d_out)
 
     # -- scoring through the card ------------------------------------------------------------
 
@@ -143,8 +164,8 @@ class Problem:
         lat = (predict_latency(card, self.latency, self.context, cache_aware=False)
                if self.latency is not None else None)
         return Metrics(
-            entropy=entropy(card, self.settings),
-            rho=effectiveness(card),
+            entropy=objective_value(card, self.settings),
+            rho=effectiveness(card, self.settings.effectiveness),
             depth=card.depth,
             params=acc.params(card),
             flops=acc.flops_per_token(card, self.context),
@@ -175,8 +196,8 @@ class Problem:
                 over = Fraction(value) > Fraction(bound)
             if over:
                 out[name] = f"{name} {_exact(name, value)} > budget {_exact(name, bound)}"
-        if not rho_within(arch, self.settings.rho):
-            out["rho"] = f"rho {m.rho!r} > {self.settings.rho!r}"
+        if not rho_within(arch, self.settings.rho, self.settings.effectiveness):
+            out["rho"] = f"rho ({self.settings.effectiveness}) {m.rho!r} > {self.settings.rho!r}"
         return out
 
     def feasible(self, arch: tuple[Choice, ...], m: Metrics | None = None) -> bool:
@@ -194,8 +215,11 @@ class Problem:
                 return f"block {i} FFN ratio {c.ffn_ratio:g} is not one of {list(s.ffn_ratios)}"
             if c.depth not in s.depths:
                 return f"block {i} depth {c.depth} is outside {s.depths.start}..{s.max_depth}"
-            if c.shared and not (s.sharing and c.depth >= 2):
-                return f"block {i} shares weights, which the space does not allow there"
+            if not s.allows_sharing(c.shared, c.depth):
+                if c.shared:
+                    return f"block {i} shares weights, which the space does not allow there"
+                return (f"block {i} of {c.depth} layers does not share weights, which the space "
+                        f"requires (sharing = \"always\")")
         for i, (a, b) in enumerate(zip(arch, arch[1:], strict=False)):
             if not s.allows_step(a.width, b.width):
                 return f"block {i + 1} width {b.width} after {a.width} breaks order {s.order!r}"
@@ -216,8 +240,15 @@ class Problem:
 
     # -- decomposition for the exact solver ---------------------------------------------------
 
-    def layer_entropy(self, c: Choice, block_index: int) -> float:
-        return c.depth * layer_entropy(c.width, c.ffn_ratio, self.settings, block_index)
+    def block_score(self, c: Choice, block_index: int) -> float:
+        """Block `block_index`'s share of the objective with choice `c` (the solvers' sum)."""
+        return block_value(c.width, c.ffn_ratio, c.depth, c.shared, self.settings, block_index)
+
+    @property
+    def objective_sees_sharing(self) -> bool:
+        """Whether a shared block scores differently from an unshared one (`params` counts a
+        shared block's weights once; the entropies count executed layers)."""
+        return self.settings.objective == "params"
 
     def pieces(self, resource: str) -> Pieces:
         """Decompose one resource (see RESOURCES) over the per-block choices."""
@@ -349,15 +380,31 @@ class Unverified(UserError):
     """A solver found no design that passes the exact check (never returned as a design)."""
 
 
-def rho_within(arch: tuple[Choice, ...], rho: float) -> bool:
+def rho_within(arch: tuple[Choice, ...], rho: float, variant: str = "deepmad") -> bool:
     """rho(A) <= rho_0 decided exactly (rho as in `merino_mobile.entropy.effectiveness`).
 
-    rho = D / exp(sum_i L_i log E_i / D) <= rho_0 is, raised to the power D > 0,
+    deepmad: rho = D / exp(sum_i L_i log E_i / D) <= rho_0 is, raised to the power D > 0,
     D^D <= rho_0^D * prod_i E_i^L_i: integers and one binary fraction, no logarithm.
+    merino: rho = beta D / (sum_i L_i log2 E_i / D) <= rho_0 is
+    log2(prod_i E_i^L_i) >= beta D^2 / rho_0, the logarithm of a whole number against a
+    fraction, which `log2_at_least` decides exactly.
     """
     depth = sum(c.depth for c in arch)
     if depth == 0:
         return False
     widths = math.prod(c.width ** c.depth for c in arch)
+    if variant == "merino":
+        return log2_at_least(widths, MERINO_BETA * depth * depth / Fraction(rho))
     return Fraction(depth) ** depth <= Fraction(rho) ** depth * widths
+
+
+def rho_row(variant: str, rho: float) -> tuple[Callable[[int], float], Callable[[int], float]]:
+    """The bound rho <= rho_0 as a linear row for a fixed total depth D:
+    sum_i L_i coef(E_i) >= need(D) (`deepmad`: coef ln, need D (ln D - ln rho_0); `merino`:
+    coef log2, need beta D^2 / rho_0)."""
+    if variant == "merino":
+        beta = float(MERINO_BETA)
+        return math.log2, lambda d: beta * d * d / rho
+    log_rho = math.log(rho)
+    return math.log, lambda d: d * (math.log(d) - log_rho)
 
