@@ -346,6 +346,9 @@ def profile_cmd(
     # without a fleet, nothing of merino_mobile.fleet (nor Ray) is imported
     fleet = (cluster if cluster is not None
              else os.environ.get("MERINO_MOBILE_CLUSTER", "")).strip() or None
+    if fleet is not None and jobs is not None:
+        raise UserError("--jobs sets this host's export processes; with --cluster the fleet's "
+                        "CPUs export (one task per program): leave --jobs out")
     if fleet is None and len(devices) > 1:
         raise UserError(f"--device given {len(devices)} times: profiling several devices at "
                         f"once needs a fleet, --cluster auto (after `merino-mobile fleet "

@@ -386,7 +386,8 @@ def test_fleet_start_declares_what_this_host_reaches(tmp_path, phones, monkeypat
     phone_profile(ws, "unplugged", "127.0.0.1:9", threads=1)
     plan = control.plan_start(ws)
     assert plan.head and plan.address == "127.0.0.1:6379"
-    assert set(plan.resources) >= {device_resource(A), device_resource(B), "device:host"}
+    assert set(plan.resources) >= {device_resource(A), device_resource(B), "device:host"}, \
+        plan.devices
     assert device_resource("unplugged") not in plan.resources
     assert "--node-ip-address=127.0.0.1" in plan.command
     assert plan.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"

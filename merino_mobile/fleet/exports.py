@@ -103,10 +103,11 @@ def missing_jobs(jobs: Sequence[ProgramJob], cache_dir: Path) -> tuple[list[Prog
 
 
 def export_missing(ray: ModuleType, jobs: Sequence[ProgramJob], cache_dir: Path,
-                   progress: Progress | None = None, node_cache: str | None = None
-                   ) -> ExportReport:
-    """Export every program of `jobs` missing from the driver's cache as Ray tasks; each lands
-    in the cache as it arrives (a stopped run keeps the finished ones)."""
+                   progress: Progress | None = None, node_cache: str | None = None,
+                   cpus_per_task: float = 1.0) -> ExportReport:
+    """Export every program of `jobs` missing from the driver's cache as Ray tasks (each asks
+    for `cpus_per_task` CPUs: one, since a lowering is single-threaded); each lands in the cache
+    as it arrives (a stopped run keeps the finished ones)."""
     from merino_mobile.formats import for_runtime
 
     todo, cached = missing_jobs(jobs, cache_dir)
@@ -115,7 +116,7 @@ def export_missing(ray: ModuleType, jobs: Sequence[ProgramJob], cache_dir: Path,
         return report
     t0 = time.perf_counter()
     todo.sort(key=lambda j: -_export_cost(j.batch))  # the last task to finish is a short one
-    task = ray.remote(export_task).options(num_cpus=1, max_retries=1)
+    task = ray.remote(export_task).options(num_cpus=cpus_per_task, max_retries=1)
     pending = {task.remote(job, node_cache): job for job in todo}
     if progress:
         progress(f"exporting {len(todo)} programs on the fleet", 0, len(todo))
@@ -129,6 +130,11 @@ def export_missing(ray: ModuleType, jobs: Sequence[ProgramJob], cache_dir: Path,
                 if isinstance(e.cause, UserError):
                     raise e.cause from None
                 raise
+            except ray.exceptions.RayError as e:  # its worker or node died (out of memory)
+                lines = [ln for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+                raise UserError(f"the export of {job.label} died on the fleet, twice "
+                                f"({lines[-1].strip()[:200]}); every program exported before "
+                                f"is kept: rerun the same command to continue") from None
             mine = for_runtime(job.runtime).toolchain()
             if out["versions"] != mine:
                 raise UserError(f"node {out['node']} exports with {out['versions']}, this host "
