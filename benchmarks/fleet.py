@@ -155,7 +155,8 @@ def main() -> None:
                     "versions": package_versions(("torch", "executorch", "ray"))}
     try:
         warm_workers(ray, n)
-        runs = {}
+        runs: dict[str, dict] = {}
+        caches: dict[str, Path] = {}
         for label, cpus in (("one worker", float(n)), (f"{n} workers", 1.0)):
             cache = tmp / f"cache-{cpus:g}"
             load = os.getloadavg()[0]
@@ -163,8 +164,9 @@ def main() -> None:
             rep = export_missing(ray, jobs, cache, node_cache=str(tmp / f"node-{cpus:g}"),
                                  cpus_per_task=cpus)
             runs[label] = {"wall_s": time.perf_counter() - t0, "built": rep.built,
-                           "task_s": [t["seconds"] for t in rep.tasks], "cache": str(cache),
+                           "task_s": [t["seconds"] for t in rep.tasks],
                            "load_avg_before": load}
+            caches[label] = cache
             console.print(f"{label}: {rep.built} programs in {runs[label]['wall_s']:.1f} s "
                           f"(load average {load:.1f} before)")
         costs = runs["one worker"]["task_s"]
@@ -184,7 +186,7 @@ def main() -> None:
         console.print(table)
 
         if not args.no_phones:
-            result["phones"] = profile_phones(ray, tmp, runs[f"{n} workers"]["cache"], grid,
+            result["phones"] = profile_phones(ray, tmp, caches[f"{n} workers"], grid,
                                               Workspace, run_profile, profile_fleet, console)
     finally:
         ray.shutdown()
@@ -194,7 +196,7 @@ def main() -> None:
     console.print(f"wrote {args.out}")
 
 
-def profile_phones(ray, tmp: Path, cache: str, grid, Workspace, run_profile, profile_fleet,
+def profile_phones(ray, tmp: Path, cache: Path, grid, Workspace, run_profile, profile_fleet,
                    console: Console) -> dict:
     """Two loopback phones: one after the other (no fleet), then at once (the fleet)."""
     sys.path.insert(0, str(ROOT / "tests"))
