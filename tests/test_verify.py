@@ -16,7 +16,9 @@ from cli_runner import run  # tests/cli_runner.py (pytest puts tests/ on sys.pat
 from merino_mobile import export as export_mod
 from merino_mobile.card import load_card
 from merino_mobile.deploy import bench as bench_mod
+from merino_mobile.deploy.demo import _verified_design
 from merino_mobile.deploy.verify import (
+    BudgetNotMet,
     bench_lengths,
     blocks_label,
     export_card,
@@ -33,6 +35,7 @@ from merino_mobile.errors import UserError
 from merino_mobile.latency.store import Point, read_measurements
 from merino_mobile.latency.table import Lut, lut_path
 from merino_mobile.space import load_space
+from merino_mobile.target import resolve_target
 from merino_mobile.workspace import Workspace
 
 SPACE = """schema_version = 1
@@ -142,7 +145,7 @@ def test_a_budget_met_at_once_is_one_iteration_and_the_card_records_it(deep, sha
 def test_a_miss_tightens_and_an_interrupted_run_resumes(deep, shared, monkeypatch):
     ws = Workspace.resolve(shared)
     space = load_space(ws.root / "search" / "tiny.toml")
-    budget = 0.6 * deep["verify"]["measured_ms"]  # the deep design misses it by far
+    budget = 0.5 * deep["verify"]["measured_ms"]  # the deep design misses it by far
     calls = {"bench": 0, "export": 0}
     real_bench, real_export = bench_mod.bench_artifact, export_mod.export
 
@@ -185,7 +188,10 @@ def test_a_miss_tightens_and_an_interrupted_run_resumes(deep, shared, monkeypatc
     monkeypatch.setattr(bench_mod, "bench_artifact", counted_bench)
     monkeypatch.setattr(export_mod, "export", counted_export)
     said: list[str] = []
-    r = verify_design(*args, name="tight", repeat=3, say=said.append)
+    try:
+        r = verify_design(*args, name="tight", repeat=3, say=said.append)
+    except BudgetNotMet as e:  # possible on a host slowed down by other work (checked below)
+        r = e.result
     assert r.resumed == 2 and any(s.startswith("resuming ") for s in said)
     assert r.iterations[0].measurement_id == first["measurement_id"]  # not benched again
     # the second iteration: its export reused, its stored bench read back, not benched again
@@ -195,16 +201,25 @@ def test_a_miss_tightens_and_an_interrupted_run_resumes(deep, shared, monkeypatc
     assert Path(second["artifact"]) not in benched and len(benched) == len(r.iterations) - 2
     # a design new to this workspace after the resumed one may be exported; the resumed one not
     assert calls["export"] == len(r.iterations) - 2
-    assert r.status in ("within_budget", "within_noise"), r.message
-    last = r.iterations[-1]
-    assert r.chosen is last and last.p10_ms <= budget
+    # each design is predicted faster than the one before (each tightening rules one out)
     assert [it.predicted_ms for it in r.iterations] == sorted(
         (it.predicted_ms for it in r.iterations), reverse=True)
-    card = load_card(r.path)
-    assert r.path == ws.models / "tight.json" and card.name == "tight"
-    assert blocks_label(card) == last.summary()["architecture"]
-    assert card.meta["verify"]["status"] == r.status and card.meta["verify"]["resumed"] == 2
-    assert json.loads(r.state.read_text())["finished"] is True
+    assert len({blocks_label(it.load_card()) for it in r.iterations}) == len(r.iterations)
+    # where it ends depends on what this host measured; each ending is checked for what it says
+    last = r.iterations[-1]
+    if r.status in ("within_budget", "within_noise"):
+        assert r.chosen is last and last.p10_ms <= budget
+        assert (last.measured_ms <= budget) == (r.status == "within_budget")
+        card = load_card(r.path)
+        assert r.path == ws.models / "tight.json" and card.name == "tight"
+        assert blocks_label(card) == last.summary()["architecture"]
+        assert card.meta["verify"]["status"] == r.status and card.meta["verify"]["resumed"] == 2
+        assert json.loads(r.state.read_text())["finished"] is True
+    else:  # every design measured over the budget, beyond its own spread: no card
+        assert r.status in ("unmet", "spent") and r.card is None
+        assert all(it.p10_ms > budget for it in r.iterations)
+        assert r.chosen.measured_ms == min(it.measured_ms for it in r.iterations)
+        assert not (ws.models / "tight.json").exists()
 
 
 @pytest.mark.slow
@@ -220,17 +235,35 @@ def test_a_budget_no_design_meets_names_the_fastest_measured(deep, shared, tmp_p
     assert code == 2
     line = " ".join(err.split())
     assert "the space cannot meet the latency budget 0.008ms on host once measured" in line
-    assert "its fastest design measured, 32x2x1 (" in line
     state = json.loads((ws.root / "build" / "verify" / "merino-lat0.008ms-host-host-executorch-"
                                                       "int8" / "verify.json").read_text())
     assert state["status"] == "unmet" and state["finished"]
     its = state["iterations"]
+    # the deepest design first (the table says it fits), then the space's fastest
     assert [it["how"] for it in its] == ["first", "fastest"]
-    fastest = min(it["measured_ms"] for it in its)
+    assert [blocks_label(load_card(it["card"])) for it in its] == ["32x2x4", "32x2x1"]
+    best = min(its, key=lambda it: it["measured_ms"])
+    fastest = best["measured_ms"]
+    assert f"its fastest design measured, {blocks_label(load_card(best['card']))} (" in line
     assert f"the smallest budget it meets is {round_up(fastest):.3g}ms" in line
     assert round_up(fastest) >= fastest
     assert "--verify on host" in out and "not met by the space" in out  # the iterations table
     assert not list(ws.models.glob("*.json"))  # no card claims a budget it does not keep
+
+    # the full demo's design step compares the fastest measured design anyway, and says so
+    said: list[str] = []
+    card, path, record = _verified_design(
+        ws, resolve_target(ws, "host", "executorch", "int8"), load_space(ws.root / "search" /
+                                                                      "tiny.toml"),
+        0.008, EntropySettings(rho=RHO), CONTEXT, "demo-like", said.append)
+    assert path == ws.models / "demo-like.json" and load_card(path).name == "demo-like"
+    assert record["status"] == "unmet" and card.meta["verify"]["status"] == "unmet"
+    chosen = record["iterations"][record["chosen"] - 1]
+    assert chosen["measured_ms"] == min(it["measured_ms"] for it in record["iterations"])
+    assert blocks_label(card) == chosen["architecture"]
+    assert card.meta["budgets"] == {"latency_ms": 0.008}
+    assert card.meta["measured_latency_ms"] == record["measured_ms"] > 0.008
+    assert any("comparing the fastest measured design" in m for m in said)
 
 
 def closed_port() -> int:

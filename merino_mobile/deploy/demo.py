@@ -4,12 +4,11 @@ design with a reference card side by side (`--reduced`: a tiny space, deployed a
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from merino_mobile import accounting
-from merino_mobile.card import Block, Card, load_card, save_card
+from merino_mobile.card import Block, Card, load_card
 from merino_mobile.deploy.bench import DEFAULT_GENERATE, DEFAULT_PROMPT, DEFAULT_REPEAT
 from merino_mobile.deploy.compare import compare
 from merino_mobile.deploy.deploy import deploy, deploy_dir, export_for_deploy
@@ -168,13 +167,8 @@ def _verified_design(ws: Workspace, target: Any, space: Any, budget: float,
     except BudgetNotMet as e:
         say(f"verify: {e}; comparing the fastest measured design")
         r = e.result
-        assert r.chosen is not None
-        chosen = r.chosen.load_card()
         path = ws.models / f"{name}.json"
-        card = replace(chosen, name=name, meta=dict(chosen.meta) | {
-            "budgets": {"latency_ms": budget}, "measured_latency_ms": r.measured_ms,
-            "verify": r.to_json() | {"card": str(path)}})
-        save_card(card, path, force=True)
+        card = r.write_card(path, name, force=True)
         return card, path, r.to_json()
     assert r.card is not None and r.path is not None
     return r.card, r.path, r.to_json()

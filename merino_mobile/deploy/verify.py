@@ -182,6 +182,22 @@ class VerifyResult:
     card: Card | None = None
     path: Path | None = None
     lut: dict[str, Any] = field(default_factory=dict)  # the chosen design's table record
+    budgets: dict[str, Any] = field(default_factory=dict)  # as asked
+
+    def write_card(self, path: Path, name: str, force: bool = False) -> Card:
+        """Write the chosen iteration's design as the card `name` at `path`: its design meta,
+        `budgets` as asked (the solver's budget is in `verify`), `measured_latency_ms` and
+        `verify` (`to_json`). `verify_design` does it when the budget is kept; a caller that
+        wants the fastest measured design anyway (the demo) calls it on `BudgetNotMet.result`."""
+        assert self.chosen is not None
+        card = self.chosen.load_card()
+        meta = dict(card.meta) | {"date": utc_now(), "budgets": dict(self.budgets),
+                                  "measured_latency_ms": self.chosen.measured_ms}
+        card = replace(card, name=name, meta=meta)
+        self.card, self.path = card, Path(path)
+        card.meta["verify"] = self.to_json() | {"card": str(path)}
+        save_card(card, path, force=force)
+        return card
 
     @property
     def measured_ms(self) -> float | None:
@@ -495,19 +511,14 @@ def verify_design(ws: Workspace, space: Space, budgets: dict[str, Any],
     chosen = loop.its[-1] if within else min(measured, key=lambda it: it.measured_ms or 0.0)
     result = VerifyResult(budget, target.name, status, loop.its, iterations, chosen, "",
                           loop.state, loop.resumed,
-                          lut=chosen.card_json.get("meta", {}).get("latency_table") or {})
+                          lut=chosen.card_json.get("meta", {}).get("latency_table") or {},
+                          budgets=dict(budgets))
     result.message = _message(result, loop)
     if not within:
         loop.save(finished=status == "unmet", status=status)
         raise BudgetNotMet(result.message, result)
-    card = chosen.load_card()
-    path = out or _card_path(ws, base, force)
-    meta = dict(card.meta) | {"date": utc_now(), "budgets": dict(budgets),
-                              "measured_latency_ms": chosen.measured_ms}
-    card = replace(card, name=Path(path).stem if out is None else base, meta=meta)
-    result.card, result.path = card, Path(path)
-    card.meta["verify"] = result.to_json() | {"card": str(path)}
-    save_card(card, path, force=force)
+    path = Path(out) if out is not None else _card_path(ws, base, force)
+    result.write_card(path, base if out is not None else path.stem, force=force)
     loop.save(finished=True, status=status, card=Path(path))
     return result
 
