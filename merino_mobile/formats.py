@@ -22,7 +22,7 @@ from typing import Any
 
 from merino_mobile.errors import UserError
 
-QUANTS = ("fp32", "fp16", "int8", "int4")  # every quantization some format knows
+QUANTS = ("fp32", "fp16", "int8", "int4", "q4_k_m")  # every quantization some format knows
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "merino_mobile.export.onnx:export_onnx",
            "merino_mobile.export.onnx:verify_onnx",
            ("torch", "onnx", "onnxscript", "onnxruntime"), profiles=True),
+    Format("gguf", "llamacpp", ("fp16", "int8", "int4", "q4_k_m"), "model.gguf",
+           "merino_mobile.export.gguf:export_gguf",
+           "merino_mobile.export.gguf:verify_gguf",
+           ("torch", "gguf", "llama-cpp-python"), profiles=False),
 )}
 RUNTIMES = tuple(f.runtime for f in FORMATS.values())
 PROFILED_RUNTIMES = tuple(f.runtime for f in FORMATS.values() if f.profiles)

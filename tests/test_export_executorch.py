@@ -91,7 +91,7 @@ def test_unsupported_pairs_are_refused_with_the_list(tmp_path):
     with pytest.raises(UserError, match="unknown export format 'tflite'"):
         check_pair("tflite", "int8")
     assert not (tmp_path / "out").exists()
-    assert set(FORMATS) == {"executorch", "coreml", "onnx"}
+    assert set(FORMATS) == {"executorch", "coreml", "onnx", "gguf"}
 
 
 def test_existing_out_dir_is_refused_before_any_work(tmp_path):

@@ -89,7 +89,7 @@ def test_package_inits_only_re_export():
 
 
 def test_the_formats_table_is_the_one_source():
-    assert set(FORMATS) == {"executorch", "coreml", "onnx"}
+    assert set(FORMATS) == {"executorch", "coreml", "onnx", "gguf"}
     assert set(PROFILED_RUNTIMES) == {"executorch", "onnxruntime"}
     for f in FORMATS.values():
         assert for_runtime(f.runtime) is f and get_format(f.name) is f

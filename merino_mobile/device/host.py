@@ -40,11 +40,16 @@ from merino_mobile.device.base import (
 )
 from merino_mobile.device.checklist import Check
 from merino_mobile.device.profiles import DeviceProfile
+from merino_mobile.device.worker import RUNNERS
 from merino_mobile.errors import UserError
-from merino_mobile.formats import PROFILED_RUNTIMES as RUNTIMES  # what this host runs
+from merino_mobile.formats import RUNTIMES as KNOWN_RUNTIMES
 from merino_mobile.formats import for_artifact
 
-RUNTIME_PACKAGE = {"executorch": "executorch", "onnxruntime": "onnxruntime"}
+RUNTIMES = tuple(r for r in KNOWN_RUNTIMES if r in RUNNERS)  # what this host's worker runs
+RUNTIME_PACKAGE = {"executorch": "executorch", "onnxruntime": "onnxruntime",
+                   "llamacpp": "llama-cpp-python"}
+# installing llama-cpp-python builds llama.cpp with this machine's compiler
+INSTALL_NOTE = {"llamacpp": " (it compiles llama.cpp from source: several minutes)"}
 # Importing torch and a runtime takes seconds, more on a loaded machine; only a worker that has
 # not said "ready" by then is stuck. Methods get the request's own timeout_s.
 STARTUP_TIMEOUT_S = 180.0
@@ -81,6 +86,11 @@ def _text(b: bytes | str | None) -> str:
     if b is None:
         return ""
     return b if isinstance(b, str) else b.decode(errors="replace")
+
+
+def install_command(runtime: str) -> str:
+    """The command that installs a runtime this host runs."""
+    return f"pip install {RUNTIME_PACKAGE[runtime]}{INSTALL_NOTE.get(runtime, '')}"
 
 
 def runtime_version(runtime: str) -> str | None:
@@ -148,7 +158,8 @@ class HostDevice:
         return [r for r in self.profile.runtimes if r in RUNTIMES and runtime_version(r)]
 
     def prepare(self, artifact: Path) -> Handle:
-        """A .pte, an .onnx, or a folder of .onnx files (one method each, named by file stem)."""
+        """A .pte, an .onnx, a folder of .onnx files (one method each, named by file stem), or a
+        .gguf (checked against the card.json beside it: a GGUF of another card is refused)."""
         artifact = Path(artifact)
         if artifact.is_dir() and any(artifact.glob("*.onnx")):
             runtime = "onnxruntime"  # a profile's program: one .onnx file per method
@@ -159,6 +170,10 @@ class HostDevice:
                             f"{runtime}")
         if not artifact.exists():
             raise UserError(f"{artifact}: no such file")
+        if runtime == "llamacpp":
+            from merino_mobile.export.gguf import check_artifact
+
+            check_artifact(artifact)
         files = sorted(artifact.glob("*.onnx")) if artifact.is_dir() else [artifact]
         digest = hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
         # The worker reads the file in place: on the host there is nothing to push.
@@ -289,6 +304,11 @@ def readiness(profile: DeviceProfile, runtime: str | None = None) -> list[Check]
 
     def runtimes() -> Check:
         have = dev.runtimes()
+        if (runtime is not None and runtime not in have and runtime in profile.runtimes
+                and runtime in RUNTIMES):
+            return checklist.missing(
+                "runtimes", f"cannot run {runtime} artifacts: {RUNTIME_PACKAGE[runtime]} is not "
+                f"installed (runtimes of {profile.path})", install_command(runtime))
         if runtime is not None and runtime not in have:
             from merino_mobile.formats import for_runtime
 
@@ -297,12 +317,14 @@ def readiness(profile: DeviceProfile, runtime: str | None = None) -> list[Check]
                 f"{', '.join(have) or 'no runtime'} (see {profile.path})",
                 f"export for one of those with --format "
                 f"{' or '.join(for_runtime(r).name for r in have)}" if have else
-                f"pip install {RUNTIME_PACKAGE.get(runtime, runtime)}")
+                install_command(runtime) if runtime in RUNTIME_PACKAGE else
+                f"pip install {runtime}")
         if not have:
             wanted = [r for r in profile.runtimes if r in RUNTIME_PACKAGE]
             return checklist.missing(
                 "runtimes", f"none of the runtimes {list(profile.runtimes)} is installed",
-                f"pip install {' '.join(RUNTIME_PACKAGE[r] for r in wanted)}" if wanted
+                f"pip install {' '.join(RUNTIME_PACKAGE[r] for r in wanted)}"
+                f"{''.join(sorted({INSTALL_NOTE.get(r, '') for r in wanted}))}" if wanted
                 else f"list executorch or onnxruntime in runtimes = [...] of {profile.path}")
         versions = ", ".join(f"{r} {runtime_version(r)}" for r in have)
         return checklist.ok("runtimes", f"{_cpu_model()}, {os.cpu_count()} cores; {versions}")

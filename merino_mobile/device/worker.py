@@ -1,10 +1,10 @@
 """The process that runs a runtime for the host device: `python -m merino_mobile.device.worker`.
 
 It reads one JSON job on stdin ({"artifact", "threads", "cpus", "request"}; the request is a
-`base.BenchRequest`), pins itself to `cpus`, fixes the runtime's thread count, and times each method
-under the shared stopping rule (a method with `instances` > 1 is loaded that many times and the
-copies are called in turn, one call per sample). It writes one JSON object per line on stdout,
-flushed at once:
+`base.BenchRequest` of a runtime in RUNNERS: executorch, onnxruntime or llamacpp), pins itself to
+`cpus`, fixes the runtime's thread count, and times each method under the shared stopping rule
+(a method with `instances` > 1 is loaded that many times and the copies are called in turn, one
+call per sample). It writes one JSON object per line on stdout, flushed at once:
 
     {"event": "ready", "pid": 123, "threads": 2, "cpus": [0, 1]}
     {"event": "start", "method": "m0"}
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec, Samples
+from merino_mobile.errors import UserError
 
 
 def emit(**event: Any) -> None:
@@ -147,6 +148,61 @@ class OnnxRunner:
         return [lambda s=s: s.run(None, feeds) for s in sessions]
 
 
+class LlamaCppRunner:
+    """A .gguf file run by llama.cpp through llama-cpp-python: one method, "forward", with the
+    inputs of the exported decoders (tokens [1, T], start [1]).
+
+    llama.cpp keeps its own KV cache and only takes the next position of a sequence, so a call
+    at `start` > 0 first fills the cache with `start` tokens (untimed, once per method: as a
+    generation would have reached that position) and each timed call then decodes the T tokens
+    at start .. start+T-1 after dropping what an earlier call cached there. Only the last
+    token's logits are computed, as a generating app asks for them. The context (KV cells) is
+    the export's cache length, recorded in the file (`merino.cache_len`).
+    """
+
+    def __init__(self, artifact: str, threads: int) -> None:
+        from merino_mobile.export.gguf import load_llama
+
+        self.llm = load_llama(Path(artifact), threads=threads)
+        self.threads = threads
+        self.fill_ms = 0.0  # the last `callers` call's cache fill: set-up, not load
+
+    def callers(self, spec: MethodSpec) -> list[Any]:
+        """The one call of `spec` (llama.cpp runs a model once per process: instances 1)."""
+        if spec.name != "forward":
+            raise ValueError(f"a GGUF has one method, 'forward', not {spec.name!r}")
+        if spec.instances != 1:
+            raise ValueError(f"llama.cpp runs one copy of a model here, not {spec.instances}")
+        if len(spec.inputs) != 2:
+            raise ValueError(f"forward takes (tokens [1, T], start [1]), the request gives "
+                             f"{len(spec.inputs)} inputs")
+        tokens, start = make_inputs(spec.inputs)
+        batch = [int(t) for t in tokens.reshape(-1)]
+        pos = int(start.reshape(-1)[0])
+        llm = self.llm
+        if pos < 0 or not batch or pos + len(batch) > llm.n_ctx():
+            raise ValueError(f"{len(batch)} tokens at position {pos} do not fit the model's "
+                             f"{llm.n_ctx()} KV cells")
+        t0 = time.perf_counter()
+        llm.reset()
+        if pos:
+            llm.eval([batch[0]] * pos)
+        self.fill_ms = (time.perf_counter() - t0) * 1e3
+
+        def call() -> None:
+            llm.n_tokens = pos  # eval drops the cells from n_tokens on, then decodes the batch
+            llm.eval(batch)
+
+        return [call]
+
+
+# the runtimes this worker runs, and what each imports at process start-up
+RUNNERS: dict[str, Any] = {"executorch": ExecutorchRunner, "onnxruntime": OnnxRunner,
+                           "llamacpp": LlamaCppRunner}
+STARTUP_IMPORTS = {"executorch": ("torch", "executorch.extension.pybindings._C"),
+                   "onnxruntime": ("onnxruntime",), "llamacpp": ("llama_cpp",)}
+
+
 def main() -> int:
     job = json.loads(sys.stdin.read())
     cpus = job.get("cpus") or []
@@ -154,13 +210,17 @@ def main() -> int:
         # Pin before the runtime starts its threads so they inherit the mask.
         os.sched_setaffinity(0, cpus)
     request = BenchRequest.from_json(job["request"])
-    runner_cls = {"executorch": ExecutorchRunner, "onnxruntime": OnnxRunner}[request.runtime]
+    runner_cls = RUNNERS[request.runtime]
     # importing the runtime is process start-up, not model load: done before the load is timed
-    for module in {"executorch": ("torch", "executorch.extension.pybindings._C"),
-                   "onnxruntime": ("onnxruntime",)}[request.runtime]:
+    for module in STARTUP_IMPORTS[request.runtime]:
         importlib.import_module(module)
     t0 = time.perf_counter()
-    runner = runner_cls(job["artifact"], int(job["threads"]))
+    try:
+        runner = runner_cls(job["artifact"], int(job["threads"]))
+    except UserError as e:
+        # an artifact this runtime refuses: one line for the parent to report, no traceback
+        sys.stderr.write(f"{e}\n")
+        return 2
     # the first method's load time includes the program's, as a cold start in an app would
     program_ms = (time.perf_counter() - t0) * 1e3
     emit(event="ready", pid=os.getpid(), threads=runner.threads,
@@ -170,8 +230,9 @@ def main() -> int:
         try:
             t0 = time.perf_counter()
             calls = runner.callers(spec)
-            # several instances: the load time of one
-            load_ms = program_ms + (time.perf_counter() - t0) * 1e3 / len(calls)
+            # several instances: the load time of one; a cache fill is set-up, not load
+            load_ms = (program_ms + (time.perf_counter() - t0) * 1e3 / len(calls)
+                       - getattr(runner, "fill_ms", 0.0))
             program_ms = 0.0
             samples = time_calls(calls, request)
         except Exception as e:  # a runtime error in one method must not stop the others
