@@ -201,6 +201,12 @@ RUNNERS: dict[str, Any] = {"executorch": ExecutorchRunner, "onnxruntime": OnnxRu
                            "llamacpp": LlamaCppRunner}
 STARTUP_IMPORTS = {"executorch": ("torch", "executorch.extension.pybindings._C"),
                    "onnxruntime": ("onnxruntime",), "llamacpp": ("llama_cpp",)}
+# Set before the runtime loads, unless the environment sets them. llama.cpp's threads meet at an
+# OpenMP barrier after every op; when the scheduler puts two of them on one core (a host with no
+# core to spare), a spinning waiter holds that core until its time slice ends, at every barrier,
+# for the life of the process. Passive waiting costs a futex wake per barrier instead: a little
+# slower on idle cores, never stuck (docs/deploy.md has the numbers).
+STARTUP_ENV = {"llamacpp": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
 def main() -> int:
@@ -211,6 +217,8 @@ def main() -> int:
         os.sched_setaffinity(0, cpus)
     request = BenchRequest.from_json(job["request"])
     runner_cls = RUNNERS[request.runtime]
+    for key, value in STARTUP_ENV.get(request.runtime, {}).items():
+        os.environ.setdefault(key, value)
     # importing the runtime is process start-up, not model load: done before the load is timed
     for module in STARTUP_IMPORTS[request.runtime]:
         importlib.import_module(module)
