@@ -138,8 +138,9 @@ def info(
 @app.command("export")
 def export_cmd(
     card: str = typer.Argument(..., help="Card file, or a name under models/ (e.g. gpt2)."),
-    fmt: str = typer.Option(..., "--format", help="executorch, coreml or onnx."),
-    quant: str = typer.Option(..., "--quant", help="fp32, fp16, int8 or int4 (per format)."),
+    fmt: str = typer.Option(..., "--format", help="executorch, coreml, onnx or gguf."),
+    quant: str = typer.Option(..., "--quant", help="fp32, fp16, int8, int4 or q4_k_m, per "
+                              "format (an unsupported pair lists the supported ones)."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: "
                                     "build/<card>/<format>-<quant>/ in the workspace)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
