@@ -197,6 +197,12 @@ def test_the_breakdown_adds_up_to_the_prediction_hot_or_streaming():
     for aware in (True, False):
         terms = predict_breakdown(card, lut, 64, cache_aware=aware)
         assert sum(t.ms for t in terms) == predict_latency(card, lut, 64, cache_aware=aware)
+    # streaming (the solver's model): each term is the table's own value, a block's x its depth
+    assert [t.ms for t in terms] == [
+        lut.fixed("decode"), lut.embedding(64, 256, "decode", 64),
+        2 * lut.layer(64, 2.0, 2, 64), lut.layer(128, 4.0, 4, 64),
+        lut.projection(64, 128, "decode", 64), lut.projection(128, 64, "decode", 64),
+        lut.head(64, 256, "decode")]
     assert [t.term for t in terms] == ["fixed", "embedding", "layer", "layer", "projection",
                                        "projection", "head"]
     assert terms[2].depth == 2 and (terms[4].width, terms[4].width_out) == (64, 128)

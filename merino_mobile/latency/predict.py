@@ -76,27 +76,9 @@ def predict_latency(card: Card, table: LatencyTable, context: int, phase: str = 
     hot + cold_fraction * (cold - hot). `cache_aware=False` is the plain sum of streaming terms,
     the linear model the design solver optimizes (an upper bound for such small models).
     """
-    blend = (cache_aware and phase == "decode" and getattr(table, "has_hot", False)
-             and getattr(table, "cache_bytes", 0) > 0)
-    f = 1.0
-    if blend:
-        quant = getattr(table, "quant", "fp32")
-        f = cold_fraction(decode_working_set(card, context, quant), table.cache_bytes)
-
-    def weighted(term: Callable[..., float], *args: Any) -> float:
-        cold = term(*args)
-        if not blend or f >= 1.0:
-            return cold
-        hot = term(*args, hot=True)
-        return hot + f * (cold - hot)
-
-    total = table.fixed(phase)
-    total += table.embedding(card.embedding_width, card.vocab, phase, context)
-    for b in card.blocks:
-        total += b.depth * weighted(table.layer, b.width, b.ffn_ratio, b.heads, context, phase)
-    for a, b in transitions(card):
-        total += weighted(table.projection, a, b, phase, context)
-    total += weighted(table.head, card.embedding_width, card.vocab, phase)
+    total = 0.0
+    for t in predict_breakdown(card, table, context, phase, cache_aware=cache_aware):
+        total += t.ms  # in the terms' order, left to right: the sum the solver's rows make
     return total
 
 
