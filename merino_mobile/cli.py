@@ -870,7 +870,7 @@ def deploy_cmd(
     """Export a card, run it on a device, and write a report with measured vs predicted numbers
     (build/<card>/<device>-<format>-<quant>/)."""
     from merino_mobile.deploy import deploy
-    from merino_mobile.deploy.bench import BenchReport, llama_bench_table
+    from merino_mobile.deploy.bench import llama_bench_table
 
     ws = Workspace.resolve(workspace)
     if card is None:
@@ -884,12 +884,13 @@ def deploy_cmd(
                   soft_wrap=True)
     else:
         c, _ = resolve_card(ws, card)
-    r = deploy(ws, c, device, fmt, quant, prompt=prompt, generate=generate, repeat=repeat,
-               force=force, predict_latency=not no_predict, command=" ".join(sys.argv[1:]))
+    done = deploy(ws, c, device, fmt, quant, prompt=prompt, generate=generate, repeat=repeat,
+                  force=force, predict_latency=not no_predict, command=" ".join(sys.argv[1:]))
     if as_json:
-        emit_json(r)
+        emit_json(done.to_json())
         return
-    console.print(llama_bench_table([BenchReport.from_json(r["bench"])],
+    r = done.report
+    console.print(llama_bench_table([done.bench],
                                     f"{c.name} on {device} ({r['format']}, {r['quant']})"))
     pred = r.get("prediction") or {}
     for phase in ("decode", "prefill"):

@@ -11,7 +11,7 @@
 from merino_mobile.deploy.bench import BenchReport, bench_artifact, bench_side_by_side
 from merino_mobile.deploy.compare import compare
 from merino_mobile.deploy.demo import demo
-from merino_mobile.deploy.deploy import deploy, deploy_dir, export_for_deploy
+from merino_mobile.deploy.deploy import Deployed, deploy, deploy_dir, export_for_deploy
 
-__all__ = ["BenchReport", "bench_artifact", "bench_side_by_side", "compare", "demo", "deploy",
-           "deploy_dir", "export_for_deploy"]
+__all__ = ["BenchReport", "Deployed", "bench_artifact", "bench_side_by_side", "compare", "demo",
+           "deploy", "deploy_dir", "export_for_deploy"]

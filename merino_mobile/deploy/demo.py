@@ -133,7 +133,7 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     if reduced:
         say(f"deploying {card.name} ({runtime}, {quant}) and benchmarking it")
         rep = deploy(ws, card, target, "executorch", quant, prompt=prompt, generate=generate,
-                     repeat=repeat, force=True, command="merino-mobile demo")
+                     repeat=repeat, force=True, command="merino-mobile demo").report
         steps["deploy_s"] = round(time.perf_counter() - t1, 1)
     else:
         say(f"comparing {card.name} with {reference.name}, benched side by side")

@@ -53,6 +53,17 @@ QUANTS = ("fp32", "int8", "int4")  # what `--quant auto` tries, where the format
 QUALITY_FLOOR = {"greedy_agreement": 0.75, "cosine_min": 0.95}
 
 
+@dataclass(frozen=True)
+class Deployed:
+    """What `deploy` wrote (`report`: report.json's object) and the bench it was made from."""
+
+    report: dict[str, Any]
+    bench: BenchReport
+
+    def to_json(self) -> dict[str, Any]:
+        return self.report
+
+
 @dataclass
 class Candidate:
     format: str
@@ -128,7 +139,7 @@ def deploy(ws: Workspace, card: Card, device: str | Target | None = None,
            quant: str = "int8", *, prompt: int = DEFAULT_PROMPT,
            generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
            predict_latency: bool = True, command: str = "merino-mobile deploy"
-           ) -> dict[str, Any]:
+           ) -> Deployed:
     """Export `card`, bench it on `device`, compare with the latency table, write the report."""
     target, tries = plan(ws, [card], device, fmt, quant, prompt, generate)
     fmt = "auto" if fmt == "auto" else target.format.name
@@ -156,8 +167,10 @@ def deploy(ws: Workspace, card: Card, device: str | Target | None = None,
         raise UserError("no candidate ran with acceptable quality: " + "; ".join(
             f"{c.format}/{c.quant}: {c.error or 'quality ' + str(c.quality)}" for c in cands))
     best = max(ok, key=lambda c: c.bench.decode_tokens_per_s.median)
-    return write_report(target.using(get_format(best.format), best.quant), card, (fmt, quant),
-                        cands, best, out, predict_latency, command, time.perf_counter() - t0)
+    report = write_report(target.using(get_format(best.format), best.quant), card,
+                          (fmt, quant), cands, best, out, predict_latency, command,
+                          time.perf_counter() - t0)
+    return Deployed(report, best.bench)
 
 
 def write_report(target: Target, card: Card, requested: tuple[str, str],
