@@ -359,6 +359,8 @@ def profile_cmd(
     targets = [resolve_target(ws, d, quant=quant, runtime=runtime) for d in devices]
     g = make_grid(ws.find("search", space, ".toml"), grid, context,
                   None if not prompt else [p for p in prompt if p > 0])
+    if fleet is None:
+        targets[0].check_ready()  # a missing phone is the only line, before the grid's
     if not as_json:
         err.print(describe_grid(g), highlight=False)
     if fleet is not None:

@@ -54,6 +54,16 @@ class Target:
         """The same device with another format or quantization."""
         return replace(self, format=fmt, quant=quant)
 
+    def check_ready(self) -> None:
+        """Stop with the first missing piece's one line (and its fix) before any work starts:
+        the readiness walk `open` would stop at."""
+        from merino_mobile.device import readiness
+        from merino_mobile.device.checklist import blocking_error
+
+        gap = blocking_error(self.name, readiness(self.profile, self.runtime))
+        if gap is not None:
+            raise gap
+
     def open(self) -> Device:
         """The device, able to run this target's runtime (else a UserError saying what it has)."""
         from merino_mobile.device import open_device
