@@ -7,11 +7,9 @@ import json
 import math
 from decimal import Decimal
 from fractions import Fraction
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from cli_runner import run as run_cli  # tests/ is on sys.path (pytest puts it there)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_design import LinearLatency
@@ -344,38 +342,7 @@ def test_the_sharing_key_reads_true_false_or_always(tmp_path, value, fragment):
 
 # -- the CLI --------------------------------------------------------------------------------------
 
-TINY_SPACE = """
-schema_version = 1
-name = "tiny"
-vocab = 256
-context = 128
-head_dim = 16
-max_blocks = 3
-widths = [32, 48, 64, 96]
-ffn_ratios = [1.0, 2.0, 4.0]
-depth = [0, 3]
-sharing = true
-order = "non-decreasing"
-"""
-
-
-@pytest.fixture
-def ws(tmp_path, monkeypatch):
-    (tmp_path / "search").mkdir()
-    (tmp_path / "search" / "tiny.toml").write_text(TINY_SPACE)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-@pytest.fixture
-def run(monkeypatch, capsys):
-    def go(workspace, *args, ok=True):
-        code, out, err = run_cli(monkeypatch, capsys, *args, "--workspace", str(workspace))
-        if ok:
-            assert code == 0, err
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return go
+# `ws` (a workspace with search/tiny.toml) and `run` come from tests/conftest.py
 
 
 def test_design_objective_flag_and_its_json(ws, run):
