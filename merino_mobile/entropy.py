@@ -20,7 +20,10 @@ is affine in the block's depth once its width, FFN ratio and sharing are fixed, 
       H(layer) = a * (H(q) + H(k) + H(v) + H(o)) + b * (H(ffn_up) + H(ffn_down))
       H(A) = sum_i alpha_i * L_i * H(layer of block i)
 
-  so `a` and `b` are MeRino's alpha_1 and alpha_2 (`--alpha-mha`, `--alpha-ffn`). At this
+  so `a` and `b` are MeRino's alpha_1 and alpha_2 (`--alpha-mha`, `--alpha-ffn`). Under
+  grouped-query attention k and v are the layer's own E x K maps (K = kv_heads x head_dim, the
+  narrower subspace they span); a gated FFN (SwiGLU) adds its gate, a second E x F matrix, to the
+  FFN term: H(ffn) = H(gate) + H(up) + H(down). At this
   scale a square matrix has about -0.5 nats per singular value (most of the spectrum lies below
   1), so with a = b = 1 every layer lowers H and wider matrices lower it more: maximized alone
   under upper budgets, H picks the smallest design of the space. Only the FFN's wide matrix
@@ -28,8 +31,17 @@ is affine in the block's depth once its width, FFN ratio and sharing are fixed, 
   that around.
 
 - `params`: LiteTransformerSearch's training-free proxy, the decoder's parameter count (the
-  layers only, a shared block's once: `merino_mobile.accounting.decoder_params`). It takes no
-  weights.
+  layers only, a shared block's once: `merino_mobile.accounting.decoder_params`), so it counts
+  a gate's E x F and GQA's E x K maps as the accounting does (`accounting.LayerShape`). It
+  takes no weights.
+
+`deepmad` under GQA and gating. DeepMAD scores a layer as an MLP of the widths a token's
+representation passes through: the attention's output (E) and the FFN's hidden layer (F). Neither
+changes with the Llama-style kinds: K and V feed the attention scores and weighted sum, whose
+output is still E wide, and SwiGLU's gate multiplies the F-wide up projection elementwise, so
+the hidden layer is still F wide. So `deepmad` gives a GQA or gated layer the value of an MHA
+GELU layer of the same E and F; what GQA saves and what the gate adds, `merino` and `params`
+see (and every budget).
 
 Shared blocks. `deepmad` and `merino` count executed layers: a shared block of L layers has the
 entropy of an unshared one. Entropy measures the map a token's representation passes through,
@@ -313,11 +325,21 @@ def subspace_table(path: str | Path | None = None) -> SubspaceTable:
     return _cached_table(Path(path or TABLE_PATH))
 
 
-def merino_layer(width: int, ffn_hidden: int, s: EntropySettings, block_index: int = 0) -> float:
-    """MeRino entropy of one layer of a block (q, k, v, o of E x E; the FFN's E x F and F x E)."""
+def merino_layer(width: int, ffn_hidden: int, s: EntropySettings, block_index: int = 0,
+                 shape: accounting.LayerShape | None = None) -> float:
+    """MeRino entropy of one layer of a block: q, k, v, o (E x E, or k and v E x K under
+    grouped-query attention) weighed by a, the FFN's matrices (E x F and F x E, and a gated FFN's
+    E x F gate) by b. `shape` (a layer's `accounting.LayerShape`) gives its matrices; without
+    it, a version 1 layer of `width` and `ffn_hidden`."""
     t = subspace_table()
-    mha = 4 * t.expected(width, width)
-    ffn = t.expected(width, ffn_hidden) + t.expected(ffn_hidden, width)
+    shape = shape or accounting.LayerShape(width, ffn_hidden)
+    mha = ffn = 0.0
+    for name, rows, cols in shape.matrices():
+        h = t.expected(cols, rows)  # rows are the output width
+        if name in MHA_MATRICES:
+            mha += h
+        else:
+            ffn += h
     return s.alpha_of(block_index) * (s.a * mha + s.b * ffn)
 
 
@@ -344,15 +366,17 @@ def merino_entropy(card: Card, settings: EntropySettings = EntropySettings()) ->
 # -- every objective -----------------------------------------------------------------------------
 
 def block_value(width: int, ffn_ratio: float, depth: int, shared: bool, s: EntropySettings,
-                block_index: int = 0) -> float:
-    """One block's share of the objective for a block of a search space (a version 1 layer
-    with biases, as `Space.to_card` builds it): what the solvers add up."""
+                block_index: int = 0, shape: accounting.LayerShape | None = None) -> float:
+    """One block's share of the objective for a block of a search space: what the solvers add
+    up. `shape` is its layer as `Space.to_card` builds it (`Space.layer_shape`: the gate, the
+    K/V width, biases and norm); without it, a version 1 layer with biases."""
     hidden = round(width * ffn_ratio)
+    shape = shape or accounting.LayerShape(width, hidden)
     if s.objective == "params":
         copies = 1 if shared and depth > 1 else depth
-        return float(copies * accounting.layer_params(width, hidden))
+        return float(copies * shape.params)
     if s.objective == "merino":
-        return depth * merino_layer(width, hidden, s, block_index)
+        return depth * merino_layer(width, hidden, s, block_index, shape)
     return depth * layer_entropy(width, ffn_ratio, s, block_index)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import replace
 
 from merino_mobile.design.problem import Design, Metrics, Problem, SolverInfo
 from merino_mobile.errors import UserError
@@ -16,8 +17,12 @@ from merino_mobile.space import Choice, Space
 def _random_block(space: Space, rng: random.Random, min_width: int | None = None) -> Choice:
     widths = [w for w in space.widths if min_width is None or space.allows_step(min_width, w)]
     depth = rng.choice(space.depths)
-    return space.with_sharing(Choice(rng.choice(widths), rng.choice(space.ffn_ratios), depth,
-                                     space.sharing and depth > 1 and rng.random() < 0.5))
+    # drawn in this order, and K/V heads only where the space chooses them: the seeded runs
+    # of version 1 spaces see the same random sequence as before
+    width, ratio = rng.choice(widths), rng.choice(space.ffn_ratios)
+    shared = space.sharing and depth > 1 and rng.random() < 0.5
+    kv = rng.choice(space.kv_heads) if space.kv_heads else None
+    return space.with_sharing(Choice(width, ratio, depth, shared, kv))
 
 
 def _random_arch(space: Space, rng: random.Random) -> tuple[Choice, ...]:
@@ -35,20 +40,25 @@ def _valid(space: Space, arch: tuple[Choice, ...]) -> bool:
 
 
 def mutate(space: Space, arch: tuple[Choice, ...], rng: random.Random) -> tuple[Choice, ...]:
-    """Change one thing: a block's width, ratio, depth or sharing; add or drop a block."""
+    """Change one thing: a block's width, ratio, depth, sharing or K/V heads (a space that
+    chooses them); add or drop a block."""
     blocks = list(arch)
     i = rng.randrange(len(blocks))
     c = blocks[i]
-    move = rng.choice(("width", "ratio", "depth", "share", "add", "drop"))
+    moves = ("width", "ratio", "depth", "share", "add", "drop")
+    # the K/V move only where there is a choice: version 1 spaces mutate as before
+    move = rng.choice(moves + ("kv",) if len(space.kv_heads) > 1 else moves)
     if move == "width":
-        c = Choice(rng.choice(space.widths), c.ffn_ratio, c.depth, c.shared)
+        c = replace(c, width=rng.choice(space.widths))
     elif move == "ratio":
-        c = Choice(c.width, rng.choice(space.ffn_ratios), c.depth, c.shared)
+        c = replace(c, ffn_ratio=rng.choice(space.ffn_ratios))
     elif move == "depth":
         d = rng.choice(space.depths)
-        c = Choice(c.width, c.ffn_ratio, d, c.shared and d > 1)
+        c = replace(c, depth=d, shared=c.shared and d > 1)
     elif move == "share" and space.sharing and not space.share_always and c.depth > 1:
-        c = Choice(c.width, c.ffn_ratio, c.depth, not c.shared)
+        c = replace(c, shared=not c.shared)
+    elif move == "kv":
+        c = replace(c, kv_heads=rng.choice(space.kv_heads))
     elif move == "add" and len(blocks) < space.max_blocks:
         blocks.insert(i + 1, _random_block(space, rng))
     elif move == "drop" and len(blocks) > space.min_blocks:

@@ -1,7 +1,8 @@
 """Exact solver: the design problem as one mixed-integer program, solved to optimality by HiGHS.
 
 Variables (in any integer solution):
-- u[i, k]    0/1: block i is present with type k = (width, FFN ratio, shared);
+- u[i, k]    0/1: block i is present with type k = (width, FFN ratio, shared, K/V heads); the
+             K/V heads are a space's per-block choice (`Space.kv_heads`), None without one;
 - d[i, k]    integer: its depth (0 when the block is absent). The objective and every resource
              are affine in depth for a fixed type, c_u u + c_d d (a shared block's weights are
              paid, and counted by the `params` objective, once);
@@ -89,8 +90,8 @@ class _Program:
         self.nb = s.max_blocks
         self.widths = list(s.widths)
         self.dmin, self.dmax = max(1, s.min_depth), s.max_depth
-        self.types = [(w, r, shared) for w in self.widths for r in s.ffn_ratios
-                      for shared in _sharing(problem)]
+        self.types = [(w, r, shared, kv) for w in self.widths for r in s.ffn_ratios
+                      for shared in _sharing(problem) for kv in s.kv_choices]
         self.lo: list[float] = []
         self.hi: list[float] = []
         self.u = [[self._var(1) for _ in self.types] for _ in range(self.nb)]
@@ -133,9 +134,9 @@ class _Program:
         """One resource as (coefficients, constant)."""
         expr: Expr = defaultdict(float)
         for i in range(self.nb):
-            for k, (w, r, shared) in enumerate(self.types):
-                one = pieces.layer(Choice(w, r, 1, False))
-                two = pieces.layer(Choice(w, r, 2, shared))
+            for k, (w, r, shared, kv) in enumerate(self.types):
+                one = pieces.layer(Choice(w, r, 1, False, kv))
+                two = pieces.layer(Choice(w, r, 2, shared, kv))
                 per_layer = two - one
                 expr[self.u[i][k]] += one - per_layer
                 expr[self.d[i][k]] += per_layer
@@ -156,9 +157,9 @@ class _Program:
         """The problem's objective (to maximize) as coefficients of u and d."""
         expr: Expr = defaultdict(float)
         for i in range(self.nb):
-            for k, (w, r, shared) in enumerate(self.types):
-                one = self.problem.block_score(Choice(w, r, 1, False), i)
-                per_layer = self.problem.block_score(Choice(w, r, 2, shared), i) - one
+            for k, (w, r, shared, kv) in enumerate(self.types):
+                one = self.problem.block_score(Choice(w, r, 1, False, kv), i)
+                per_layer = self.problem.block_score(Choice(w, r, 2, shared, kv), i) - one
                 expr[self.u[i][k]] += one - per_layer
                 expr[self.d[i][k]] += per_layer
         return expr
@@ -194,7 +195,7 @@ class _Program:
         settings = self.problem.settings
         coef, need = rho_row(settings.effectiveness, settings.rho)
         logs = {self.d[i][k]: coef(w) for i in range(self.nb)
-                for k, (w, _, _) in enumerate(self.types)}
+                for k, (w, *_) in enumerate(self.types)}
         logs |= {v: -need(D) for D, v in self.y.items()}
         # slack for rounding in the logarithms: a design exactly on the bound stays in
         slack = FLOAT_SLACK * self.nb * self.dmax * max(abs(coef(w)) for w in self.widths)
@@ -274,8 +275,8 @@ class _Program:
     def decode(self, picks: list[Pick]) -> tuple[Choice, ...]:
         arch = []
         for _, k, depth in picks:
-            w, r, shared = self.types[k]
-            arch.append(Choice(w, r, depth, shared and depth > 1))
+            w, r, shared, kv = self.types[k]
+            arch.append(Choice(w, r, depth, shared and depth > 1, kv))
         return tuple(arch)
 
 

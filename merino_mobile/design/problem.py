@@ -24,6 +24,7 @@ import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 from merino_mobile import accounting as acc
@@ -39,6 +40,7 @@ from merino_mobile.entropy import (
 )
 from merino_mobile.errors import UserError
 from merino_mobile.latency import LatencyTable, predict_latency
+from merino_mobile.latency.predict import LayerKind, MissingLayerKind
 from merino_mobile.space import Choice, Space
 
 RESOURCES = ("latency_ms", "flops", "params", "memory")
@@ -145,13 +147,32 @@ class Problem:
             raise UserError(f"context must be positive, got {self.context}")
         if not (math.isfinite(self.settings.rho) and self.settings.rho > 0):
             raise UserError(f"--rho must be a finite positive number, got {self.settings.rho}")
+        if self.latency is not None and not self.space.is_v1:
+            self._check_layer_kinds()
         if self.settings.objective == "merino":  # every matrix shape of the space, or refuse now
             table = subspace_table()
             for w in self.space.widths:
                 for r in self.space.ffn_ratios:
-                    f = round(w * r)
-                    for d_in, d_out in ((w, w), (w, f), (f, w)):
-                        table.expected(d_in, d_out)
+                    for kv in self.space.kv_choices:
+                        shape = self.space.layer_shape(Choice(w, r, 1, False, kv))
+                        for _, rows, cols in shape.matrices():
+                            table.expected(cols, rows)
+
+    def _check_layer_kinds(self) -> None:
+        """Refuse now, naming the space to profile, when the latency table lacks a layer kind
+        of the space (rather than from inside the solver)."""
+        s, t = self.space, self.latency
+        w, r = s.widths[0], s.ffn_ratios[0]
+        for kv in s.kv_choices:
+            kind = LayerKind(s.ffn, kv, s.norm, s.bias)
+            if kind.is_v1:
+                continue
+            try:
+                t.layer(w, r, w // s.head_dim, self.context, kind=kind)
+            except MissingLayerKind as e:
+                space = Path(s.source).stem if s.source != "<space>" else s.name
+                raise MissingLayerKind(str(e).replace("--space SPACE", f"--space {space}")
+                                       ) from None
 
     # -- scoring through the card ------------------------------------------------------------
 
@@ -242,7 +263,8 @@ class Problem:
 
     def block_score(self, c: Choice, block_index: int) -> float:
         """Block `block_index`'s share of the objective with choice `c` (the solvers' sum)."""
-        return block_value(c.width, c.ffn_ratio, c.depth, c.shared, self.settings, block_index)
+        return block_value(c.width, c.ffn_ratio, c.depth, c.shared, self.settings, block_index,
+                           self.space.layer_shape(c))
 
     @property
     def objective_sees_sharing(self) -> bool:
@@ -256,9 +278,6 @@ class Problem:
         fixed_e = s.embed_width  # None: the embedding has the first block's width
         pos_rows = s.context if s.positions == "learned" else 0
 
-        def hidden(c: Choice) -> int:
-            return round(c.width * c.ffn_ratio)
-
         def copies(c: Choice) -> int:
             return 1 if c.shared and c.depth > 1 else c.depth
 
@@ -267,15 +286,15 @@ class Problem:
                 return acc.projection_params(a, b)
 
             def layer(c: Choice) -> float:
-                return copies(c) * acc.layer_params(c.width, hidden(c))
+                return copies(c) * s.layer_shape(c).params
 
             def first(w: int) -> float:
                 e = fixed_e or w
                 head = 0 if s.tied_head else v * e
                 return pos_rows * w + (proj(e, w) if fixed_e else v * w + head)
 
-            def last(w: int) -> float:
-                return 2 * w + (proj(w, fixed_e) if fixed_e else 0)  # final norm, projection out
+            def last(w: int) -> float:  # final norm, projection out
+                return acc.norm_params(s.norm, w) + (proj(w, fixed_e) if fixed_e else 0)
 
             const = (v * fixed_e * (1 if s.tied_head else 2)) if fixed_e else 0
         elif resource == "memory":
@@ -285,10 +304,12 @@ class Problem:
                 return 0 if a == b else acc.matrix_bytes(b, a, q)
 
             def layer(c: Choice) -> float:
-                w, f = c.width, hidden(c)
-                weights = 4 * acc.matrix_bytes(w, w, q) + acc.matrix_bytes(f, w, q) \
-                    + acc.matrix_bytes(w, f, q) + 4 * acc.layer_vector_params(w, f)
-                return copies(c) * weights + c.depth * acc.kv_bytes_per_layer(w, ctx, self.kv_dtype)
+                shape = s.layer_shape(c)
+                weights = sum(acc.matrix_bytes(rows, cols, q)
+                              for _, rows, cols in shape.matrices())
+                weights += 4 * shape.vector_params
+                return copies(c) * weights + c.depth * acc.kv_bytes_per_layer(
+                    shape.kv, ctx, self.kv_dtype)
 
             def first(w: int) -> float:
                 e = fixed_e or w
@@ -299,7 +320,7 @@ class Problem:
                 return out + acc.matrix_bytes(v, e, q) + head
 
             def last(w: int) -> float:
-                return 4 * 2 * w + (proj(w, fixed_e) if fixed_e else 0)
+                return 4 * acc.norm_params(s.norm, w) + (proj(w, fixed_e) if fixed_e else 0)
 
             const = (acc.matrix_bytes(v, fixed_e, q) * (1 if s.tied_head else 2)) if fixed_e else 0
         elif resource == "flops":
@@ -307,7 +328,7 @@ class Problem:
                 return 0 if a == b else 2 * a * b
 
             def layer(c: Choice) -> float:
-                return c.depth * acc.layer_flops(c.width, hidden(c), ctx)
+                return c.depth * s.layer_shape(c).flops(ctx)
 
             def first(w: int) -> float:
                 return proj(fixed_e, w) if fixed_e else 2 * w * v  # projection in, or the head
@@ -325,7 +346,12 @@ class Problem:
                 return 0 if a == b else t.projection(a, b, "decode", ctx)
 
             def layer(c: Choice) -> float:
-                return c.depth * t.layer(c.width, c.ffn_ratio, c.width // s.head_dim, ctx)
+                # the layer kind only where it is not version 1's: a table (or a test's
+                # synthetic one) of version 1 layers is called exactly as before
+                kind = LayerKind(s.ffn, c.kv_heads, s.norm, s.bias)
+                extra = {} if kind.is_v1 else {"kind": kind}
+                return c.depth * t.layer(c.width, c.ffn_ratio, c.width // s.head_dim, ctx,
+                                         **extra)
 
             def first(w: int) -> float:
                 if fixed_e:
@@ -364,7 +390,8 @@ class Design:
     solver: SolverInfo
 
     def to_json(self) -> dict[str, Any]:
-        return {"architecture": [asdict(c) for c in self.arch], "metrics": asdict(self.metrics),
+        return {"architecture": [c.to_json() for c in self.arch],
+                "metrics": asdict(self.metrics),
                 "solver": asdict(self.solver)}
 
 

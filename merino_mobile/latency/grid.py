@@ -4,6 +4,11 @@ A point (`store.Point`) is one term at one shape: the null call, the fixed per-c
 head, the embedding, a projection between two widths, or a decoder layer, each at decode or
 prefill and at a context length. The grid is built on the same `Space` the solver searches, so
 the table always covers the shapes a design can pick.
+
+A space of Llama-style layers (`Space.ffn`, `Space.norm`, `Space.bias`, `Space.kv_heads`) gets
+its layers measured as that kind (`latency.predict.LayerKind`): each layer shape once per K/V
+head count the space allows, the FFN kind, norm and biases fixed by the space. A version 1 space
+measures the very points it always did.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from merino_mobile.errors import UserError
+from merino_mobile.latency.predict import LayerKind
 from merino_mobile.latency.store import Point
 from merino_mobile.space import Space, load_space
 
@@ -39,6 +45,16 @@ class Grid:
     prompts: tuple[int, ...]
     projection_widths: tuple[int, ...]
     embedding_widths: tuple[int, ...] = ()  # () = every width
+    # the layers' kind (`LayerKind`): FFN kind, norm, biases and the K/V heads measured (():
+    # multi-head only); the defaults are a version 1 space's
+    ffn: str = "gelu"
+    norm: str = "layernorm"
+    bias: bool = True
+    kv_heads: tuple[int, ...] = ()
+
+    def layer_kinds(self) -> list[LayerKind]:
+        """The layer kinds measured, one per K/V head count."""
+        return [LayerKind(self.ffn, kv, self.norm, self.bias) for kv in self.kv_heads or (None,)]
 
     def points(self) -> list[Point]:
         """Every point, in a fixed order (batches, and so cached programs, depend on it)."""
@@ -56,17 +72,24 @@ class Grid:
         for phase, lengths in (("decode", self.contexts), ("prefill", self.prompts)):
             for c in lengths:
                 pts += [Point("layer", phase, width=w, ffn_ratio=r, heads=w // self.head_dim,
-                              context=c) for w in self.widths for r in self.ffn_ratios]
+                              context=c, **kind.point_fields())
+                        for kind in self.layer_kinds() for w in self.widths
+                        for r in self.ffn_ratios]
         return pts
 
     def sentinel(self) -> Point:
         """The largest decode layer: re-measured to detect drift, long enough to time well."""
         w, r = self.widths[-1], self.ffn_ratios[-1]
+        kind = self.layer_kinds()[-1]  # the most K/V heads: the slowest kind
         return Point("layer", "decode", width=w, ffn_ratio=r, heads=w // self.head_dim,
-                     context=self.contexts[-1])
+                     context=self.contexts[-1], **kind.point_fields())
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The grid as JSON; the layer kind's fields only where they are not version 1's, so a
+        version 1 space's grid reads as before."""
+        d = asdict(self)
+        defaults = {"ffn": "gelu", "norm": "layernorm", "bias": True, "kv_heads": ()}
+        return {k: v for k, v in d.items() if k not in defaults or v != defaults[k]}
 
 
 def _spread(values: Sequence, n: int) -> tuple:
@@ -83,7 +106,8 @@ def make_grid(space: Space | str | Path, grid: str = "quick", contexts: Sequence
 
     quick: every other width (both ends kept), 3 FFN ratios, 2 decode contexts, 1 prompt length,
     projections among 3 widths, embeddings at 4 (both are small terms that interpolate well);
-    full: everything, 6 contexts, 3 prompt lengths.
+    full: everything, 6 contexts, 3 prompt lengths. Both measure every K/V head count of the
+    space (a discrete kind, not interpolated between) with its FFN kind, norm and biases.
     """
     if grid not in GRIDS:
         raise UserError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
@@ -110,11 +134,14 @@ def make_grid(space: Space | str | Path, grid: str = "quick", contexts: Sequence
                   if p > 0})
     return Grid(grid, tuple(widths), tuple(ratios), space.head_dim, space.vocab, max_context,
                 tuple(ctx), tuple(prm), _spread(widths, 3) if quick else tuple(widths),
-                _spread(widths, 4) if quick else ())
+                _spread(widths, 4) if quick else (), space.ffn, space.norm, space.bias,
+                space.kv_heads)
 
 
 def describe_grid(grid: Grid) -> str:
     """One line: how many points and which shapes."""
+    kinds = "" if grid.layer_kinds() == [LayerKind()] else "; " + " and ".join(
+        k.describe() for k in grid.layer_kinds())
     return (f"{grid.name} grid: {len(grid.points())} points; widths {list(grid.widths)}, ffn "
             f"ratios {[f'{r:g}' for r in grid.ffn_ratios]}, decode contexts "
-            f"{list(grid.contexts)}, prompts {list(grid.prompts)}")
+            f"{list(grid.contexts)}, prompts {list(grid.prompts)}{kinds}")

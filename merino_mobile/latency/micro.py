@@ -16,6 +16,10 @@ time of one. Where the copies live depends on the device:
   micro-model and each is exported and lowered, so MAX_COPIES bounds that cost.
 A replicating device also times each such term hot (`hot_points`), one instance called again and
 again, for whole models small enough to stay in the cache (`predict.predict_latency`).
+
+A layer point of another kind (`Point.ffn`, `kv_heads`, `norm`, `nobias`; `predict.LayerKind`)
+builds the decoder's layer of that kind: a SwiGLU FFN's gate, K and V maps of kv_heads x
+head_dim, and a KV cache of the K/V heads only, exactly as `Decoder` builds a card's layer.
 """
 
 from __future__ import annotations
@@ -40,13 +44,23 @@ def weight_bytes(p: Point, quant: str) -> float:
     from merino_mobile.accounting import matrix_bytes
 
     if p.term == "layer":
-        hidden = round(p.width * p.ffn_ratio)
-        return 4 * matrix_bytes(p.width, p.width, quant) + 2 * matrix_bytes(hidden, p.width, quant)
+        return sum(matrix_bytes(rows, cols, quant) for _, rows, cols in _shape(p).matrices())
     if p.term == "projection":
         return matrix_bytes(p.width_out, p.width, quant)
     if p.term == "head":
         return matrix_bytes(p.vocab, p.width, quant)
     return 0.0
+
+
+def _shape(p: Point) -> Any:
+    """The `accounting.LayerShape` of a layer point (its kind's gate and K/V width)."""
+    from merino_mobile.accounting import LayerShape
+    from merino_mobile.latency.predict import LayerKind
+
+    kind = LayerKind.of_point(p)
+    kv = None if kind.kv_heads is None else kind.kv_heads * (p.width // p.heads)
+    return LayerShape(p.width, round(p.width * p.ffn_ratio), kv, kind.ffn, kind.bias, kind.bias,
+                      kind.bias, kind.norm)
 
 
 def copies(p: Point, quant: str, replicated: bool = False) -> int:
@@ -88,21 +102,30 @@ def micro_model(p: Point, grid: Grid, quant: str = "fp32", n: int | None = None
     import torch
     from torch import nn
 
+    from merino_mobile.latency.predict import LayerKind
     from merino_mobile.model import DecoderLayer, KVCache, LayerNorm
 
     n = copies(p, quant) if n is None else n
     specs = input_specs(p)
     if p.term == "layer":
         cache_len = p.context
+        kind = LayerKind.of_point(p)
+
+        def layer() -> nn.Module:
+            hidden = round(p.width * p.ffn_ratio)
+            if kind.is_v1:  # exactly the module version 1 points always measured
+                return DecoderLayer(p.width, hidden, p.heads)
+            return DecoderLayer(p.width, hidden, p.heads, kind.bias, kv_heads=kind.kv_heads,
+                                ffn=kind.ffn, norm=kind.norm)
 
         class LayerBench(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.layers = nn.ModuleList(
-                    DecoderLayer(p.width, round(p.width * p.ffn_ratio), p.heads)
-                    for _ in range(n))
+                self.layers = nn.ModuleList(layer() for _ in range(n))
+                # the cache holds the K/V heads only, as the decoder's
                 self.caches = nn.ModuleList(
-                    KVCache(p.heads, cache_len, p.width // p.heads) for _ in range(n))
+                    KVCache(kind.kv_heads or p.heads, cache_len, p.width // p.heads)
+                    for _ in range(n))
 
             def forward(self, x, pos, mask):
                 for layer, cache in zip(self.layers, self.caches, strict=True):

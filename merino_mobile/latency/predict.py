@@ -1,11 +1,14 @@
 """The latency model the design solver uses, and the card-level prediction built on it.
 
-    lat(A) = t_fixed + sum_i L_i * t_layer(E_i, R_i, H_i, context)
+    lat(A) = t_fixed + sum_i L_i * t_layer(E_i, R_i, H_i, context; kind_i)
              + sum t_proj(E_i, E_i+1) + t_embed(E_1) + t_head(E_N, V)
 
-A `LatencyTable` gives each term in milliseconds. The measured lookup table of a device
-(`table.py`) is one; tests pass synthetic ones. The solver only ever calls these methods,
-so any object with them works.
+A `LatencyTable` gives each term in milliseconds. A layer's `LayerKind` (its FFN kind, K/V heads,
+norm and biases) is passed as `kind=` only when it is not a version 1 layer's (GELU, multi-head,
+LayerNorm, biases), so a table of version 1 layers, and any synthetic table a test writes, is
+called exactly as before; a table without measurements of a kind raises `MissingLayerKind`.
+The measured lookup table of a device (`table.py`) is one; tests pass synthetic ones. The
+solver only ever calls these methods, so any object with them works.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from merino_mobile.accounting import decode_working_set, transitions
-from merino_mobile.card import Card
+from merino_mobile.card import Block, Card
+from merino_mobile.errors import UserError
 
 # Where a whole model's decode step turns from hot to streaming, as a share of the last-level
 # cache (see `cold_fraction`): well below the cache's size, because a VM's cache is likely shared
@@ -23,6 +27,53 @@ from merino_mobile.card import Card
 # Chosen from whole models measured with benchmarks/lut_accuracy.py (docs/measurements.md).
 HOT_BELOW = 0.2
 COLD_ABOVE = 0.5
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """What a decoder layer is made of besides its width, FFN ratio and heads: the FFN kind,
+    the K/V heads (None: as many as heads), the norm and whether its maps have biases. The
+    default is a version 1 layer. A Llama-style layer's rotary embedding is not part of it: the
+    layer's micro-benchmark does not rotate q and k (elementwise, O(E) per token beside the
+    layer's O(E^2) matrices), as for version 1 spaces with rope positions."""
+
+    ffn: str = "gelu"
+    kv_heads: int | None = None
+    norm: str = "layernorm"
+    bias: bool = True
+
+    @classmethod
+    def of(cls, card: Card, block: Block) -> LayerKind:
+        """The kind of a card's block (the q/k/v and o biases follow the card's `bias`). K/V
+        heads are kept as the card gives them, as `Space.to_card` writes them (a table looks an
+        explicit kv_heads equal to heads up as multi-head where it has no such points)."""
+        return cls(block.ffn, block.kv_heads, card.norm, card.bias)
+
+    @property
+    def is_v1(self) -> bool:
+        return self == LayerKind()
+
+    def point_fields(self) -> dict[str, Any]:
+        """The `store.Point` fields of a layer of this kind; all empty for a version 1 layer,
+        whose points (and stored keys) are as they always were."""
+        return {"ffn": "" if self.ffn == "gelu" else self.ffn, "kv_heads": self.kv_heads or 0,
+                "norm": "" if self.norm == "layernorm" else self.norm, "nobias": not self.bias}
+
+    @classmethod
+    def of_point(cls, p: Any) -> LayerKind:
+        """The kind of a layer `store.Point`."""
+        return cls(p.ffn or "gelu", p.kv_heads or None, p.norm or "layernorm", not p.nobias)
+
+    def describe(self) -> str:
+        """For people: "swiglu layers with 3 K/V heads, rmsnorm, no biases"."""
+        n = self.kv_heads
+        kv = "multi-head" if n is None else f"with {n} K/V head{'s' if n > 1 else ''}"
+        return (f"{self.ffn} layers {kv}, {self.norm}, "
+                f"{'biases' if self.bias else 'no biases'}")
+
+
+class MissingLayerKind(UserError):
+    """A latency table without measurements of the layer kind a card or space needs."""
 
 
 class LatencyTable(Protocol):
@@ -37,8 +88,8 @@ class LatencyTable(Protocol):
         ...
 
     def layer(self, width: int, ffn_ratio: float, heads: int, context: int,
-              phase: str = "decode") -> float:
-        """One decoder layer."""
+              phase: str = "decode", *, kind: LayerKind = LayerKind()) -> float:
+        """One decoder layer (of `kind`, passed only when it is not the default)."""
         ...
 
     def projection(self, width_in: int, width_out: int, phase: str = "decode",
@@ -112,19 +163,22 @@ def predict_breakdown(card: Card, table: LatencyTable, context: int, phase: str 
         quant = getattr(table, "quant", "fp32")
         f = cold_fraction(decode_working_set(card, context, quant), table.cache_bytes)
 
-    def weighted(term: Callable[..., float], *args: Any) -> float:
-        cold = term(*args)
+    def weighted(term: Callable[..., float], *args: Any, **kwargs: Any) -> float:
+        cold = term(*args, **kwargs)
         if not blend or f >= 1.0:
             return cold
-        hot = term(*args, hot=True)
+        hot = term(*args, hot=True, **kwargs)
         return hot + f * (cold - hot)
 
     e = card.embedding_width
     out = [TermCost("fixed", 0, table.fixed(phase)),
            TermCost("embedding", e, table.embedding(e, card.vocab, phase, context))]
     for b in card.blocks:
+        kind = LayerKind.of(card, b)
+        extra = {} if kind.is_v1 else {"kind": kind}
         out.append(TermCost("layer", b.width, b.depth * weighted(
-            table.layer, b.width, b.ffn_ratio, b.heads, context, phase), depth=b.depth))
+            table.layer, b.width, b.ffn_ratio, b.heads, context, phase, **extra),
+            depth=b.depth))
     for a, b in transitions(card):
         out.append(TermCost("projection", a, weighted(table.projection, a, b, phase, context),
                             width_out=b))

@@ -115,6 +115,10 @@ class Point:
     `hot` (decode terms with weights, on a device that `replicates`): the same micro-benchmark
     with one loaded instance called again and again, so its weights stay in the caches, the way
     a whole model small enough to fit in them runs (left out of the key when False).
+    A layer of another kind than version 1's (`latency.predict.LayerKind`) says so in `ffn`
+    (its FFN kind), `kv_heads` (its K/V heads), `norm` and `nobias`; each is empty for a version
+    1 layer (GELU, multi-head, LayerNorm, biases) and, like every empty field, left out of the
+    key, so the points of version 1 spaces keep their keys.
     """
 
     term: str
@@ -127,6 +131,10 @@ class Point:
     vocab: int = 0
     reading: int = 0
     hot: bool = False
+    ffn: str = ""
+    kv_heads: int = 0
+    norm: str = ""
+    nobias: bool = False
 
     @property
     def shape(self) -> Point:

@@ -20,6 +20,15 @@ the measured/model ratio, linearly on a regular grid over (log width, ffn ratio,
 measurement; between grid points the FLOPs model carries the shape and the ratio corrects it; off
 the grid (wider, longer) the ratio is held at the nearest edge and the model extrapolates in FLOPs.
 Grid cells whose point failed to measure take the nearest measured ratio.
+
+Layer kinds. Layers of another kind than version 1's (`predict.LayerKind`: a SwiGLU FFN, fewer
+K/V heads, RMSNorm, no biases) are their own surfaces, one per kind, never interpolated with
+another kind: a K/V head count is a discrete choice of the space, measured as such. Their FLOPs
+model counts the kind's own matrices (the gate, the narrower K and V). A card or space that needs
+a kind the table lacks is refused (`MissingLayerKind`) with the kinds it has and the profile
+command that measures it; a kind with explicit K/V heads equal to the heads is looked up as
+multi-head where the table has no such points, and the other way round. A table of version 1
+layers has exactly the entries and JSON it always had.
 """
 
 from __future__ import annotations
@@ -33,9 +42,11 @@ from typing import Any
 
 import numpy as np
 
+from merino_mobile.card import GATED
 from merino_mobile.device.base import BENCH_VERSION, Fingerprint
 from merino_mobile.errors import UserError
 from merino_mobile.files import atomic_write_text, utc_now
+from merino_mobile.latency.predict import LayerKind, MissingLayerKind
 from merino_mobile.latency.store import Point, Row
 
 SCHEMA_VERSION = 1
@@ -57,8 +68,11 @@ def _tokens(p: Point) -> int:
 def layer_features(p: Point) -> list[float]:
     hidden = p.width * p.ffn_ratio
     t = _tokens(p)
+    kv = p.kv_heads * (p.width // p.heads) if p.kv_heads and p.heads else p.width
+    ups = 2 if p.ffn in GATED else 1  # a gated FFN's gate beside up
+    matmul = 2 * p.width**2 + 2 * p.width * kv + (ups + 1) * p.width * hidden  # q, o; k, v; FFN
     # attention reads the whole static cache: `context` slots at decode, the prompt at prefill
-    return [1.0, 2 * (4 * p.width**2 + 2 * p.width * hidden) * t, 4 * p.width * p.context * t]
+    return [1.0, 2 * matmul * t, 4 * p.width * p.context * t]
 
 
 def projection_features(p: Point) -> list[float]:
@@ -178,16 +192,22 @@ class Lut:
     cache_bytes: float = 0.0
 
     def __post_init__(self) -> None:
-        self._surfaces: dict[tuple[str, str], Surface] = {}
-        self._hot: dict[tuple[str, str], Surface] = {}  # the hot twins (`Point.hot`), if read
+        # (term, phase, layer kind) -> surface; the kind is LayerKind() but for layers of
+        # another kind, each its own surface (see the module docstring)
+        self._surfaces: dict[tuple[str, str, LayerKind], Surface] = {}
+        self._hot: dict[tuple[str, str, LayerKind], Surface] = {}  # hot twins (`Point.hot`)
         for term, phases in self.entries.items():
             for phase, pts in phases.items():
-                cold = [(p, ms) for p, ms in pts if not p.hot]
-                hot = [(p, ms) for p, ms in pts if p.hot]
-                if cold:
-                    self._surfaces[term, phase] = Surface(term, phase, cold)
-                if hot:
-                    self._hot[term, phase] = Surface(term, phase, hot)
+                by_kind: dict[LayerKind, list[tuple[Point, float]]] = {}
+                for p, ms in pts:
+                    by_kind.setdefault(_kind(p), []).append((p, ms))
+                for kind, kpts in by_kind.items():
+                    cold = [(p, ms) for p, ms in kpts if not p.hot]
+                    hot = [(p, ms) for p, ms in kpts if p.hot]
+                    if cold:
+                        self._surfaces[term, phase, kind] = Surface(term, phase, cold)
+                    if hot:
+                        self._hot[term, phase, kind] = Surface(term, phase, hot)
 
     # -- building ------------------------------------------------------------------------------
 
@@ -232,16 +252,18 @@ class Lut:
     # -- LatencyTable --------------------------------------------------------------------------
 
     def _term(self, term: str, phase: str, p: Point) -> float:
+        p = self._measured_kind(term, p)
+        kind = _kind(p)
         if p.hot:
             # a hot reading where one was taken; elsewhere the term as measured
-            hot = self._hot.get((term, phase))
+            hot = self._hot.get((term, phase, kind))
             if hot is not None:
                 return hot(p)
             p = replace(p, hot=False)
-        surface = self._surfaces.get((term, phase))
+        surface = self._surfaces.get((term, phase, kind))
         if surface is None and phase == "prefill":
             # no prefill measured for this term: a prefill of T tokens costs T decode steps
-            dec = self._surfaces.get((term, "decode"))
+            dec = self._surfaces.get((term, "decode", kind))
             if dec is not None:
                 return p.context * dec(Point(**{**p.__dict__, "phase": "decode"}))
         if surface is None:
@@ -249,9 +271,35 @@ class Lut:
                             f"rerun `merino-mobile profile --device {self.device}`")
         return surface(p)
 
+    def layer_kinds(self) -> list[LayerKind]:
+        """The layer kinds this table measured (version 1's first where it has them)."""
+        kinds = {k for (term, _, k) in self._surfaces if term == "layer"}
+        return sorted(kinds, key=lambda k: (not k.is_v1, k.describe()))
+
+    def _measured_kind(self, term: str, p: Point) -> Point:
+        """`p` as a point of a layer kind the table measured: itself, or with K/V heads equal
+        to the heads written the other way (multi-head); else MissingLayerKind."""
+        if term != "layer":
+            return p
+        kinds = {k for (t, _, k) in self._surfaces if t == "layer"}
+        kind = _kind(p)
+        if kind in kinds:
+            return p
+        if kind.kv_heads == p.heads and replace(kind, kv_heads=None) in kinds:
+            return replace(p, kv_heads=0)
+        if kind.kv_heads is None and replace(kind, kv_heads=p.heads) in kinds:
+            return replace(p, kv_heads=p.heads)
+        have = "; ".join(k.describe() for k in self.layer_kinds()) or "none"
+        raise MissingLayerKind(
+            f"{self.source} has no measurements of {kind.describe()} (it has: {have}); profile "
+            f"a search space of that kind: {profile_command(self.device, self.runtime, self.quant)}"
+            f" --space SPACE")
+
     def fixed(self, phase: str = "decode", context: int = 0) -> float:
         """Per-call overhead (positions, mask, the call itself)."""
-        surface = self._surfaces.get(("fixed", phase)) or self._surfaces.get(("fixed", "decode"))
+        v1 = LayerKind()
+        surface = (self._surfaces.get(("fixed", phase, v1))
+                   or self._surfaces.get(("fixed", "decode", v1)))
         if surface is None:
             raise UserError(f"{self.source}: no fixed-cost measurement")
         if context:
@@ -260,10 +308,14 @@ class Lut:
         return float(np.median([ms for _, ms in surface.points]))
 
     def layer(self, width: int, ffn_ratio: float, heads: int, context: int,
-              phase: str = "decode", hot: bool = False) -> float:
+              phase: str = "decode", hot: bool = False, *,
+              kind: LayerKind = LayerKind()) -> float:
+        """One decoder layer of `kind` (default: a version 1 layer); MissingLayerKind when the
+        table measured no layer of that kind."""
         return self._term("layer", phase, Point("layer", phase, width=width,
                                                 ffn_ratio=float(ffn_ratio), heads=heads,
-                                                context=context, hot=hot))
+                                                context=context, hot=hot,
+                                                **kind.point_fields()))
 
     def projection(self, width_in: int, width_out: int, phase: str = "decode",
                    context: int = 1, hot: bool = False) -> float:
@@ -387,6 +439,11 @@ class Lut:
                             f"is unchanged") from None
         self.source = str(path)
         return path
+
+
+def _kind(p: Point) -> LayerKind:
+    """The layer kind a point's surface is keyed by (LayerKind() for every other term)."""
+    return LayerKind.of_point(p) if p.term == "layer" else LayerKind()
 
 
 def _entry(p: Point, ms: float) -> dict[str, Any]:
