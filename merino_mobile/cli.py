@@ -322,6 +322,10 @@ def profile_cmd(
                                       "read, pass after pass; the table takes the median "
                                       "(default: the device profile's [measure] passes; host "
                                       "2). Raising it later measures only the new readings."),
+    anchors: int | None = typer.Option(None, "--anchors", min=0, help="Whole models of the "
+                                       "space to bench inside the profile, interleaved with the "
+                                       "micro-benchmarks, so the table starts calibrated "
+                                       "(default 4; 0: none; not yet with --cluster)."),
     cluster: str | None = typer.Option(None, "--cluster", help="auto (the fleet this host "
                                        "started) or HOST:PORT of a fleet's head: every --device "
                                        "at once on its node, exports spread over the fleet "
@@ -334,7 +338,9 @@ def profile_cmd(
 
     Every missing program is exported first (several processes side by side), then the points
     are timed one after the other with nothing else running; an interrupted run continues where
-    it stopped. With --cluster, several devices at once on a Ray fleet (docs/fleet.md)."""
+    it stopped. A few whole models of the space (--anchors) are benched among the points, and
+    the table's calibration is fitted on them at the end (docs/measurements.md). With
+    --cluster, several devices at once on a Ray fleet (docs/fleet.md)."""
     import os
 
     from merino_mobile.formats import check_runtime_quant
@@ -355,10 +361,18 @@ def profile_cmd(
                         f"once needs a fleet, --cluster auto (after `merino-mobile fleet "
                         f"start`) or --cluster HOST:PORT; without one, profile one device per "
                         f"command")
+    if fleet is not None and anchors:
+        raise UserError(f"--anchors {anchors} with --cluster: a fleet profile does not bench "
+                        f"anchors yet; profile with --anchors 0 on the fleet, then calibrate "
+                        f"each device by benching models on it (`merino-mobile bench`, "
+                        f"`design --verify`), or profile one device without --cluster")
+    from merino_mobile.latency.anchors import DEFAULT_ANCHORS
+    from merino_mobile.space import load_space
+
     check_runtime_quant(runtime, quant, profiled=True)
     targets = [resolve_target(ws, d, quant=quant, runtime=runtime) for d in devices]
-    g = make_grid(ws.find("search", space, ".toml"), grid, context,
-                  None if not prompt else [p for p in prompt if p > 0])
+    sp = load_space(ws.find("search", space, ".toml"))
+    g = make_grid(sp, grid, context, None if not prompt else [p for p in prompt if p > 0])
     if fleet is None:
         targets[0].check_ready()  # a missing phone is the only line, before the grid's
     if not as_json:
@@ -369,7 +383,8 @@ def profile_cmd(
     bar, progress, _ = profile_bar(transient=as_json, json_out=as_json)
     with bar:
         report = run_profile(ws, targets[0], runtime, quant, g, progress=progress, workers=jobs,
-                             passes=passes)
+                             passes=passes, space=sp,
+                             anchors=DEFAULT_ANCHORS if anchors is None else anchors)
     if as_json:
         emit_json(report.to_json())
         return
@@ -389,7 +404,17 @@ def print_profile(report: Any, runtime: str, quant: str) -> None:
     drifts = [s for s in report.sentinel if not s["good"]]
     table.add_row("sentinel", f"{len(report.sentinel)} checks, {len(drifts)} drifted")
     table.add_row("time", f"{report.wall_s:.0f} s (export {report.export_s:.0f} s)")
+    if report.anchors or report.anchors_stored:
+        shown = ", ".join(f"{a['card']} {a['decode_ms']:.3g} ms" for a in report.anchors)
+        table.add_row("anchors", f"{len(report.anchors)} benched now"
+                      + (f" ({shown})" if shown else "")
+                      + (f", {report.anchors_stored} already stored" if report.anchors_stored
+                         else ""))
     table.add_row("table", str(report.lut))
+    cal = report.calibration
+    if cal is not None:
+        table.add_row("calibration", ("applied: " if cal["applied"] else "not applied: ")
+                      + escape(cal["reason"]))
     table.add_row("failed", f"[red]{len(report.failed)}[/red]" if report.failed else "0")
     console.print(table)
     for f in report.failed:

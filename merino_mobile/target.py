@@ -98,6 +98,11 @@ class Target:
 
         return calibrated_table(self.ws, self.name, raw)
 
+    def forget_table(self) -> None:
+        """Drop the table read for this runtime and quantization: the next `table()` reads the
+        file again (after a profile has rewritten it)."""
+        self._tables.pop((self.runtime, self.quant), None)
+
 
 def resolve_target(ws: Workspace, device: str | Target | None = None, fmt: str | None = None,
                    quant: str = "int8", *, runtime: str | None = None) -> Target:

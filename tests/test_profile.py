@@ -231,7 +231,8 @@ def test_kill_9_mid_profile_then_resume_gives_the_same_points(profiled, tmp_path
     shutil.copytree(src.state / "cache", ws.state / "cache")
     cmd = [sys.executable, "-c", "from merino_mobile.cli import main; main()", "profile",
            "--device", "host", "--space", "tiny", "--grid", "full", "--context", "16",
-           "--prompt", "0", "--passes", "1", "--workspace", str(ws.root), "--json"]
+           "--prompt", "0", "--passes", "1", "--anchors", "0", "--workspace", str(ws.root),
+           "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

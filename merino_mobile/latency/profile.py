@@ -14,7 +14,9 @@ runtime:
 - projection: a bias-free Linear between widths; embedding: token plus learned-position lookup;
 - head: the final LayerNorm and the vocabulary projection of the last position;
 - fixed: positions and attention mask, what the whole model computes once per call;
-- null: a call that does (almost) nothing, subtracted as per-call overhead (see table.py).
+- null: a call that does (almost) nothing, subtracted as per-call overhead (see table.py);
+- anchors (anchors.py, `profile --anchors N`): a few whole models of the space, exported beside
+  the micro-benchmarks and timed interleaved with them, the table's first calibration data.
 
 Measurement discipline: every missing program is exported first, side by side, then points are
 timed with nothing else running; the device applies warm-up and the repeat-until-stable rule;
@@ -32,7 +34,16 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from merino_mobile.device.base import Device, Fingerprint, MethodResult, MethodSpec
-from merino_mobile.formats import check_runtime_quant
+from merino_mobile.errors import UserError
+from merino_mobile.formats import check_runtime_quant, for_runtime
+from merino_mobile.latency.anchors import (
+    Anchor,
+    anchors_for,
+    bench_anchor,
+    export_anchor,
+    stored_readings,
+)
+from merino_mobile.latency.anchors import summary as anchor_summary
 from merino_mobile.latency.grid import Grid, make_grid
 from merino_mobile.latency.micro import hot_points, in_program
 from merino_mobile.latency.programs import (
@@ -45,6 +56,7 @@ from merino_mobile.latency.programs import (
 from merino_mobile.latency.sentinel import Sentinel
 from merino_mobile.latency.store import Point, ProfileLock, Store
 from merino_mobile.parallel import Job, run_jobs
+from merino_mobile.space import Space, load_space
 from merino_mobile.target import Target, resolve_target
 from merino_mobile.workspace import Workspace
 
@@ -77,6 +89,9 @@ class ProfileReport:
     wall_s: float = 0.0
     export_s: float = 0.0
     passes: int = 1  # readings of each point: `points`, `skipped`, `measured` count readings
+    anchors: list[dict[str, Any]] = field(default_factory=list)  # readings taken now
+    anchors_stored: int = 0  # anchor readings a previous run had stored
+    calibration: dict[str, Any] | None = None  # the refit at the end (None: no measurements)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}
@@ -87,11 +102,17 @@ def run_profile(ws: Workspace, device: str | Target, runtime: str = "executorch"
                 grid: Grid | None = None, *, progress: Progress | None = None,
                 on_event: EventHook | None = None, max_redo: int = 2,
                 workers: int | None = None, extra_jobs: Sequence[Job] = (),
-                passes: int | None = None) -> ProfileReport:
+                passes: int | None = None, anchors: int = 0,
+                space: Space | str | None = None) -> ProfileReport:
     """Measure every missing point of `grid` on `device`, store each at once, write the table.
 
     `passes` (default the device profile's `[measure] passes`) reads every point that many
     times, pass after pass; the table takes the median of a point's readings.
+
+    `anchors` whole models of `space` (a `Space` or its file; default search/default.toml, the
+    grid's default) are exported with the programs and benched once per pass, interleaved with
+    the points (anchors.py); after the table is written, its calibration is refitted on every
+    stored measurement of its fingerprint, runtime and quantization, when there is any.
 
     Every missing program is exported first, `workers` processes side by side (default: the
     usable cores), together with `extra_jobs` (the demo's reference model); then the points are
@@ -102,6 +123,12 @@ def run_profile(ws: Workspace, device: str | Target, runtime: str = "executorch"
     target = resolve_target(ws, device, quant=quant, runtime=runtime)
     prof = target.profile
     grid = grid or make_grid(ws.find("search", "default", ".toml"), "quick")
+    chosen: list[Anchor] = []
+    if anchors:
+        if not isinstance(space, Space):
+            space = load_space(space or ws.find("search", "default", ".toml"))
+        chosen = anchors_for(space, anchors, grid.contexts[-1], ws.state / "cache",
+                             for_runtime(runtime).name, quant)
     t0 = time.perf_counter()
     with ProfileLock(ws.state, prof.name):
         dev = target.open()
@@ -111,17 +138,31 @@ def run_profile(ws: Workspace, device: str | Target, runtime: str = "executorch"
             try:
                 store.save_fingerprint(fp)
                 run = ProfileRun(ws, dev, store, fp, grid, progress, on_event,
-                                 passes or prof.measure.passes)
+                                 passes or prof.measure.passes, anchors=chosen, target=target)
                 report = run.run(max_redo, workers, extra_jobs)
                 lut = Lut.from_rows(store.rows(fp.key, runtime, quant), fp, runtime, quant,
                                     prof.cache_bytes())
+                measured = store.measurements(fingerprint=fp.key, runtime=runtime, quant=quant)
             finally:
                 store.close()
             report.lut = str(lut.save(lut_path(ws.devices, prof.name, runtime, quant)))
         finally:
             dev.cleanup()
+    target.forget_table()  # read the table just written, not one read before the profile
+    if measured:
+        report.calibration = refit(target)
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def refit(target: Target) -> dict[str, Any]:
+    """Refit the calibration of the target's (new) table; what the profile report shows of it."""
+    from merino_mobile.latency.calibration import calibrate
+
+    cal, path = calibrate(target)
+    return {"file": str(path), "applied": cal.applied, "reason": cal.reason,
+            "models": cal.models, "measurements": len(cal.measurement_ids),
+            "factors": cal.factors, "loo_mape_pct": cal.loo_mape_pct}
 
 
 class ProfileRun:
@@ -129,8 +170,12 @@ class ProfileRun:
     passes, each committed to the store the moment the device reports it."""
 
     def __init__(self, ws: Workspace, dev: Device, store: Store, fp: Fingerprint, grid: Grid,
-                 progress: Progress | None, on_event: EventHook | None, passes: int) -> None:
+                 progress: Progress | None, on_event: EventHook | None, passes: int, *,
+                 anchors: Sequence[Anchor] = (), target: Target | None = None) -> None:
+        if anchors and target is None:
+            raise ValueError("anchors are benched through a Target: pass target")
         self.dev, self.store, self.fp, self.grid = dev, store, fp, grid
+        self.target = target
         self.prof = dev.profile
         self.runtime, self.quant = fp.runtime, fp.quant
         self.key = (fp.key, self.runtime, self.quant)
@@ -148,6 +193,13 @@ class ProfileRun:
             measured=0, passes=self.passes)
         self.batches = batches(base, grid, self.quant, self.replicated)
         self.total = len(self.wanted) - self.report.skipped
+        self.format = for_runtime(self.runtime).name
+        # anchor readings still to take: reading k of an anchor is taken in pass k
+        stored = store.measurements(fingerprint=fp.key, runtime=self.runtime, quant=self.quant)
+        have = {a: stored_readings(stored, a) for a in anchors}
+        self.anchors = [(a, k) for k in range(self.passes) for a in anchors if have[a] <= k]
+        self.report.anchors_stored = sum(min(n, self.passes) for n in have.values())
+        self.total += len(self.anchors)
         self.count = 0
         self.failed: dict[str, str] = {}
         sentinel = grid.sentinel()
@@ -176,14 +228,17 @@ class ProfileRun:
         """Export what is missing, then read every point pass after pass: the readings of one
         point are minutes apart, so the table's median is not one moment of a shared machine's
         load."""
-        queue = deque((b, k) for k in range(self.passes) for b in self.batches
-                      if self.unread(b, k))
-        self._export(self.export_batches(), workers, extra_jobs)
+        queue: deque[tuple[Sequence[Point] | Anchor, int]] = deque(self.schedule())
+        self._export(self.export_batches(), workers, [*extra_jobs, *self.anchor_jobs()])
         if queue:
             self.sentinel.check()
         since = redo = 0
         while queue:
-            batch, k = queue.popleft()
+            item, k = queue.popleft()
+            if isinstance(item, Anchor):
+                self.bench_anchor(item, k)
+                continue
+            batch = item
             todo = self.unread(batch, k)
             if not todo:
                 continue
@@ -203,6 +258,47 @@ class ProfileRun:
         self.report.failed = sorted(self.failed.values())
         self.report.sentinel = self.sentinel.readings
         return self.report
+
+    def schedule(self) -> list[tuple[Sequence[Point] | Anchor, int]]:
+        """What to time, pass after pass: each pass's batches with readings to take, and that
+        pass's anchors spread evenly among them (a change of pace touches both alike)."""
+        out: list[tuple[Sequence[Point] | Anchor, int]] = []
+        for k in range(self.passes):
+            bs = [b for b in self.batches if self.unread(b, k)]
+            an = [a for a, ka in self.anchors if ka == k]
+            slots = [round((j + 1) * len(bs) / (len(an) + 1)) for j in range(len(an))]
+            for i in range(len(bs) + 1):
+                out += [(a, k) for a, s in zip(an, slots, strict=True) if s == i]
+                if i < len(bs):
+                    out.append((bs[i], k))
+        return out
+
+    def anchor_jobs(self) -> list[Job]:
+        """Export jobs of the anchors still to time whose export is not there yet."""
+        from merino_mobile.export import reusable_export
+
+        todo = {a.out_dir: a for a, _ in self.anchors}.values()
+        return [Job(f"anchor {a.card.name} (whole model)", export_anchor,
+                    (a.card, self.format, self.quant, a.out_dir, a.context),
+                    cost=a.export_cost())
+                for a in todo
+                if reusable_export(a.out_dir, a.card, self.format, self.quant, a.context) is None]
+
+    def bench_anchor(self, anchor: Anchor, k: int) -> None:
+        """Time one anchor's reading k, stored as it finishes; a failure is a failed point."""
+        assert self.target is not None
+        if self.prof.cooldown.pause_s:
+            time.sleep(self.prof.cooldown.pause_s)
+        self._say(f"benching anchor {anchor.card.name}")
+        key = f"{anchor.card.name} (whole model, reading {k})"
+        try:
+            rep = bench_anchor(self.target, self.dev, anchor, self.format, self.quant)
+        except UserError as e:
+            self.failed[key] = f"{key}: {e}"
+        else:
+            self.report.anchors.append(anchor_summary(anchor, k, rep))
+        self.count += 1
+        self._say(key)
 
     def export_batches(self) -> list[Sequence[Point]]:
         """The batches whose programs this run times: each with a reading still to take, and
