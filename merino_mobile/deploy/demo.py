@@ -17,6 +17,7 @@ from merino_mobile.entropy import EntropySettings
 from merino_mobile.errors import UserError
 from merino_mobile.files import atomic_write_text
 from merino_mobile.latency import predict_latency as predict_ms
+from merino_mobile.latency.anchors import DEFAULT_ANCHORS
 from merino_mobile.latency.grid import make_grid
 from merino_mobile.latency.profile import run_profile
 from merino_mobile.parallel import Job
@@ -98,9 +99,13 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
             (reference, deploy_dir(ws, reference.name, device, "executorch", quant) / "artifact",
              "executorch", quant, context), cost=8.0 * reference.depth)]
         say(f"profiling {device} ({runtime}, {quant}): {len(grid.points())} micro-benchmarks"
+            + ("" if reduced else f" and {DEFAULT_ANCHORS} whole-model anchors")
             + (f"; {reference.name} is exported beside them" if extra else ""))
+        # the full demo's table starts calibrated by a few whole models (the reduced one, a
+        # pipeline check in the tests, skips them)
         run_profile(ws, target, runtime, quant, grid, progress=progress, workers=workers,
-                    extra_jobs=extra)
+                    extra_jobs=extra, anchors=0 if reduced else DEFAULT_ANCHORS,
+                    space=space_path)
         lut = target.table()
     steps["profile_s"] = round(time.perf_counter() - t0, 1)
 
