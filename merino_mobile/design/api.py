@@ -154,7 +154,7 @@ class Sweep:
         frontier = {id(p) for p in self.frontier()}
         return {"resource": self.resource, "points": [
             {"budget": p.budget, "on_frontier": id(p) in frontier, "infeasible": p.infeasible,
-             **({"architecture": [asdict(c) for c in p.design.arch],
+             **({"architecture": [c.to_json() for c in p.design.arch],
                  "metrics": asdict(p.design.metrics),
                  "solver": asdict(p.design.solver)} if p.design else {})}
             for p in self.points]}
