@@ -218,6 +218,15 @@ def test_exact_equals_brute_force_on_a_swiglu_gqa_space(objective, budgets, embe
     assert problem.feasible(ea.arch)
 
 
+def test_the_exact_check_refuses_kv_heads_outside_the_space():
+    problem = Problem(tiny_llama(), Budgets(params=1e6))
+    assert "K/V heads 4 are not one of [1, 2]" in problem.violations(
+        (Choice(64, 1.0, 1, False, 4),))["space"]
+    assert "K/V heads None" in problem.violations((Choice(64, 1.0, 1, False),))["space"]
+    mha = Problem(tiny_llama(kv_heads=()), Budgets(params=1e6))
+    assert "multi-head" in mha.violations((Choice(64, 1.0, 1, False, 2),))["space"]
+
+
 # -- the profile of the new layer kinds ----------------------------------------------------------
 
 @pytest.fixture(scope="module")

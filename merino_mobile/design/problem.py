@@ -236,6 +236,9 @@ class Problem:
                 return f"block {i} FFN ratio {c.ffn_ratio:g} is not one of {list(s.ffn_ratios)}"
             if c.depth not in s.depths:
                 return f"block {i} depth {c.depth} is outside {s.depths.start}..{s.max_depth}"
+            if c.kv_heads not in s.kv_choices:
+                return (f"block {i} K/V heads {c.kv_heads} are not one of "
+                        f"{list(s.kv_heads) or 'the heads (multi-head attention)'}")
             if not s.allows_sharing(c.shared, c.depth):
                 if c.shared:
                     return f"block {i} shares weights, which the space does not allow there"
