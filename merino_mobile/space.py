@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from merino_mobile.accounting import LayerShape
 from merino_mobile.card import (
     DEFAULT_ROPE_THETA,
     FFN_KINDS,
@@ -203,11 +204,9 @@ class Space:
         return (self.norm, self.bias, self.ffn, self.kv_heads, self.rope_theta) == (
             "layernorm", True, "gelu", (), None)
 
-    def layer_shape(self, c: Choice) -> Any:
+    def layer_shape(self, c: Choice) -> LayerShape:
         """The `accounting.LayerShape` of one layer of a block with choice `c` (what its card
         has: `to_card`)."""
-        from merino_mobile.accounting import LayerShape
-
         kv = None if c.kv_heads is None else c.kv_heads * self.head_dim
         return LayerShape(c.width, round(c.width * c.ffn_ratio), kv, self.ffn, self.bias,
                           self.bias, self.bias, self.norm)

@@ -431,6 +431,8 @@ class CalibratedTable:
 
     def layer(self, width: int, ffn_ratio: float, heads: int, context: int,
               phase: str = "decode", **kwargs: Any) -> float:
+        """The raw table's layer, scaled; `hot=` and a layer's `kind=` (`LayerKind`) pass
+        through to the raw table, so its group's factor applies to every layer kind alike."""
         return self._scaled(layer_group(width), phase,
                             self.raw.layer(width, ffn_ratio, heads, context, phase, **kwargs))
 
