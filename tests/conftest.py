@@ -1,5 +1,6 @@
 """Fixtures several test files share: a workspace holding a tiny search space, and the CLI run
-in-process against it (tests/test_cli_design.py, tests/test_objectives.py)."""
+in-process against it (tests/test_cli_design.py, tests/test_objectives.py); the warm runner of
+the loopback phones (tests/test_adb.py, tests/test_verify_adb.py)."""
 
 from types import SimpleNamespace
 
@@ -44,3 +45,14 @@ def run(monkeypatch, capsys):
         return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
     return go
+
+
+@pytest.fixture(scope="module")
+def warm_runner():
+    """One warm fake executor_runner for a module's loopback phones (tests/adbd): a run on the
+    phone is then a fork, not a torch import. Call `wait_ready()` before timing anything."""
+    from adbd import WarmRunner  # tests/adbd; imported here so other modules do not pay for it
+
+    runner = WarmRunner()
+    yield runner
+    runner.stop()

@@ -28,7 +28,7 @@ from merino_mobile.device.android import (
 from merino_mobile.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from adbd import RUNNER, LoopbackAdbd, WarmRunner  # noqa: E402
+from adbd import RUNNER, LoopbackAdbd  # noqa: E402
 from adbd.protocol import parse_adb_public_key  # noqa: E402
 
 
@@ -441,14 +441,6 @@ class Tiny(__import__("torch").nn.Module):
 
 
 @pytest.fixture(scope="module")
-def warm():
-    """One warm fake runner for this module's phones (a run is then a fork, not a torch import)."""
-    runner = WarmRunner()
-    yield runner
-    runner.stop()
-
-
-@pytest.fixture(scope="module")
 def tiny_pte(tmp_path_factory) -> tuple[Path, Tiny]:
     """A two-method .pte lowered to XNNPACK with ExecuTorch's own API, one method with a dynamic
     input length (and a hostile file name: every shell argument must be quoted)."""
@@ -479,7 +471,7 @@ def tiny_pte(tmp_path_factory) -> tuple[Path, Tiny]:
 
 
 @pytest.mark.slow
-def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte, warm):
+def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte, warm_runner):
     import numpy as np
     import torch
 
@@ -489,8 +481,8 @@ def test_device_fingerprint_prepare_benchmark_cleanup(tmp_path, tiny_pte, warm):
     from merino_mobile.device.worker import make_inputs
 
     artifact, model = tiny_pte
-    warm.wait_ready()
-    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm) as d:
+    warm_runner.wait_ready()
+    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm_runner) as d:
         remote_dir = "/data/local/tmp/merino mobile; touch /tmp/pwned"
         prof = read_profile(write_profile(tmp_path / "p.toml", d.address, RUNNER,
                                           remote_dir=remote_dir))
@@ -551,7 +543,7 @@ def file_sha(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_runner_crash_and_hang_are_per_method_errors(tmp_path, tiny_pte, warm):
+def test_runner_crash_and_hang_are_per_method_errors(tmp_path, tiny_pte, warm_runner):
     from merino_mobile.device.android import AndroidPhone
     from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
     from merino_mobile.device.profiles import read_profile
@@ -563,8 +555,8 @@ def test_runner_crash_and_hang_are_per_method_errors(tmp_path, tiny_pte, warm):
     hang.chmod(0o755)
     request = BenchRequest("executorch", (MethodSpec("forward", (InputSpec((2, 8)),)),),
                            warmup=1, min_repeats=2, timeout_s=2.0)
-    warm.wait_ready()
-    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm) as d:
+    warm_runner.wait_ready()
+    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm_runner) as d:
         prof = read_profile(write_profile(tmp_path / "p.toml", d.address, RUNNER,
                                           remote_dir="/data/local/tmp/mm"))
         dev = AndroidPhone(prof)
@@ -726,7 +718,7 @@ TINY_GRID_ARGS = ("tiny", (64,), (1.0,), 64, 256, 64, (16,), (), (64,))
 
 
 @pytest.mark.slow
-def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm, monkeypatch):
+def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm_runner, monkeypatch):
     """`profile` on the loopback phone: the phone disappears in the second program, the run stops
     with a clear error, the points of the first program are kept, and the rerun after the phone
     is back measures only the rest and writes the table."""
@@ -745,9 +737,9 @@ def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm, monkeypa
     assert len(grid.points()) == 5
     ws = Workspace.resolve(tmp_path / "ws")
     ws.devices.mkdir(parents=True)
-    warm.wait_ready()
+    warm_runner.wait_ready()
     # Runner calls: sentinel 1, first program 4, then the 6th (the second program) meets no phone.
-    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm, die_after_commands=5,
+    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm_runner, die_after_commands=5,
                       die_counting="--model_path=") as d:
         write_profile(ws.devices / "loopback-pixel7.toml", d.address, RUNNER,
                       remote_dir="/data/local/tmp/merino-mobile")
@@ -762,7 +754,7 @@ def test_profile_through_adb_survives_the_phone_leaving(tmp_path, warm, monkeypa
         store.close()
     assert kept == {p.key for p in grid.points()[:4]}
 
-    with LoopbackAdbd(tmp_path / "phone", port=port, warm_runner=warm) as d:
+    with LoopbackAdbd(tmp_path / "phone", port=port, warm_runner=warm_runner) as d:
         report = run_profile(ws, "loopback-pixel7", grid=grid)
         assert "executor_runner" in " ".join(d.commands)
     assert (report.points, report.skipped, report.measured, report.failed) == (5, 4, 1, [])
@@ -804,7 +796,7 @@ def test_list_adb_devices_reports_each_target(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_benchmark_app_instead_of_the_native_runner(tmp_path, tiny_pte, warm):
+def test_benchmark_app_instead_of_the_native_runner(tmp_path, tiny_pte, warm_runner):
     """runner = "minibench": ExecuTorch's Android benchmark app. The loopback phone's `pm`,
     `am` and `run-as` stand for the app (this machine has no Android): `am start` runs the
     model and writes the app's benchmark_results.json."""
@@ -812,8 +804,8 @@ def test_benchmark_app_instead_of_the_native_runner(tmp_path, tiny_pte, warm):
     from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
     from merino_mobile.device.profiles import read_profile
 
-    warm.wait_ready()
-    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm) as d:
+    warm_runner.wait_ready()
+    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm_runner) as d:
         path = write_profile(tmp_path / "p.toml", d.address, RUNNER, remote_dir="/data/x")
         path.write_text(path.read_text().replace(f'runner = "{RUNNER}"', 'runner = "minibench"'))
         dev = AndroidPhone(read_profile(path))
@@ -850,7 +842,7 @@ def test_dynamic_inputs_are_padded_to_the_bound():
 
 
 @pytest.mark.slow
-def test_bench_an_exported_decoder_on_the_loopback_phone(tmp_path, warm):
+def test_bench_an_exported_decoder_on_the_loopback_phone(tmp_path, warm_runner):
     """`merino-mobile bench` through AndroidPhone: a tiny decoder exported by the real exporter,
     prefill at a prompt below its cache bound (--input_shapes) and decode, on the phone."""
     from merino_mobile.card import Block, Card
@@ -863,8 +855,8 @@ def test_bench_an_exported_decoder_on_the_loopback_phone(tmp_path, warm):
     artifact = Path(export(card, "executorch", "fp32", tmp_path / "out", verify=False).artifact)
     ws = Workspace.resolve(tmp_path / "ws")
     ws.devices.mkdir(parents=True)
-    warm.wait_ready()
-    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm) as d:
+    warm_runner.wait_ready()
+    with LoopbackAdbd(tmp_path / "phone", warm_runner=warm_runner) as d:
         write_profile(ws.devices / "loopback-pixel7.toml", d.address, RUNNER,
                       remote_dir="/data/local/tmp/merino-mobile")
         report = bench_artifact(ws, artifact, "loopback-pixel7", prompt=8, generate=8, repeat=3)
