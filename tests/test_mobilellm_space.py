@@ -20,10 +20,11 @@ from merino_mobile.design.brute import architectures
 from merino_mobile.entropy import OBJECTIVES, EntropySettings, objective_value
 from merino_mobile.errors import UserError
 from merino_mobile.latency import predict_latency
-from merino_mobile.latency.calibration import CalibratedTable
+from merino_mobile.latency.calibration import CalibratedTable, fit
 from merino_mobile.latency.grid import make_grid
 from merino_mobile.latency.predict import LayerKind, MissingLayerKind
 from merino_mobile.latency.profile import run_profile
+from merino_mobile.latency.store import Measurement
 from merino_mobile.latency.table import read_lut
 from merino_mobile.model import Decoder
 from merino_mobile.space import Choice, Space, load_space
@@ -273,6 +274,15 @@ def test_a_tiny_profile_predicts_a_swiglu_gqa_card(profiled, tmp_path, monkeypat
     gelu = load_space(ws.search / "tinygelu.toml").to_card([Choice(64, 2.0, 2, False, 1)], "g")
     with pytest.raises(MissingLayerKind, match="merino-mobile profile --device host"):
         predict_latency(gelu, lut, 16)
+    # a bench of such a card in the store is skipped by the calibration, not fatal to it
+    bench = Measurement(
+        device="host", fingerprint=lut.fingerprint.key, runtime="executorch", quant="fp32",
+        card_name="g", card=gelu.to_json(), prompt=8, generate=8, context=16, cache_len=16,
+        threads=1, rounds=1, decode_samples_ms=(1.0,), ttft_samples_ms=(1.0,),
+        decode_median_ms=1.0, ttft_median_ms=1.0, artifact="/x/g.pte", artifact_sha256="ab" * 32,
+        predicted_ms=None, id=7)
+    cal = fit(lut, [bench])
+    assert not cal.applied and "never measured" in cal.skipped[0]["reason"]
 
     from cli_runner import run  # tests/cli_runner.py
 

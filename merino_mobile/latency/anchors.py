@@ -67,7 +67,9 @@ def anchor_cards(space: Space, n: int) -> list[Card]:
         if (w, r, d) in seen:
             continue
         seen.add((w, r, d))
-        choice = space.with_sharing(Choice(width=w, ffn_ratio=r, depth=d, shared=False))
+        # the most K/V heads the space allows (None: multi-head), as its layers are measured
+        choice = space.with_sharing(Choice(width=w, ffn_ratio=r, depth=d, shared=False,
+                                           kv_heads=space.kv_choices[-1]))
         blocks = (choice,) * space.min_blocks  # a space may require all its blocks
         name = (f"anchor-{len(blocks)}x" if len(blocks) > 1 else "anchor-") + (
             f"{w}x{r:g}x{d}{'s' if choice.shared else ''}")

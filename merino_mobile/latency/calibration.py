@@ -62,7 +62,7 @@ import numpy as np
 from merino_mobile.card import Card
 from merino_mobile.errors import UserError
 from merino_mobile.files import atomic_write_text, utc_now
-from merino_mobile.latency.predict import LatencyTable, predict_breakdown
+from merino_mobile.latency.predict import LatencyTable, MissingLayerKind, predict_breakdown
 from merino_mobile.latency.store import Measurement, read_measurements
 from merino_mobile.latency.table import Lut
 
@@ -288,6 +288,9 @@ def fit(table: Lut | CalibratedTable, measurements: Sequence[Measurement], *,
         if why is None:
             try:
                 card = Card.from_json(m.card, f"measurement {m.id}'s card")
+                group_costs(card, raw, m.context)  # the table measured its layers' kinds
+            except MissingLayerKind as e:
+                why = f"has layers the table never measured ({e})"
             except UserError as e:
                 why = f"has a card that does not load ({e})"
         if why is not None or card is None:
