@@ -780,6 +780,75 @@ def bench_cmd(
     console.print(extra)
 
 
+@app.command("generate")
+def generate_cmd(
+    artifact: Path = typer.Argument(..., help="An exported model: model.pte, model.onnx or "
+                                    "model.gguf (merino-mobile export / deploy)."),
+    prompt: str = typer.Option(..., "--prompt", help="The text to continue."),
+    tokens: int = typer.Option(32, "--tokens", help="New tokens to generate."),
+    device: str = typer.Option("host", "--device", help="Device profile name; the artifact runs "
+                               "on this host (a phone's runner reports timings, not text)."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="tokenizer.json (default: "
+                                          "the one beside the artifact, else bytes for a "
+                                          "256-token vocabulary)."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Sample from the k likeliest tokens "
+                                     "(default: greedy)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (with --top-k)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Continue a prompt with an exported model, run by its own runtime: the text, time to first
+    token and decode tokens/s (docs/deploy.md, "Text and perplexity")."""
+    from merino_mobile.deploy.text import generate_text
+
+    ws = Workspace.resolve(workspace)
+    g = generate_text(ws, artifact, prompt, device=device, new_tokens=tokens,
+                      tokenizer=tokenizer, top_k=top_k, seed=seed)
+    if as_json:
+        emit_json(g.to_json())
+        return
+    console.print(escape(g.prompt) + "[bold]" + escape(g.text) + "[/bold]", highlight=False,
+                  soft_wrap=True)
+    rate = "-" if g.decode_tokens_per_s is None else f"{g.decode_tokens_per_s:.1f} tokens/s"
+    err.print(f"{g.runtime}: {g.prompt_tokens} prompt tokens, first token {g.ttft_ms:.1f} ms, "
+              f"{g.new_tokens} new tokens, decode {rate}", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    artifact: Path = typer.Argument(..., help="An exported model: model.pte, model.onnx or "
+                                    "model.gguf."),
+    corpus: str = typer.Option(..., "--corpus", help="A text file, a folder of text files, or a "
+                               "built-in corpus (stdlib, prose): its held-out split is scored."),
+    tokens: int = typer.Option(2048, "--tokens", help="Tokens to score at most."),
+    device: str = typer.Option("host", "--device", help="Device profile name; the artifact runs "
+                               "on this host."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="tokenizer.json (default: "
+                                          "the one beside the artifact, else bytes)."),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Perplexity of an exported model on the held-out text of a corpus, one decode step per
+    token with the artifact's own runtime (compare fp32, int8 and int4 exports of one
+    checkpoint to see what the quantization costs)."""
+    from merino_mobile.deploy.text import evaluate_text
+
+    ws = Workspace.resolve(workspace)
+    e = evaluate_text(ws, artifact, corpus, device=device, max_tokens=tokens,
+                      tokenizer=tokenizer)
+    if as_json:
+        emit_json(e.to_json())
+        return
+    table = Table(title=f"eval {artifact}", show_header=False)
+    table.add_row("runtime", f"{e.runtime} ({e.quant or 'unknown'} quantization)")
+    table.add_row("corpus", f"{e.corpus} (held-out split)")
+    table.add_row("scored", f"{e.tokens_scored} tokens in {e.windows} window(s), "
+                  f"{e.seconds:.1f} s")
+    table.add_row("loss", f"{e.nll_per_token:.4f} nats/token")
+    table.add_row("perplexity", f"{e.perplexity:.3f}")
+    console.print(table)
+
+
 @app.command("train")
 def train_cmd(
     card: str = typer.Argument(..., help="Card file, or a name under models/."),

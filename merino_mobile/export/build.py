@@ -126,6 +126,12 @@ def export(card: Card, fmt: str, quant: str, out_dir: Path, *, force: bool = Fal
                               verification=verification, card=card.name,
                               cache_len=model.cache_len, extra={"toolchain": f.toolchain()})
         write_json(tmp / "card.json", card.to_json())
+        # the checkpoint's tokenizer (`import` and `train --tokenizer bpe` leave it beside the
+        # weights) travels with the artifact, so `generate` and `eval` read real text
+        tokenizer = Path(checkpoint).parent / "tokenizer.json" if checkpoint else None
+        if tokenizer is not None and tokenizer.is_file():
+            shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+            result.extra["tokenizer"] = "tokenizer.json"
         write_json(tmp / "export.json", result.to_json())
         _replace_dir(tmp, out_dir)
     except BaseException:
