@@ -297,6 +297,7 @@ class ProfileRun:
             self.failed[key] = f"{key}: {e}"
         else:
             self.report.anchors.append(anchor_summary(anchor, k, rep))
+            key += f": {rep.decode_ms_per_token.median:.3g} ms/token"
         self.count += 1
         self._say(key)
 
