@@ -960,11 +960,18 @@ def deploy_cmd(
     repeat: int = typer.Option(5, "--repeat", help="Timed runs per phase."),
     no_predict: bool = typer.Option(False, "--no-predict", help="Skip the latency table."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier report."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="safetensors weights "
+                                           "(train / import) instead of random ones."),
+    corpus: str | None = typer.Option(None, "--corpus", help="With --checkpoint: perplexity of "
+                                      "the artifact on this corpus's held-out split against "
+                                      "the fp32 model's (what the quantization costs)."),
+    eval_tokens: int = typer.Option(512, "--eval-tokens", help="Tokens --corpus scores."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Export a card, run it on a device, and write a report with measured vs predicted numbers
-    (build/<card>/<device>-<format>-<quant>/)."""
+    (build/<card>/<device>-<format>-<quant>/); with --checkpoint and --corpus, also what the
+    quantization costs in perplexity."""
     from merino_mobile.deploy import deploy
     from merino_mobile.deploy.bench import llama_bench_table
 
@@ -981,7 +988,8 @@ def deploy_cmd(
     else:
         c, _ = resolve_card(ws, card)
     done = deploy(ws, c, device, fmt, quant, prompt=prompt, generate=generate, repeat=repeat,
-                  force=force, predict_latency=not no_predict, command=" ".join(sys.argv[1:]))
+                  force=force, predict_latency=not no_predict, command=" ".join(sys.argv[1:]),
+                  checkpoint=checkpoint, corpus=corpus, eval_tokens=eval_tokens)
     if as_json:
         emit_json(done.to_json())
         return
@@ -997,6 +1005,11 @@ def deploy_cmd(
                           f"measured {p['measured_ms']:.3g} ms ({p['error_pct']:+.1f}%){flag}")
     if not pred.get("decode"):
         console.print(f"no prediction: {pred.get('reason')}", highlight=False)
+    ppl = r.get("perplexity")
+    if ppl:
+        console.print(f"perplexity ({ppl['tokens_scored']} held-out tokens of {ppl['corpus']}): "
+                      f"{ppl['perplexity']:.3f} ({r['quant']}) vs {ppl['fp32_perplexity']:.3f} "
+                      f"(fp32), {ppl['perplexity_increase_pct']:+.2f}%", highlight=False)
     for w in r["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     console.print(f"report: {Path(r['out_dir']) / 'report.md'}")

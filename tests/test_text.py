@@ -154,3 +154,28 @@ def test_cli_generate_and_eval_json_and_refusals(trained, run, tmp_path):
         r = run(ws.root, *args, ok=False)
         assert r.returncode == 2 and fragment in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+@torch.no_grad()
+def test_deploy_with_a_checkpoint_and_corpus_reports_what_quantization_costs(trained, run):
+    from merino_mobile.deploy import deploy
+
+    ws, corpus, ckpt, _, _ = trained
+    # ONNX int8: a quantized export that lowers in seconds
+    done = deploy(ws, CARD, "host", "onnx", "int8", prompt=8, generate=8, repeat=2,
+                  force=True, predict_latency=False, checkpoint=ckpt, corpus=corpus,
+                  eval_tokens=120)
+    ppl = done.report["perplexity"]
+    model = build_decoder(CARD, cache_len=16, checkpoint=ckpt)
+    _, held = split_documents(corpus)
+    want, n = reference_nll(model, encode(Tokenizer(), held).tolist(), 16, 120)
+    assert ppl["tokens_scored"] == n == 120 and ppl["runtime"] == "onnxruntime"
+    assert ppl["fp32_nll_per_token"] == pytest.approx(want, rel=1e-6)
+    assert ppl["perplexity_increase_pct"] == pytest.approx(
+        100 * (math.exp(ppl["nll_per_token"] - want) - 1))
+    assert abs(ppl["perplexity_increase_pct"]) < 20
+    assert done.report["checkpoint"] == str(ckpt)
+    md = (Path(done.report["out_dir"]) / "report.md").read_text()
+    assert "## Quality" in md and f"{ppl['fp32_perplexity']:.3f}" in md
+    bad = run(ws.root, "deploy", "opt-125m", "--corpus", str(corpus), ok=False)
+    assert bad.returncode == 2 and "give --checkpoint too" in bad.stderr

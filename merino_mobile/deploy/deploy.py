@@ -95,11 +95,12 @@ class Candidate:
 
 
 def _export_and_bench(target: Target, card: Card, out: Path, prompt: int, generate: int,
-                      repeat: int, verify: bool) -> Candidate:
+                      repeat: int, verify: bool, checkpoint: Path | None = None) -> Candidate:
     from merino_mobile.export import export
 
     fmt, quant = target.format.name, target.quant
-    res = export(card, fmt, quant, out, force=True, cache_len=prompt + generate, verify=verify)
+    res = export(card, fmt, quant, out, force=True, cache_len=prompt + generate, verify=verify,
+                 checkpoint=checkpoint)
     b = bench_artifact(target.ws, res.artifact, target, prompt=prompt, generate=generate,
                        repeat=repeat)
     return Candidate(fmt, quant, res.to_json(), b)
@@ -138,9 +139,21 @@ def deploy(ws: Workspace, card: Card, device: str | Target | None = None,
            fmt: str | None = None,
            quant: str = "int8", *, prompt: int = DEFAULT_PROMPT,
            generate: int = DEFAULT_GENERATE, repeat: int = DEFAULT_REPEAT, force: bool = False,
-           predict_latency: bool = True, command: str = "merino-mobile deploy"
-           ) -> Deployed:
-    """Export `card`, bench it on `device`, compare with the latency table, write the report."""
+           predict_latency: bool = True, command: str = "merino-mobile deploy",
+           checkpoint: Path | None = None, corpus: str | Path | None = None,
+           eval_tokens: int = 512) -> Deployed:
+    """Export `card` (random weights, or `checkpoint`'s), bench it on `device`, compare with
+    the latency table, write the report. With `corpus` (and a checkpoint) the report's
+    `perplexity` says what the export's quantization costs: the chosen artifact's perplexity on
+    the corpus's held-out split against the eager fp32 model's (`deploy.text`)."""
+    if corpus is not None and checkpoint is None:
+        raise UserError("--corpus scores the perplexity of real weights: give --checkpoint too "
+                        "(random weights have none worth reading)")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise UserError(f"no checkpoint at {checkpoint}; give the model.safetensors that "
+                        f"`train` or `import` wrote")
+    if eval_tokens < 1:
+        raise UserError(f"--eval-tokens must be at least 1 (got {eval_tokens})")
     target, tries = plan(ws, [card], device, fmt, quant, prompt, generate)
     fmt = "auto" if fmt == "auto" else target.format.name
     out = deploy_dir(ws, card.name, target.name, fmt, quant)
@@ -156,7 +169,7 @@ def deploy(ws: Workspace, card: Card, device: str | Target | None = None,
         where = out / "candidates" / f"{f}-{q}" if auto else out / "artifact"
         try:
             cands.append(_export_and_bench(t, card, where, prompt, generate, repeat,
-                                           verify=auto or q != "fp32"))
+                                           verify=auto or q != "fp32", checkpoint=checkpoint))
         except UserError as e:
             if not auto:
                 raise
@@ -167,15 +180,24 @@ def deploy(ws: Workspace, card: Card, device: str | Target | None = None,
         raise UserError("no candidate ran with acceptable quality: " + "; ".join(
             f"{c.format}/{c.quant}: {c.error or 'quality ' + str(c.quality)}" for c in cands))
     best = max(ok, key=lambda c: c.bench.decode_tokens_per_s.median)
+    ppl = None
+    if corpus is not None:
+        from merino_mobile.deploy.text import quantization_cost
+
+        assert checkpoint is not None
+        ppl = quantization_cost(Path(best.export["artifact"]), card, Path(checkpoint), corpus,
+                                max_tokens=eval_tokens)
     report = write_report(target.using(get_format(best.format), best.quant), card,
                           (fmt, quant), cands, best, out, predict_latency, command,
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, perplexity=ppl,
+                          checkpoint=None if checkpoint is None else str(checkpoint))
     return Deployed(report, best.bench)
 
 
 def write_report(target: Target, card: Card, requested: tuple[str, str],
                  cands: list[Candidate], best: Candidate, out: Path, predict_latency: bool,
-                 command: str, wall_s: float) -> dict[str, Any]:
+                 command: str, wall_s: float, perplexity: dict[str, Any] | None = None,
+                 checkpoint: str | None = None) -> dict[str, Any]:
     """report.json, report.md and the plots of a benched candidate (`target` is the format and
     quantization it was benched with), in `out`."""
     auto = len(cands) > 1
@@ -203,6 +225,7 @@ def write_report(target: Target, card: Card, requested: tuple[str, str],
         "decode_ms_per_token": b.decode_ms_per_token.to_json(),
         "peak_rss_bytes": b.peak_rss_bytes, "size_bytes": b.size_bytes,
         "prediction": pred, "roofline": roofline(target, card, b),
+        "checkpoint": checkpoint, "perplexity": perplexity,
         "candidates": [c.to_json(c is best) for c in cands] if auto else [],
         "quality_floor": QUALITY_FLOOR, "warnings": warnings,
         "wall_s": round(wall_s, 1), "out_dir": str(out), "plots": [],

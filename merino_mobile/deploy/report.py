@@ -219,6 +219,14 @@ def deploy_markdown(r: dict[str, Any]) -> str:
         f"{human_bytes(b.peak_rss_bytes) if b.peak_rss_bytes else '-'} |",
         f"| artifact size | {human_bytes(b.size_bytes)} |", "",
     ]
+    ppl = r.get("perplexity")
+    if ppl:
+        lines += ["## Quality", "",
+                  f"Perplexity on the held-out split of `{ppl['corpus']}` "
+                  f"({ppl['tokens_scored']} tokens, {ppl['evaluated_on']}): "
+                  f"{ppl['perplexity']:.3f} for this {r['quant']} artifact against "
+                  f"{ppl['fp32_perplexity']:.3f} for the fp32 model, "
+                  f"{ppl['perplexity_increase_pct']:+.2f}%.", ""]
     pred = r.get("prediction")
     lines += ["## Predicted vs measured", ""]
     if pred and pred.get("decode"):

@@ -55,6 +55,29 @@ class Stepper:
         pass
 
 
+class TorchStepper(Stepper):
+    """The eager fp32 torch decoder of a card and checkpoint: the reference an export's
+    perplexity is compared with."""
+
+    runtime = "torch (eager fp32)"
+
+    def __init__(self, card: Any, checkpoint: Path | None, cache_len: int) -> None:
+        from merino_mobile.model import build_decoder
+
+        self.model = build_decoder(card, cache_len=cache_len, checkpoint=checkpoint)
+        self.cache_len = cache_len
+
+    def reset(self) -> None:
+        self.model.reset_cache()
+
+    def step(self, ids: list[int], start: int) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            out = self.model(torch.tensor([ids], dtype=torch.long), torch.tensor([start]))
+        return out.reshape(-1).float().numpy()
+
+
 class ExecuTorchStepper(Stepper):
     runtime = "executorch"
 
@@ -271,7 +294,7 @@ def evaluate_text(ws: Any, artifact: Path, corpus: str | Path, *, device: str | 
                   max_tokens: int = DEFAULT_EVAL_TOKENS, tokenizer: Path | None = None
                   ) -> Evaluated:
     """Perplexity of the artifact on the held-out split of `corpus` (module docstring)."""
-    from merino_mobile.corpus import encode, split_documents
+    from merino_mobile.corpus import split_documents
     from merino_mobile.deploy.bench import artifact_meta
 
     if max_tokens < 1:
@@ -281,30 +304,67 @@ def evaluate_text(ws: Any, artifact: Path, corpus: str | Path, *, device: str | 
     stepper, card = open_stepper(artifact, threads)
     try:
         tok = resolve_tokenizer(artifact, card, tokenizer)
-        ids = encode(tok, held).tolist()
-        window = stepper.cache_len
-        if len(ids) < 2:
-            raise UserError(f"the held-out split of {corpus} has {len(ids)} token(s); give a "
-                            f"larger corpus")
-        nll, scored, windows = 0.0, 0, 0
+        ids = held_out_ids(corpus, held, tok)
         t0 = time.perf_counter()
-        for w0 in range(0, len(ids) - 1, window):
-            chunk = ids[w0:w0 + window]
-            if len(chunk) < 2 or scored >= max_tokens:
-                break
-            stepper.reset()
-            windows += 1
-            logits = stepper.step([chunk[0]], 0)
-            for pos in range(1, len(chunk)):
-                nll -= _log_softmax_at(logits, chunk[pos])
-                scored += 1
-                if scored >= max_tokens or pos == len(chunk) - 1:
-                    break
-                logits = stepper.step([chunk[pos]], pos)
+        nll, scored, windows = mean_nll(stepper, ids, max_tokens)
         seconds = time.perf_counter() - t0
     finally:
         stepper.close()
-    mean = nll / scored
     quant = (artifact_meta(artifact).get("export") or {}).get("quant")
     return Evaluated(str(artifact), stepper.runtime, quant, str(corpus), scored, windows,
-                     mean, math.exp(mean), round(seconds, 3))
+                     nll, math.exp(nll), round(seconds, 3))
+
+
+def held_out_ids(corpus: str | Path, held: list[str], tok: Tokenizer) -> list[int]:
+    """The held-out texts' token ids; too few to score is a UserError."""
+    from merino_mobile.corpus import encode
+
+    ids = encode(tok, held).tolist()
+    if len(ids) < 2:
+        raise UserError(f"the held-out split of {corpus} has {len(ids)} token(s); give a "
+                        f"larger corpus")
+    return ids
+
+
+def mean_nll(stepper: Stepper, ids: list[int], max_tokens: int) -> tuple[float, int, int]:
+    """Mean negative log-likelihood (nats/token) of `ids` by windows of the stepper's cache
+    (module docstring); the tokens scored and the windows."""
+    window = stepper.cache_len
+    nll, scored, windows = 0.0, 0, 0
+    for w0 in range(0, len(ids) - 1, window):
+        chunk = ids[w0:w0 + window]
+        if len(chunk) < 2 or scored >= max_tokens:
+            break
+        stepper.reset()
+        windows += 1
+        logits = stepper.step([chunk[0]], 0)
+        for pos in range(1, len(chunk)):
+            nll -= _log_softmax_at(logits, chunk[pos])
+            scored += 1
+            if scored >= max_tokens or pos == len(chunk) - 1:
+                break
+            logits = stepper.step([chunk[pos]], pos)
+    return nll / scored, scored, windows
+
+
+def quantization_cost(artifact: Path, card: Any, checkpoint: Path, corpus: str | Path, *,
+                      threads: int = 1, max_tokens: int = DEFAULT_EVAL_TOKENS,
+                      tokenizer: Path | None = None) -> dict[str, Any]:
+    """Perplexity of an export and of the eager fp32 model of the same checkpoint on the same
+    held-out tokens (this host): what the export's quantization costs (`deploy --corpus`)."""
+    from merino_mobile.corpus import split_documents
+
+    _, held = split_documents(corpus)
+    stepper, _ = open_stepper(artifact, threads)
+    try:
+        tok = resolve_tokenizer(artifact, card, tokenizer)
+        ids = held_out_ids(corpus, held, tok)
+        got, scored, windows = mean_nll(stepper, ids, max_tokens)
+    finally:
+        stepper.close()
+    ref, _, _ = mean_nll(TorchStepper(card, checkpoint, stepper.cache_len), ids, max_tokens)
+    return {"corpus": str(corpus), "tokens_scored": scored, "windows": windows,
+            "runtime": stepper.runtime, "nll_per_token": got, "perplexity": math.exp(got),
+            "fp32_nll_per_token": ref, "fp32_perplexity": math.exp(ref),
+            "perplexity_increase_pct": 100 * (math.exp(got - ref) - 1),
+            "evaluated_on": "this host (the artifact's runtime), against the eager fp32 model"}
