@@ -753,18 +753,37 @@ def design_json(d: Any, card: Card, path: Path | None, context: int) -> dict:
 def bench_cmd(
     artifact: Path = typer.Argument(..., help="An exported model: model.pte, model.onnx or "
                                     "model.mlpackage (merino-mobile export / deploy)."),
-    device: str = typer.Option("host", "--device", help="Device profile name (devices/*.toml)."),
+    devices: list[str] = typer.Option([], "--device", help="Device profile name "
+                                      "(devices/*.toml; default host). Repeat it with "
+                                      "--cluster to bench several devices at once."),
     prompt: int = typer.Option(128, "--prompt", help="Prompt tokens of the prefill (pp)."),
     generate: int = typer.Option(128, "--generate", help="Generated tokens of the decode (tg)."),
     repeat: int = typer.Option(5, "--repeat", help="Timed runs (median and p10/p90 over them)."),
+    cluster: str | None = typer.Option(None, "--cluster", help="auto or HOST:PORT of a fleet's "
+                                       "head: every --device at once on its node (default "
+                                       "$MERINO_MOBILE_CLUSTER, else none). See docs/fleet.md."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Measure an exported model on a device: load, time to first token, prefill and decode
-    tokens/s, peak memory, size (a llama-bench style table)."""
+    tokens/s, peak memory, size (a llama-bench style table). Every bench is stored in the
+    workspace (`merino-mobile measurements`)."""
+    import os
+
     from merino_mobile.deploy.bench import bench_artifact, llama_bench_table
 
     ws = Workspace.resolve(workspace)
+    names = devices or ["host"]
+    fleet = (cluster if cluster is not None
+             else os.environ.get("MERINO_MOBILE_CLUSTER", "")).strip() or None
+    if fleet is None and len(names) > 1:
+        raise UserError(f"--device given {len(names)} times: benching several devices at once "
+                        f"needs a fleet, --cluster auto (after `merino-mobile fleet start`) or "
+                        f"--cluster HOST:PORT; without one, bench one device per command")
+    if fleet is not None:
+        bench_fleet_cmd(ws, artifact, names, fleet, prompt, generate, repeat, as_json)
+        return
+    device = names[0]
     r = bench_artifact(ws, artifact, device, prompt=prompt, generate=generate, repeat=repeat)
     if as_json:
         emit_json(r.to_json())
@@ -778,6 +797,39 @@ def bench_cmd(
     extra.add_row("peak RSS", "-" if r.peak_rss_bytes is None else human_bytes(r.peak_rss_bytes))
     extra.add_row("device", r.fingerprint.get("cpu", "") + f" ({r.fingerprint.get('os', '')})")
     console.print(extra)
+
+
+def bench_fleet_cmd(ws: Workspace, artifact: Path, names: list[str], cluster: str, prompt: int,
+                    generate: int, repeat: int, as_json: bool) -> None:
+    """`bench --cluster`: every device at once on the fleet; one table row per device, a failed
+    device one line on stderr and exit code 2 after the others finished."""
+    from merino_mobile.deploy.bench import rate
+    from merino_mobile.fleet import bench_fleet
+
+    bar, progress = fleet_bars(names, transient=as_json, json_out=as_json)
+    with bar:
+        r = bench_fleet(ws, artifact, names, cluster=cluster, prompt=prompt, generate=generate,
+                        repeat=repeat, progress=progress)
+    if as_json:
+        emit_json(r.to_json())
+    elif r.reports:
+        table = Table(title=f"{artifact} on {len(r.reports)} devices at once")
+        for col in ("device", f"pp{prompt} t/s", f"tg{generate} t/s", "decode ms/token",
+                    "TTFT ms", "threads"):
+            table.add_column(col)
+        for n in r.order:
+            if n in r.reports:
+                b = r.reports[n]
+                table.add_row(n, rate(b.prefill_tokens_per_s), rate(b.decode_tokens_per_s),
+                              f"{b.decode_ms_per_token.median:.3f}", f"{b.ttft_ms.median:.2f}",
+                              str(b.threads))
+        console.print(table)
+    for name in r.order:
+        if name in r.errors:
+            err.print(f"[red]error:[/red] {escape(name)}: {escape(r.errors[name])}",
+                      highlight=False, soft_wrap=True)
+    if r.errors:
+        raise typer.Exit(2)
 
 
 @app.command("generate")

@@ -432,3 +432,31 @@ print("no ray")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 0 and "no ray" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_one_artifact_benched_on_two_phones_at_once(tmp_path, first, ray_cluster, phones,
+                                                    monkeypatch, capsys):
+    """`bench --device A --device B --cluster auto`: one actor per phone, the artifact shipped
+    to the node, both benches stored by the driver under each phone's own name."""
+    from merino_mobile.card import Block, Card
+    from merino_mobile.export import export
+    from merino_mobile.latency.store import read_measurements
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    shutil.copytree(first[0].root, ws.root)
+    card = Card("fleet-bench", vocab=256, context=64, head_dim=64, blocks=(Block(64, 1.0, 1, 1),))
+    art = export(card, "executorch", "fp32", tmp_path / "e", cache_len=16, verify=False).artifact
+    args = ("bench", str(art), "--device", A, "--device", B, "--prompt", "4", "--generate", "4",
+            "--repeat", "2", "--workspace", str(ws.root))
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--cluster", "auto", "--json")
+    assert code == 0, err
+    devs = json.loads(out)["devices"]
+    assert set(devs) == {A, B}
+    ms = {m.id: m for m in read_measurements(ws.state)}
+    for name, rep in devs.items():
+        assert rep["device"] == name and rep["decode_ms_per_token"]["median"] > 0
+        m = ms[rep["measurement_id"]]
+        assert (m.device, m.fingerprint) == (name, rep["fingerprint"]["key"])
+    assert devs[A]["fingerprint"]["key"] != devs[B]["fingerprint"]["key"]  # 2 and 1 threads
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and "needs a fleet" in err and len(err.strip().splitlines()) == 1

@@ -86,7 +86,7 @@ class FleetReport:
 class _Fleet:
     """One fleet profile: the devices' actors, their threads, and stopping them together."""
 
-    def __init__(self, ray: ModuleType, ws: Workspace, targets: list[Target], grid: Grid,
+    def __init__(self, ray: ModuleType, ws: Workspace, targets: list[Target], grid: Grid | None,
                  progress: FleetProgress | None, passes: int | None, restarts: int,
                  node_cache: str | None, max_redo: int) -> None:
         self.ray, self.ws, self.targets, self.grid = ray, ws, targets, grid
@@ -182,13 +182,16 @@ class _Fleet:
                 self._say(t.name, f"worker lost ({e.reason}); resuming on a new one")
                 remote = self.open(t).wait_open()
 
-    def run(self, ready: list[Target]) -> dict[str, ProfileReport]:
-        """Every ready device at once, one thread each; Ctrl-C stops them all."""
-        reports: dict[str, ProfileReport] = {}
+    def run(self, ready: list[Target], job: Callable[[Target], Any] | None = None
+            ) -> dict[str, Any]:
+        """`job` (default: `profile`) on every ready device at once, one thread each; Ctrl-C
+        stops them all."""
+        reports: dict[str, Any] = {}
         if not ready:
             return reports
         pool = ThreadPoolExecutor(len(ready), thread_name_prefix="fleet")
-        futures: dict[Future, str] = {pool.submit(self.profile, t): t.name for t in ready}
+        futures: dict[Future, str] = {pool.submit(job or self.profile, t): t.name
+                                      for t in ready}
         try:
             pending = set(futures)
             while pending:
@@ -247,3 +250,62 @@ def profile_fleet(ws: Workspace, devices: Sequence[str | Target], runtime: str =
         raise
     return FleetReport(reports, fleet.errors, exports, names, dict(fleet.restarted),
                        fleet.shelf.shipped, fleet.shelf.reused, time.perf_counter() - t0)
+
+
+@dataclass
+class FleetBench:
+    """What `bench_fleet` did: each device's BenchReport or its one-line error."""
+
+    reports: dict[str, Any]
+    errors: dict[str, str]
+    order: list[str]
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """`bench --json` with several devices: `devices` maps each name to its report (the
+        single-device object) or to {"error": message}."""
+        return {"schema_version": SCHEMA_VERSION,
+                "devices": {n: self.reports[n].to_json() if n in self.reports
+                            else {"error": self.errors[n]} for n in self.order},
+                "wall_s": self.wall_s}
+
+
+def bench_fleet(ws: Workspace, artifact: Any, devices: Sequence[str], *, cluster: str = "auto",
+                prompt: int, generate: int, repeat: int,
+                progress: FleetProgress | None = None) -> FleetBench:
+    """Bench one artifact on several devices at once on the fleet: one actor per device on its
+    node (the artifact shipped to each node once, as a profile's programs are), one driver
+    thread per device running `bench_artifact` unchanged, each measurement stored by the driver
+    the moment it returns. A device's failure is its entry in `errors`; the others go on."""
+    from pathlib import Path
+
+    from merino_mobile.deploy.bench import bench_artifact, target_for
+
+    artifact = Path(artifact)
+    targets = [target_for(ws, d, artifact) for d in devices]
+    names = [t.name for t in targets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--device {', '.join(twice)} given more than once; name each device "
+                        f"once")
+    t0 = time.perf_counter()
+    ray = connect(cluster)
+    check_devices_have_nodes(ray, names)
+    fleet = _Fleet(ray, ws, targets, None, progress, None, 0, None, 0)
+
+    def one(t: Target) -> Any:
+        remote = fleet.remotes[t.name]
+        try:
+            fleet._say(t.name, f"benching {artifact.name}")
+            return bench_artifact(ws, artifact,
+                                  FleetTarget(t.ws, t.profile, t.format, t.quant, remote=remote),
+                                  prompt=prompt, generate=generate, repeat=repeat, dev=remote)
+        finally:
+            remote.cleanup()
+
+    try:
+        reports = fleet.run(fleet.start(), one)
+    except BaseException:
+        fleet.stop()
+        raise
+    return FleetBench(reports, fleet.errors, names, time.perf_counter() - t0)
