@@ -731,8 +731,11 @@ def design_json(d: Any, card: Card, path: Path | None, context: int) -> dict:
     """The `design --json` object (keys are a contract: see docs/design.md)."""
     m = d.metrics
     return {
+        # a v2 card's FFN kind and K/V heads, only where it has them (v1 JSON unchanged)
         "architecture": [{"width": b.width, "ffn_ratio": b.ffn_ratio, "heads": b.heads,
-                          "depth": b.depth, "shared": b.shared} for b in card.blocks],
+                          "depth": b.depth, "shared": b.shared}
+                         | ({"ffn": b.ffn, "kv_heads": b.n_kv_heads} if card.schema_version > 1
+                            else {}) for b in card.blocks],
         "entropy": m.entropy,
         "rho": m.rho,
         "depth": m.depth,

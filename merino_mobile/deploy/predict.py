@@ -29,6 +29,7 @@ from merino_mobile.device.base import Fingerprint
 from merino_mobile.errors import UserError
 from merino_mobile.files import utc_now, write_json
 from merino_mobile.latency import predict_latency
+from merino_mobile.latency.predict import MissingLayerKind
 from merino_mobile.target import Target
 
 SCHEMA_VERSION = 2  # of bandwidth.json: 2 is the read-only sweep (1 was a copy)
@@ -68,11 +69,17 @@ def predict(target: Target, card: Card, bench: BenchReport,
         if lengths and not min(lengths) <= length <= max(lengths):
             warnings.append(f"{phase} length {length} is outside the measured {phase} lengths "
                             f"{sorted(lengths)} of {lut.source}: the prediction is extrapolated")
-        pred = predict_latency(card, lut, length, phase)
+        try:
+            pred = predict_latency(card, lut, length, phase)
+            raw = predict_latency(card, lut.raw, length, phase)
+        except MissingLayerKind as e:
+            # a layer kind the table never measured (a Llama-style card, a v1 table): the
+            # bench stands, without a prediction, and the reason names the profile to run
+            return {"reason": str(e)}, [str(e)]
         err = 100 * (pred - measured) / measured
         out[phase] = {"length": length, "predicted_ms": pred, "measured_ms": measured,
                       "error_pct": err, "flagged": abs(err) > FLAG_PCT,
-                      "raw_predicted_ms": predict_latency(card, lut.raw, length, phase)}
+                      "raw_predicted_ms": raw}
     for phase in ("decode", "prefill"):
         if out[phase]["flagged"]:
             warnings.append(f"predicted {phase} latency is off by {out[phase]['error_pct']:+.1f}% "
