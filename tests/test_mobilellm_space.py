@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_profile import HOST as PROFILE_HOST
 
 from merino_mobile import accounting as acc
 from merino_mobile.card import load_card
@@ -51,21 +52,8 @@ ffn_ratios = [2.0]
 depth = [0, 2]
 sharing = true
 """
-HOST = """name = "host"
-transport = "local"
-threads = 1
-[sentinel]
-every = 100
-threshold = 10.0
-[measure]
-warmup = 1
-min_repeats = 3
-max_repeats = 5
-target_spread = 1.5
-max_seconds = 0.1
-timeout_s = 60.0
-passes = 1
-"""
+# the host of tests/test_profile.py, with 5 repeats of at most 0.1 s: a few seconds a profile
+HOST = PROFILE_HOST.format(repeats=5, spread=1.5, seconds=0.1, passes=1)
 
 
 # -- the space -----------------------------------------------------------------------------------
