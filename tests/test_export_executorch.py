@@ -63,6 +63,23 @@ def test_int4_artifact_runs_close_to_eager(tmp_path):
 
 
 @pytest.mark.slow
+def test_int4_quantizes_the_embedding_and_a_tied_head(tmp_path):
+    """As ExecuTorch's LLM export: a 4-bit token table and a 4-bit copy of it as the head, so a
+    model whose weights are mostly its vocabulary shrinks with int4 (the fp32 table alone is
+    over three quarters of this card's fp32 weights)."""
+    card = Card(name="tiny-tied", vocab=2048, context=48, head_dim=16,
+                blocks=(Block(64, 2.0, 4, 1),))
+    model = build_decoder(card, seed=3)
+    pte = export_executorch(model, "int4", tmp_path / "int4.pte", prompt_len=8)
+    v = verify_executorch(model, pte, "int4")
+    assert v["passed"] and v["greedy_agreement"] >= 0.9, v
+    fp32 = accounting.weight_bytes(card, "fp32")
+    assert 2048 * 64 * 4 > 0.75 * fp32
+    assert pte.stat().st_size < 0.4 * fp32  # an fp32 table alone would be over 0.75
+    assert model.head is None  # the caller's model is untouched: the export worked on a copy
+
+
+@pytest.mark.slow
 def test_lower_to_pte_puts_several_methods_in_one_program(tmp_path):
     """The profiler's path: many small modules, one program, each method runs by name."""
     torch.manual_seed(0)

@@ -77,6 +77,9 @@ def time_calls(calls: Sequence[Any], request: BenchRequest) -> list[float]:
 
 class ExecutorchRunner:
     def __init__(self, artifact: str, threads: int) -> None:
+        # the quantized kernels (a 4-bit embedding): an int4 decoder's method does not load
+        # without them (merino_mobile.export.executorch.load_quantized_kernels)
+        import executorch.kernels.quantized  # noqa: F401
         import torch  # noqa: F401  (loads libtorch, which the extension links against)
 
         # The compiled extension is the runtime `executorch.runtime` wraps; importing it directly

@@ -8,7 +8,16 @@ KV caches live in the program as mutable buffers (the same design as ExecuTorch'
 Quantization, as the XNNPACK backend runs it:
 - fp32: none.
 - int8: int8 dynamic activations, int8 per-channel weights, via the XNNPACK quantizer (pt2e).
-- int4: int8 dynamic activations, int4 group-wise weights (groups of 32) via torchao `quantize_`.
+- int4: int8 dynamic activations, int4 group-wise weights (groups of 32) via torchao `quantize_`;
+  for a whole decoder, as ExecuTorch's own LLM export does it, the token embedding too (4-bit
+  group-wise, `quantized_decomposed::embedding_4bit`, through ExecuTorch's `EmbeddingQuantHandler`)
+  and the head, a tied one included: it becomes a Linear with a copy of the table's weights, so
+  it is quantized like every other matrix instead of running fp32 from the embedding (which made
+  int4 programs of tied cards larger and slower than they need be, and left the head of the
+  profile's int4 micro-benchmark, a quantized Linear, unlike the model's). A program with a
+  quantized embedding needs ExecuTorch's quantized kernels registered before it loads
+  (`load_quantized_kernels`; else "Failed to load method forward, error 0x14"), which every
+  loader of this project does; a phone's executor_runner links them (`runner build`).
 """
 
 from __future__ import annotations
@@ -47,6 +56,39 @@ def _quantize_int4(module: nn.Module) -> nn.Module:
     quantize_(module, Int8DynamicActivationIntxWeightConfig(
         weight_dtype=torch.int4, weight_granularity=PerAxis(0)), filter_fn=per_channel)
     return module
+
+
+def load_quantized_kernels() -> None:
+    """Register ExecuTorch's quantized kernels (embedding_4bit and friends) with the runtime of
+    this process: a program with a quantized embedding does not load without them."""
+    import executorch.kernels.quantized  # noqa: F401
+
+
+def _quantize_decoder_int4(model: Decoder) -> Decoder:
+    """The embedding and head of an int4 decoder (module docstring); the layers follow in
+    `_quantize_int4`. `model` is a copy the caller owns."""
+    import contextlib
+    import io
+
+    from executorch.examples.models.llama.source_transformation.quantize import (
+        EmbeddingQuantHandler,
+    )
+
+    table = model.embed.weight
+    if model.head is None:  # tied: the head gets the table's values, quantized on its own
+        model.head = nn.Linear(table.shape[1], table.shape[0], bias=False)
+        model.head.weight = nn.Parameter(table.detach().clone())
+    width = table.shape[1]
+    if width % 2:  # the 4-bit table packs two values a byte
+        return model
+    holder = nn.Module()  # the token table only: learned positions are small, and stay fp32
+    holder.embed = model.embed
+    with contextlib.redirect_stdout(io.StringIO()):  # the handler prints each table it quantizes
+        EmbeddingQuantHandler(holder, bitwidth=4, packed=True, quantize_with_hqq=False,
+                              group_size=INT4_GROUP if width % INT4_GROUP == 0 else None
+                              ).quantized_model()
+    model.embed = holder.embed
+    return model
 
 
 def _quantize_int8(module: nn.Module, args: tuple, dynamic_shapes: dict | None) -> nn.Module:
@@ -142,6 +184,8 @@ def lower_to_pte(methods: dict[str, Method], quant: str, path: Path) -> Path:
         for name, (module, args, dynamic_shapes) in methods.items():
             module = copy.deepcopy(module).eval()
             if quant == "int4":
+                if isinstance(module, Decoder):
+                    module = _quantize_decoder_int4(module)
                 module = _quantize_int4(module)
             elif quant == "int8":
                 module = _quantize_int8(module, args, dynamic_shapes)
@@ -179,6 +223,7 @@ def load_method(artifact: Path, method: str = METHOD):
     """A fresh loaded method of a .pte: its mutable buffers (KV cache) start zeroed."""
     from executorch.runtime import Runtime
 
+    load_quantized_kernels()
     program = Runtime.get().load_program(Path(artifact))
     return program.load_method(method)
 

@@ -89,6 +89,7 @@ def main() -> int:
         log("E", 343, f"Unknown --print_output mode '{flags['print_output']}'. "
             "Expected 'none', 'summary', or 'all'.")
         return 1
+    import executorch.kernels.quantized  # noqa: F401  (the phone's runner links them too)
     import torch
     from executorch.extension.pybindings import _C
 
