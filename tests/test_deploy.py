@@ -209,6 +209,11 @@ def test_compare_reuses_a_matching_export_and_leaves_deploys_alone(tmp_path):
     assert reusable_export(out, B, "executorch", "int8", 16) is None
     assert reusable_export(out, A, "executorch", "int8", 32) is None
     assert reusable_export(out, A, "executorch", "fp32", 16) is None
+    # an export written by an older exporter (another EXPORTER_VERSION) is made again
+    meta = json.loads((out / "export.json").read_text())
+    (out / "export.json").write_text(json.dumps(meta | {"exporter_version": 1}))
+    assert reusable_export(out, A, "executorch", "int8", 16) is None
+    (out / "export.json").write_text(json.dumps(meta))
     said: list[str] = []
     c = compare(ws, [A, B], "host", "executorch", "int8", prompt=8, generate=8, repeat=2,
                 rounds=1, predict_latency=False, say=said.append)

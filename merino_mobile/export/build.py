@@ -30,6 +30,10 @@ from merino_mobile.formats import Format, check_pair, get_format
 SCHEMA_VERSION = 1
 
 DEFAULT_PROMPT_LEN = 32
+# What the exporters write, beside the toolchain's versions: raised when an export of the same
+# card, format and quantization would come out differently (2: ExecuTorch int4 quantizes the
+# embedding and the head), so `reusable_export` does not hand back an artifact of older code
+EXPORTER_VERSION = 2
 
 
 @dataclass
@@ -76,7 +80,7 @@ def disk_size(path: Path) -> int:
 def reusable_export(out_dir: Path, card: Card, fmt: str, quant: str,
                     cache_len: int) -> ExportResult | None:
     """The export already in `out_dir` when it is of this very card, format, quantization, cache
-    length and toolchain (what `export` would write again), else None."""
+    length, toolchain and exporter version (what `export` would write again), else None."""
     out_dir = Path(out_dir)
     try:
         meta = json.loads((out_dir / "export.json").read_text())
@@ -87,7 +91,8 @@ def reusable_export(out_dir: Path, card: Card, fmt: str, quant: str,
     artifact = out_dir / f.artifact
     if not (same_card and artifact.exists() and meta.get("format") == fmt
             and meta.get("quant") == quant and meta.get("cache_len") == cache_len
-            and meta.get("toolchain") == f.toolchain()):
+            and meta.get("toolchain") == f.toolchain()
+            and meta.get("exporter_version") == EXPORTER_VERSION):
         return None
     known = ExportResult.__dataclass_fields__
     return ExportResult(**{k: v for k, v in meta.items() if k in known and k != "artifact"},
@@ -124,7 +129,9 @@ def export(card: Card, fmt: str, quant: str, out_dir: Path, *, force: bool = Fal
         result = ExportResult(format=fmt, quant=quant, artifact=out_dir / built.name,
                               size_bytes=disk_size(built), export_seconds=round(seconds, 3),
                               verification=verification, card=card.name,
-                              cache_len=model.cache_len, extra={"toolchain": f.toolchain()})
+                              cache_len=model.cache_len,
+                              extra={"toolchain": f.toolchain(),
+                                     "exporter_version": EXPORTER_VERSION})
         write_json(tmp / "card.json", card.to_json())
         # the checkpoint's tokenizer (`import` and `train --tokenizer bpe` leave it beside the
         # weights) travels with the artifact, so `generate` and `eval` read real text
