@@ -22,6 +22,14 @@
    keeps the streaming and hot terms, the working set and the cold fraction of the prediction
    (`merino_mobile.latency.predict_latency`), and the streaming-only prediction.
 
+5. Calibration, scored on models it never saw (issue 16, item 5). The profile benches --anchors
+   whole models (default 4, `profile --anchors`) interleaved with its points; the calibration
+   fitted on those anchors alone predicts every drawn model held out by construction
+   (`anchors`); a --folds cross-validation (default 5) fits on the anchors plus the other folds'
+   drawn models and predicts each fold (`cv`). Each is scored as the raw table is: share within
+   +-10%, MAPE, bias, and Kendall's tau of predicted with measured latency, beside the models' own
+   even-against-odd rounds agreement (`repeat_within_10pct`: the ceiling this machine allows).
+
 Whole models are capped at --max-params (default 60M) and --max-depth (12) so 30 exports fit in
 minutes on a small machine; the architectures are otherwise uniform over the space's choices.
 Exports are cached in the workspace by content; `--export-only` fills that cache.
@@ -101,6 +109,69 @@ def term_breakdown(card, lut, context: int, hot: bool = False) -> dict[str, floa
     }
 
 
+def scores(pred: list[float], measured: list[float]) -> dict[str, float | None]:
+    """within +-10%, MAPE, bias (mean signed %), and Kendall's tau of `pred` with `measured`."""
+    from scipy.stats import kendalltau
+
+    if not measured:
+        return {"within_10pct": None, "mape_pct": None, "bias_pct": None, "kendall_tau": None}
+    errs = [100 * (p - m) / m for p, m in zip(pred, measured, strict=True)]
+    tau = kendalltau(pred, measured).statistic if len(measured) >= 2 else None
+    return {"within_10pct": sum(abs(e) <= 10 for e in errs) / len(errs),
+            "mape_pct": statistics.fmean(abs(e) for e in errs),
+            "bias_pct": statistics.fmean(errs),
+            "kendall_tau": None if tau is None else float(tau)}
+
+
+def as_measurement(card, lut, context: int, measured_ms: float, i: int):
+    """A drawn model's measurement in the store's shape, for `calibration.fit` (which reads the
+    fingerprint, runtime, quantization, card, context and decode median)."""
+    from merino_mobile.latency.store import Measurement
+
+    return Measurement(
+        device="host", fingerprint=lut.fingerprint.key, runtime=lut.runtime, quant=lut.quant,
+        card_name=card.name, card=card.to_json(), prompt=0, generate=1, context=context,
+        cache_len=context, threads=lut.fingerprint.threads, rounds=1,
+        decode_samples_ms=(measured_ms,), ttft_samples_ms=(), decode_median_ms=measured_ms,
+        ttft_median_ms=0.0, artifact="", artifact_sha256="", tag="lut_accuracy", id=-1 - i)
+
+
+def calibrated_predictions(ws, lut, cards, measured: dict[str, float], context: int,
+                           folds: int) -> dict[str, object]:
+    """Held-out calibrated predictions of the drawn models: fitted on the profile's anchors only
+    (`anchors`), and cross-validated over `folds` folds with the other folds' models added
+    (`cv`); each with the calibration's record(s)."""
+    from merino_mobile.latency import predict_latency
+    from merino_mobile.latency.anchors import TAG
+    from merino_mobile.latency.calibration import CalibratedTable, fit
+    from merino_mobile.latency.store import read_measurements
+
+    anchors = [m for m in read_measurements(ws.state, fingerprint=lut.fingerprint.key,
+                                            runtime=lut.runtime, quant=lut.quant)
+               if m.tag == TAG]
+    cal = fit(lut, anchors, device="host")
+    # (a reason given to CalibratedTable means "not applied": pass one only when it is not)
+    table = CalibratedTable(lut, cal, reason="" if cal.applied else cal.reason)
+    out: dict[str, object] = {
+        "anchor_models": cal.models, "anchor_calibration": {
+            "applied": cal.applied, "reason": cal.reason, "factors": cal.factors,
+            "fitted": cal.fitted, "loo_mape_pct": cal.loo_mape_pct},
+        "anchors": {c.name: predict_latency(c, table, context) for c in cards}}
+    ok = [c for c in cards if c.name in measured]
+    cv: dict[str, float] = {}
+    applied = 0
+    for f in range(folds):
+        held = ok[f::folds]
+        rest = [as_measurement(c, lut, context, measured[c.name], i)
+                for i, c in enumerate(ok) if c not in held]
+        cf = fit(lut, anchors + rest, device="host")
+        applied += cf.applied
+        tf = CalibratedTable(lut, cf, reason="" if cf.applied else cf.reason)
+        cv.update({c.name: predict_latency(c, tf, context) for c in held})
+    out["cv"], out["cv_folds_applied"] = cv, applied
+    return out
+
+
 def measure_all(ws, cards, build: Path, args, grid
                 ) -> tuple[dict[str, list[float]], dict[str, str], list[float]]:
     """Each model's median per round (ms), the errors of models that failed, and the profile's
@@ -173,6 +244,10 @@ def main() -> int:
     ap.add_argument("--stored", action="store_true",
                     help="Do not profile: build the table from the measurements already stored "
                          "in the workspace (decode terms suffice here).")
+    ap.add_argument("--anchors", type=int, default=4,
+                    help="Whole models the profile benches for its calibration (default 4)")
+    ap.add_argument("--folds", type=int, default=5,
+                    help="Folds of the calibration's cross-validation over the drawn models")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
                     "lut_accuracy.json")
     args = ap.parse_args()
@@ -237,7 +312,8 @@ def main() -> int:
         print(f"table from {reused} stored points", flush=True)
     else:
         t0 = time.perf_counter()
-        report = run_profile(ws, "host", "executorch", args.quant, grid, progress=progress)
+        report = run_profile(ws, "host", "executorch", args.quant, grid, progress=progress,
+                             anchors=args.anchors, space=space_path)
         profile_s, export_s, reused = time.perf_counter() - t0, report.export_s, report.skipped
         print(f"profiled in {profile_s:.0f} s (export {report.export_s:.0f} s), "
               f"{report.measured} measured, {report.skipped} reused, {len(report.failed)} "
@@ -299,6 +375,16 @@ def main() -> int:
               f"{row.get('error_pct', float('nan')):+6.1f}%", flush=True)
     good = [r for r in rows if "error_pct" in r]
     errs = [abs(r["error_pct"]) for r in good]
+    measured_by = {c.name: r["measured_ms"] for c, r in zip(cards, rows, strict=True)
+                   if "error_pct" in r}
+    cal = calibrated_predictions(ws, lut, cards, measured_by, args.context, args.folds)
+    for c, r in zip(cards, rows, strict=True):
+        r["calibrated_anchors_ms"] = cal["anchors"][c.name]
+        r["calibrated_cv_ms"] = cal["cv"].get(c.name)
+    m_list = [r["measured_ms"] for r in good]
+    scored = {"raw": scores([r["predicted_ms"] for r in good], m_list),
+              "anchors": scores([r["calibrated_anchors_ms"] for r in good], m_list),
+              "cv": scores([r["calibrated_cv_ms"] for r in good], m_list)}
     level = (statistics.median(sentinel_ms) / statistics.median(profile_sentinel)
              if sentinel_ms and profile_sentinel else None)
     level_errs = ([abs(100 * (level * r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"])
@@ -330,7 +416,11 @@ def main() -> int:
         "within_10pct_at_level": (sum(e <= 10 for e in level_errs) / len(level_errs)
                                   if level_errs else None),
         "mape_pct_at_level": statistics.fmean(level_errs) if level_errs else None,
-        "fingerprint": lut.fingerprint.to_json(), "rows": rows,
+        "fingerprint": lut.fingerprint.to_json(),
+        # held-out scores: raw table, calibrated on the anchors alone, cross-validated
+        "scores": scored, "anchor_models": cal["anchor_models"],
+        "anchor_calibration": cal["anchor_calibration"], "folds": args.folds,
+        "cv_folds_applied": cal["cv_folds_applied"], "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
@@ -347,6 +437,18 @@ def main() -> int:
               f"| {summary['median_ape_pct']:.1f}% | {summary['max_ape_pct']:.1f}% | "
               f"{summary['bias_pct']:+.1f}% | {'-' if rep is None else f'{100 * rep:.0f}%'} | "
               f"{wall} |")
+    print()
+    print(f"| prediction | within +-10% | MAPE | bias | Kendall tau | (repeat within +-10%: "
+          f"{'-' if rep is None else f'{100 * rep:.0f}%'}) |")
+    print("|---|---|---|---|---|---|")
+    for name, what in (("raw", "raw table"),
+                       ("anchors", f"calibrated on the {cal['anchor_models']} anchors"),
+                       ("cv", f"calibrated, {args.folds}-fold cross-validated")):
+        sc = scored[name]
+        if sc["within_10pct"] is not None:
+            tau = sc["kendall_tau"]
+            print(f"| {what} | {100 * sc['within_10pct']:.0f}% | {sc['mape_pct']:.1f}% | "
+                  f"{sc['bias_pct']:+.1f}% | {'-' if tau is None else f'{tau:.2f}'} | |")
     if level:
         print(f"machine level now vs the profile's: {level:.3f} (sentinel); predictions scaled "
               f"by it: {100 * summary['within_10pct_at_level']:.0f}% within +-10%, MAPE "

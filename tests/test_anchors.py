@@ -43,11 +43,13 @@ def test_anchors_span_the_space_and_belong_to_it():
         cards = anchor_cards(space, 4)
         assert len(cards) == 4
         assert all(space.contains(c) for c in cards)
-        widths = [c.blocks[0].width for c in cards]
-        depths = [c.depth for c in cards]
-        assert widths == sorted(widths) and widths[0] == min(space.widths)
-        assert widths[-1] == max(space.widths)
-        assert depths[0] == max(space.depths) and depths[-1] == 1
+        blocks = [b for c in cards for b in c.blocks]
+        # both ends of the space, every width in two anchors, the narrowest deepest
+        assert {b.width for b in blocks} >= {min(space.widths), max(space.widths)}
+        assert all(sum(b.width == w for b in blocks) == 2 for w in {b.width for b in blocks})
+        by_width = sorted((b.width, b.depth) for b in blocks)
+        assert by_width[0][1] == max(space.depths) and by_width[-1][1] == 1
+        assert [d for _, d in by_width] == sorted((d for _, d in by_width), reverse=True)
     assert anchor_cards(load_space("search/default.toml"), 0) == []
 
 
@@ -71,8 +73,8 @@ def anchored(tmp_path_factory):
 def test_anchors_are_benched_among_the_points_and_stored(anchored):
     ws, grid, report, said = anchored
     assert not report.failed
-    assert [a["card"] for a in report.anchors] == ["anchor-32x1x3", "anchor-64x1x2",
-                                                  "anchor-96x2x1"]
+    assert [a["card"] for a in report.anchors] == [
+        "anchor-32x1x3_64x1x2", "anchor-64x1x2_96x1x1", "anchor-32x2x3_96x2x1"]
     ms = [m for m in read_measurements(ws.state, device="host") if m.tag == TAG]
     assert sorted(m.id for m in ms) == sorted(a["measurement_id"] for a in report.anchors)
     assert all(m.context == 16 and m.runtime == "executorch" and m.quant == "fp32"

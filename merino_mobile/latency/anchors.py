@@ -6,10 +6,10 @@ whole-model measurements, and those used to come only from later benches (`bench
 `design --verify`): a fresh table predicted raw until a few models had been benched. `profile
 --anchors N` measures N whole models of the space in the profile itself:
 
-- chosen to span the space (`anchor_cards`): widths spread from the narrowest to the widest, and
-  depths from the deepest to one layer as the width grows, so the narrow, mid and wide layer
-  bands of the calibration each get data and the fixed cost is told apart from the layers, at
-  about the same export cost each (a deep model is a narrow one);
+- chosen to span the space (`anchor_cards`): widths spread from the narrowest to the widest, two
+  blocks an anchor so that every width band of the calibration is in two anchors (one left out
+  for validation leaves the other), depths from the deepest to one layer as the width grows, so
+  the fixed cost is told apart from the layers, at about the same export cost each;
 - exported beside the micro-benchmarks, in the same side-by-side export phase, before anything
   is timed;
 - timed interleaved with them, spread over each pass of the grid (`ProfileRun`): a change of the
@@ -50,30 +50,44 @@ def _spread_index(i: int, n: int, size: int) -> int:
 
 
 def anchor_cards(space: Space, n: int) -> list[Card]:
-    """`n` cards of `space`, one block each (as many alike as the space requires), spanning
-    its widths (narrow to wide) and depths (deep to one layer), FFN ratios spread alongside;
-    fewer when the space has fewer distinct ones."""
+    """`n` cards of `space` spanning its widths and depths; fewer when the space has fewer
+    distinct ones.
+
+    Anchor i's widths are the i-th and the next of `n` widths spread from the narrowest to the
+    widest (the last pairs with the first): one block each where the space allows two, so
+    every width (and every width band of the calibration) is in two anchors, and leaving one
+    anchor out (the calibration's validation) still leaves data for each of its bands. A
+    block's depth falls from the deepest to one layer as its width grows (the anchors cost
+    about alike to export), FFN ratios are spread over the anchors; a space that requires all
+    its blocks gets the last block repeated."""
     if n < 0 or n > MAX_ANCHORS:
         raise UserError(f"--anchors must be between 0 and {MAX_ANCHORS} (got {n})")
     widths = sorted(space.widths)
     ratios = sorted(space.ffn_ratios)
     depths = sorted(d for d in space.depths if d >= 1)
+    m = len(widths)
+    spread = [_spread_index(i, n, m) for i in range(n)]
+
+    def depth_of(p: int) -> int:  # width index p: the narrowest deepest, the widest 1 layer
+        return depths[-1] if m == 1 else depths[round((m - 1 - p) * (len(depths) - 1) / (m - 1))]
+
     cards: list[Card] = []
-    seen: set[tuple[int, float, int]] = set()
+    seen: set[tuple] = set()
     for i in range(n):
-        w = widths[_spread_index(i, n, len(widths))]
         r = ratios[_spread_index(i, n, len(ratios))]
-        d = depths[len(depths) - 1 - _spread_index(i, n, len(depths))]
-        if (w, r, d) in seen:
-            continue
-        seen.add((w, r, d))
+        picks = sorted({spread[i], spread[(i + 1) % n]}) if space.max_blocks >= 2 else [spread[i]]
         # the most K/V heads the space allows (None: multi-head), as its layers are measured
-        choice = space.with_sharing(Choice(width=w, ffn_ratio=r, depth=d, shared=False,
-                                           kv_heads=space.kv_choices[-1]))
-        blocks = (choice,) * space.min_blocks  # a space may require all its blocks
-        name = (f"anchor-{len(blocks)}x" if len(blocks) > 1 else "anchor-") + (
-            f"{w}x{r:g}x{d}{'s' if choice.shared else ''}")
-        cards.append(space.to_card(blocks, name, meta={"anchor_of": space.name}))
+        blocks = [space.with_sharing(Choice(width=widths[p], ffn_ratio=r, depth=depth_of(p),
+                                            shared=False, kv_heads=space.kv_choices[-1]))
+                  for p in picks]
+        blocks += [blocks[-1]] * (space.min_blocks - len(blocks))  # all blocks required
+        key = tuple(blocks)
+        if key in seen:
+            continue
+        seen.add(key)
+        name = "anchor-" + "_".join(f"{b.width}x{b.ffn_ratio:g}x{b.depth}{'s' * b.shared}"
+                                    for b in blocks)
+        cards.append(space.to_card(tuple(blocks), name, meta={"anchor_of": space.name}))
     return cards
 
 
