@@ -107,9 +107,11 @@ def gguf_problems(card: Card) -> list[str]:
                    f"{wide.ffn_hidden} and depth {card.depth}")
     if card.embedding_width != card.blocks[0].width or \
             card.embedding_width != card.blocks[-1].width:
-        out.append(f"embed_width {card.embedding_width} is projected to the blocks' width "
-                   f"{card.blocks[0].width}: the llama graph has no projection in or out; nearest "
-                   "supported: \"embed_width\": null (the embedding at the blocks' width)")
+        ends = sorted({card.blocks[0].width, card.blocks[-1].width})
+        out.append(f"embed_width {card.embedding_width} is projected to the blocks' width"
+                   f"{'s' if len(ends) > 1 else ''} {' and '.join(map(str, ends))}: the llama "
+                   "graph has no projection in or out; nearest supported: \"embed_width\": null "
+                   "(the embedding at the blocks' width)")
     if not card.final_norm:
         out.append("no final norm: the llama graph always normalizes before the head; nearest "
                    "supported: \"final_norm\": true")
