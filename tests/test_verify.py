@@ -169,10 +169,15 @@ def test_a_miss_tightens_and_an_interrupted_run_resumes(deep, shared, monkeypatc
     assert second["measured_ms"] is None and second["artifact"]  # exported, not noted
     (stored,) = [m for m in read_measurements(ws.state, device="host")
                  if m.id > second["bench_after_id"]]
-    assert second["how"] == "tightened"
-    # the tighten rule: the measured design's prediction scaled by budget / measured
-    assert second["solve_budget_ms"] == pytest.approx(
-        first["predicted_ms"] * budget / first["measured_ms"])
+    # the tighten rule: the measured design's prediction scaled by budget / measured; when
+    # that is below the fastest design the table allows (the first bench ran slow on a loaded
+    # host), the loop solves at the table's minimum instead
+    tightened = first["predicted_ms"] * budget / first["measured_ms"]
+    assert second["how"] in ("tightened", "fastest")
+    if second["how"] == "tightened":
+        assert second["solve_budget_ms"] == pytest.approx(tightened)
+    else:
+        assert tightened < second["solve_budget_ms"]
     assert second["predicted_ms"] <= second["solve_budget_ms"] < first["predicted_ms"]
 
     def counted_export(*a, **k):
