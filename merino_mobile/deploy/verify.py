@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -83,6 +84,9 @@ TIGHTEN_RULE = ("refit the calibration and re-solve at the budget B; if the desi
                 "already, re-solve at p * B / m (p: its prediction now, m: its measured median) "
                 "until the design is new")
 MAX_LABEL = 80  # an export's name carries its blocks up to this length, then only the hash
+# One export at a time in this process: a fleet runs a loop per device in threads, torch's
+# export is not thread-safe, and two loops that design the same architecture share its export.
+_EXPORTING = threading.Lock()
 
 
 def bench_lengths(context: int) -> tuple[int, int]:
@@ -263,6 +267,17 @@ def verify_budget(budgets: dict[str, Any]) -> float:
     return float(value)
 
 
+def check_request(budgets: dict[str, Any], iterations: int, repeat: int) -> float:
+    """Refuse a verify request that cannot run on any device (before a device is opened); the
+    latency budget (ms)."""
+    budget = verify_budget(budgets)
+    if iterations < 1:
+        raise UserError(f"--iterations must be at least 1 (got {iterations})")
+    if repeat < 1:
+        raise UserError(f"repeat must be at least 1 (got {repeat})")
+    return budget
+
+
 class _Loop:
     """One run of the loop (see the module docstring); `run` returns its result."""
 
@@ -385,15 +400,16 @@ class _Loop:
         fmt, quant = self.target.format.name, self.target.quant
         card = export_card(it.load_card())
         where = self.exports / card.name
-        res = reusable_export(where, card, fmt, quant, self.context)
-        it.export_reused = res is not None
-        if res is None:
-            self.say(f"iteration {it.index}: exporting {blocks_label(card)} ({fmt}, {quant}, "
-                     f"KV cache {self.context})")
-            # speed only: the export is not checked against fp32 here (`deploy` does that)
-            res = export(card, fmt, quant, where, force=True, cache_len=self.context,
-                         verify=False)
-        else:
+        with _EXPORTING:
+            res = reusable_export(where, card, fmt, quant, self.context)
+            it.export_reused = res is not None
+            if res is None:
+                self.say(f"iteration {it.index}: exporting {blocks_label(card)} ({fmt}, "
+                         f"{quant}, KV cache {self.context})")
+                # speed only: the export is not checked against fp32 here (`deploy` does that)
+                res = export(card, fmt, quant, where, force=True, cache_len=self.context,
+                             verify=False)
+        if it.export_reused:
             self.say(f"iteration {it.index}: reusing the export {res.artifact}")
         it.artifact = str(res.artifact)
         stored = self.stored_bench(it)
@@ -488,11 +504,7 @@ def verify_design(ws: Workspace, space: Space, budgets: dict[str, Any],
     `meta.measured_latency_ms` and `meta.verify`; otherwise `BudgetNotMet` carries the result.
     """
     say = say or (lambda msg: None)
-    budget = verify_budget(budgets)
-    if iterations < 1:
-        raise UserError(f"--iterations must be at least 1 (got {iterations})")
-    if repeat < 1:
-        raise UserError(f"repeat must be at least 1 (got {repeat})")
+    budget = check_request(budgets, iterations, repeat)
     target = resolve_target(ws, device, quant=quant, runtime=runtime)
     base = check_name(name if name is not None else default_name(budgets, target.name))
     if out is not None and Path(out).exists() and not force:
