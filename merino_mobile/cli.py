@@ -548,8 +548,10 @@ def design_cmd(
                                       "20M:100M:20M sweeps)."),
     memory: str | None = typer.Option(None, "--memory", help="Weights (at --quant) plus KV cache "
                                       "at --context, e.g. 200MB or 1.5GiB."),
-    device: str | None = typer.Option(None, "--device", help="Device whose latency table bounds "
-                                      "--latency (default: $MERINO_MOBILE_DEVICE, else host)."),
+    devices: list[str] = typer.Option([], "--device", help="Device whose latency table bounds "
+                                      "--latency (default: $MERINO_MOBILE_DEVICE, else host). "
+                                      "Repeat it with --verify --cluster to design and measure "
+                                      "on several devices at once."),
     runtime: str | None = typer.Option(None, "--runtime", help="Runtime of the latency table "
                                        "(default: the device profile's first runtime)."),
     quant: str = typer.Option("int8", "--quant", help="Weight format the model ships in: picks "
@@ -585,12 +587,17 @@ def design_cmd(
                                 "the calibration and redesign (docs/deploy.md)."),
     iterations: int | None = typer.Option(None, "--iterations", help="Designs --verify may "
                                           "measure (default 3)."),
+    cluster: str | None = typer.Option(None, "--cluster", help="With --verify: auto or "
+                                       "HOST:PORT of a fleet's head, every --device at once on "
+                                       "its node (default $MERINO_MOBILE_CLUSTER, else none). "
+                                       "See docs/fleet.md."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Find the decoder of maximum entropy within the budgets and write its architecture card."""
+    """Find the decoder of maximum entropy within the budgets and write its architecture card.
+    With --verify --cluster, one card per device, designed and measured on all at once."""
     from merino_mobile.design import SOLVERS, design_card, read_budgets, sweep
-    from merino_mobile.entropy import EFFECTIVENESS, OBJECTIVES, objectives
+    from merino_mobile.entropy import EFFECTIVENESS, OBJECTIVES
     from merino_mobile.space import load_space
     from merino_mobile.target import design_table
 
@@ -607,6 +614,8 @@ def design_cmd(
                                effectiveness=effectiveness)
     given, swept = read_budgets(latency, flops, params, memory)
     check_verify(given, verify, iterations)
+    fleet = check_design_devices(devices, verify, cluster)
+    device = devices[0] if devices else None
     sp = load_space(ws.find("search", space, ".toml"))
     table, table_info = None, None
     if "latency_ms" in given and not verify:  # --verify opens the device before the table
@@ -626,19 +635,33 @@ def design_cmd(
         console.print(f"plot: {plot}")
         return
     verified = None
-    if verify:
+    if verify and fleet is not None:
+        from merino_mobile.target import default_device_name
+
+        names = devices or [default_device_name()]
+        r = run_verify_fleet(ws, sp, given, settings, context, names, fleet, runtime, quant,
+                             solver, options, name, out, force, iterations, as_json)
+        if len(names) > 1:
+            print_verify_fleet(r, context, chosen, settings, as_json)
+            return
+        if names[0] in r.errors:
+            if names[0] in r.unmet and not as_json:
+                console.print(verify_table(r.unmet[names[0]]))
+            raise UserError(r.errors[names[0]])
+        verified = r.results[names[0]]
+    elif verify:
         verified = run_verify(ws, sp, given, settings, context, device, runtime, quant, solver,
                               options, name, out, force, iterations, as_json)
+    if verified:
         d, card, path, table_info = (verified.design, verified.card, verified.path,
                                      verified.lut)
     else:
         d, card, path = design_card(ws, sp, given, settings, context, quant, table, solver,
                                     options, name=name, out=out, force=force,
                                     lut_info=table_info)
-    summary = design_json(d, card, path, context) | chosen
     if as_json:
-        emit_json(summary | {"lut": table_info, "objectives": objectives(card, settings)}
-                  | ({"verify": verified.to_json()} if verified else {}))
+        emit_json(design_result_json(d, card, path, context, chosen, table_info, settings,
+                                     verified))
         return
     console.print(blocks_table(card, f"{card.name}: maximum {objective} objective within "
                                f"{describe_budgets(given)}"))
@@ -660,6 +683,99 @@ def design_cmd(
     console.print(totals)
     if verified:
         console.print(verify_table(verified))
+
+
+def design_result_json(d: Any, card: Card, path: Path | None, context: int, chosen: dict,
+                       table_info: dict | None, settings: EntropySettings,
+                       verified: Any = None) -> dict:
+    """The `design --json` object of one design: `design_json`, the settings chosen, the table
+    (`lut`), every objective, and with --verify the loop (`verify`)."""
+    from merino_mobile.entropy import objectives
+
+    return (design_json(d, card, path, context) | chosen
+            | {"lut": table_info, "objectives": objectives(card, settings)}
+            | ({"verify": verified.to_json()} if verified else {}))
+
+
+def check_design_devices(devices: list[str], verify: bool, cluster: str | None) -> str | None:
+    """The fleet `design --verify` runs on (None: this process alone); several --device need
+    --verify and a fleet, --cluster needs --verify (refused before anything is solved)."""
+    if not verify:
+        if cluster is not None:
+            raise UserError("--cluster runs the benches of --verify on a fleet; add --verify "
+                            "(a design without it measures nothing)")
+        if len(devices) > 1:
+            raise UserError(f"--device given {len(devices)} times: a design is bounded by one "
+                            f"device's table; `design --verify --cluster auto` designs and "
+                            f"measures a card for each of several devices at once; without "
+                            f"--verify, design for one device per command")
+        return None
+    fleet = fleet_address(cluster)
+    if fleet is None and len(devices) > 1:
+        raise UserError(f"--device given {len(devices)} times: verifying on several devices at "
+                        f"once needs a fleet, --cluster auto (after `merino-mobile fleet "
+                        f"start`) or --cluster HOST:PORT; without one, verify one device per "
+                        f"command")
+    return fleet
+
+
+def run_verify_fleet(ws: Workspace, sp: Any, given: dict, settings: EntropySettings,
+                     context: int, names: list[str], cluster: str, runtime: str | None,
+                     quant: str, solver: str, options: dict, name: str | None,
+                     out: Path | None, force: bool, iterations: int | None,
+                     as_json: bool) -> Any:
+    """`design --verify --cluster`: the loop on every device at once
+    (`merino_mobile.fleet.deploy.verify_fleet`), one progress line per device."""
+    from merino_mobile.deploy.verify import DEFAULT_ITERATIONS
+    from merino_mobile.fleet.deploy import verify_fleet
+
+    bar, progress = fleet_lines(names, as_json)
+    with bar:
+        return verify_fleet(
+            ws, sp, given, settings, context, names, cluster=cluster, runtime=runtime,
+            quant=quant, solver=solver, options=options, name=name, out=out, force=force,
+            iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
+            progress=progress)
+
+
+def print_verify_fleet(r: Any, context: int, chosen: dict, settings: EntropySettings,
+                       as_json: bool) -> None:
+    """Several devices' `design --verify`: a row per device (its design, predicted and measured
+    ms per token, iterations, how the loop ended), then each card's file; or with --json one
+    object whose `devices` maps each name to its `design --json` object or to {"error": ...}.
+    A failed device (a budget not met included) is one line on stderr and exit code 2."""
+    from merino_mobile.deploy.verify import blocks_label
+    from merino_mobile.design import format_budget
+    from merino_mobile.fleet.run import SCHEMA_VERSION
+
+    if as_json:
+        devices = {n: design_result_json(v.design, v.card, v.path, context, chosen, v.lut,
+                                         settings, v)
+                   if (v := r.results.get(n)) else {"error": r.errors[n]} for n in r.order}
+        emit_json({"schema_version": SCHEMA_VERSION, "devices": devices, "wall_s": r.wall_s})
+    shown = {n: r.results.get(n) or r.unmet.get(n) for n in r.order}
+    if not as_json and any(shown.values()):
+        budget = next(v for v in shown.values() if v).budget_ms
+        table = Table(title=f"--verify on {sum(map(bool, shown.values()))} devices at once: "
+                      f"budget {format_budget('latency_ms', budget)}",
+                      caption="ms per token at the chosen design (* predicted by a calibrated "
+                      "table); a budget not met shows the fastest design measured")
+        for col in ("device", "design", "predicted", "measured", "iterations", "ending"):
+            table.add_column(col, justify="right" if col in ("predicted", "measured",
+                                                             "iterations") else "left")
+        for n, v in shown.items():
+            if v is None:
+                continue
+            c = v.chosen
+            table.add_row(escape(n), escape(blocks_label(c.load_card())),
+                          f"{c.predicted_ms:.3g}" + ("*" if c.calibrated else ""),
+                          f"{c.measured_ms:.3g}", str(len(v.iterations)),
+                          STATUS_WORDS.get(v.status, v.status))
+        console.print(table)
+        for n, v in shown.items():
+            if v is not None and v.path is not None:
+                console.print(f"card {n}: {v.path}", highlight=False, soft_wrap=True)
+    print_fleet_errors(r.order, r.errors)
 
 
 def check_verify(given: dict, verify: bool, iterations: int | None) -> None:
@@ -1073,7 +1189,9 @@ def deploy_cmd(
 @app.command("compare")
 def compare_cmd(
     cards: list[str] = typer.Argument(..., help="Cards to compare (files or names)."),
-    device: str = typer.Option("host", "--device", help="Device profile name."),
+    devices: list[str] = typer.Option([], "--device", help="Device profile name (default "
+                                      "host). Repeat it with --cluster to compare on several "
+                                      "devices at once."),
     fmt: str | None = typer.Option(None, "--format", help="executorch, onnx or coreml."),
     quant: str = typer.Option("int8", "--quant", help="fp32, int8 or int4."),
     baseline: str | None = typer.Option(None, "--baseline", help="Card the ratios are against "
@@ -1085,30 +1203,42 @@ def compare_cmd(
                                "once, in reverse order every other round."),
     no_predict: bool = typer.Option(False, "--no-predict", help="Skip the latency table."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier compare.json."),
+    cluster: str | None = typer.Option(None, "--cluster", help="auto or HOST:PORT of a fleet's "
+                                       "head: every --device at once on its node (default "
+                                       "$MERINO_MOBILE_CLUSTER, else none). See docs/fleet.md."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Bench several cards side by side on one device, runtime and quantization: speedup and
-    size ratios from measurements taken together (build/compare-<device>-<format>-<quant>/)."""
+    size ratios from measurements taken together (build/compare-<device>-<format>-<quant>/).
+    With --cluster, on several devices at once (docs/fleet.md)."""
     from merino_mobile.deploy import compare
 
     ws = Workspace.resolve(workspace)
+    names = devices or ["host"]
+    fleet = fleet_address(cluster)
+    if fleet is None and len(names) > 1:
+        raise UserError(f"--device given {len(names)} times: comparing on several devices at "
+                        f"once needs a fleet, --cluster auto (after `merino-mobile fleet "
+                        f"start`) or --cluster HOST:PORT; without one, compare on one device "
+                        f"per command")
     loaded = [resolve_card(ws, c)[0] for c in cards]
     base = resolve_card(ws, baseline)[0].name if baseline else None
-    r = compare(ws, loaded, device, fmt, quant, baseline=base, prompt=prompt, generate=generate,
-                repeat=repeat, rounds=rounds, force=force, predict_latency=not no_predict,
-                command=" ".join(sys.argv[1:]),
+    settings = {"baseline": base, "prompt": prompt, "generate": generate, "repeat": repeat,
+                "rounds": rounds, "force": force, "predict_latency": not no_predict,
+                "command": " ".join(sys.argv[1:])}
+    if fleet is not None:
+        compare_fleet_cmd(ws, loaded, names, fleet, fmt, quant, settings, as_json)
+        return
+    r = compare(ws, loaded, names[0], fmt, quant, **settings,
                 say=lambda m: err.print(f"[cyan]compare:[/cyan] {m}", highlight=False,
                                         soft_wrap=True))
     r.pop("reports")  # each card's report is in its folder; --json prints compare.json's object
-    if as_json:
-        emit_json(r)
-        return
-    console.print(compare_table(r))
-    console.print(f"plot: {r['plot']}\nreport: {Path(r['out_dir']) / 'compare.md'}")
+    print_compare(r, as_json)
 
 
 def compare_table(r: dict) -> Table:
+    """One device's compare: a row per card, its speed and size against the baseline."""
     table = Table(title=f"{r['device']} ({r['format']}, {r['quant']}), baseline {r['baseline']}")
     for col in ("card", "params", "size", "TTFT ms", "decode t/s", "speedup", "size ratio"):
         table.add_column(col, justify="left" if col == "card" else "right")
@@ -1117,6 +1247,75 @@ def compare_table(r: dict) -> Table:
                       f"{row['ttft_ms']:.2f}", f"{row['decode_tokens_per_s']:.2f}",
                       f"{row['speedup']:.2f}x", f"{row['size_ratio']:.2f}x")
     return table
+
+
+def print_compare(r: dict, as_json: bool) -> None:
+    """One device's compare.json object: printed as it is (--json), or its table and files."""
+    if as_json:
+        emit_json(r)
+        return
+    console.print(compare_table(r))
+    console.print(f"plot: {r['plot']}\nreport: {Path(r['out_dir']) / 'compare.md'}")
+
+
+def fleet_address(cluster: str | None) -> str | None:
+    """The fleet a command runs on: --cluster, else $MERINO_MOBILE_CLUSTER, else None (this
+    process alone; nothing of the fleet, nor Ray, is imported)."""
+    import os
+
+    return (cluster if cluster is not None
+            else os.environ.get("MERINO_MOBILE_CLUSTER", "")).strip() or None
+
+
+def fleet_lines(names: list[str], json_out: bool) -> tuple[Any, Any]:
+    """One progress line per device for a fleet's compare or verify, whose steps are messages
+    (exporting, bench round 2 of 3, iteration 1: measured ...): a rich bar each on a terminal,
+    else every message as a plain `device: message` line on stderr."""
+    if console.is_terminal and err.is_terminal:
+        return fleet_bars(names, transient=json_out, json_out=json_out)
+    from contextlib import nullcontext
+
+    def plain(device: str | None, message: str, done: int, total: int) -> None:
+        err.print(f"{escape(device or 'fleet')}: {escape(message)}", highlight=False,
+                  soft_wrap=True)
+
+    return nullcontext(), plain
+
+
+def print_fleet_errors(order: list[str], errors: dict[str, str]) -> None:
+    """Each failed device's one line on stderr, in the order given; exit code 2 if any."""
+    for name in order:
+        if name in errors:
+            err.print(f"[red]error:[/red] {escape(name)}: {escape(errors[name])}",
+                      highlight=False, soft_wrap=True)
+    if errors:
+        raise typer.Exit(2)
+
+
+def compare_fleet_cmd(ws: Workspace, cards: list[Card], names: list[str], cluster: str,
+                      fmt: str | None, quant: str, settings: dict, as_json: bool) -> None:
+    """`compare --cluster`: every device at once on the fleet. One device prints what `compare`
+    prints without a fleet; several print each device's table, or with --json one object whose
+    `devices` maps each name to its compare.json object or to {"error": ...}; a failed device
+    is one line on stderr and exit code 2, after the others finished."""
+    from merino_mobile.fleet.deploy import compare_fleet
+
+    bar, progress = fleet_lines(names, as_json)
+    with bar:
+        r = compare_fleet(ws, cards, names, cluster=cluster, fmt=fmt, quant=quant,
+                          progress=progress, **settings)
+    if len(names) == 1:
+        if names[0] in r.errors:
+            raise UserError(r.errors[names[0]])
+        print_compare(r.to_json()["devices"][names[0]], as_json)
+        return
+    if as_json:
+        emit_json(r.to_json())
+    else:
+        for one in r.to_json()["devices"].values():
+            if "error" not in one:
+                print_compare(one, as_json=False)
+    print_fleet_errors(r.order, r.errors)
 
 
 @app.command("demo")

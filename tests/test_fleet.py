@@ -460,3 +460,113 @@ def test_one_artifact_benched_on_two_phones_at_once(tmp_path, first, ray_cluster
     assert devs[A]["fingerprint"]["key"] != devs[B]["fingerprint"]["key"]  # 2 and 1 threads
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 2 and "needs a fleet" in err and len(err.strip().splitlines()) == 1
+
+
+def fleet_card(name: str, depth: int):
+    """A tiny card of the fleet space's shape: vocab 256, one block of width 64."""
+    from merino_mobile.card import Block, Card
+
+    return Card(name, vocab=256, context=64, head_dim=64, blocks=(Block(64, 1.0, 1, depth),))
+
+
+def test_two_cards_compared_on_two_phones_at_once(tmp_path, first, ray_cluster, phones,
+                                                  monkeypatch, capsys):
+    """`compare --device A --device B --cluster auto`: the cards exported once on the driver,
+    each phone benches both side by side, each phone's measurements stored under its name."""
+    from merino_mobile.card import save_card
+    from merino_mobile.latency.store import read_measurements
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    shutil.copytree(first[0].root, ws.root)
+    for name, depth in (("fleet-one", 1), ("fleet-two", 2)):
+        save_card(fleet_card(name, depth), ws.models / f"{name}.json")
+    code, out, err = run_cli(monkeypatch, capsys, "compare", "fleet-one", "fleet-two",
+                             "--device", A, "--device", B, "--cluster", "auto",
+                             "--quant", "fp32", "--prompt", "4", "--generate", "4",
+                             "--repeat", "2", "--rounds", "1", "--workspace", str(ws.root),
+                             "--json")
+    assert code == 0, err
+    devs = json.loads(out)["devices"]
+    assert set(devs) == {A, B}
+    fingerprints = set()
+    for name, r in devs.items():
+        assert r["device"] == name and [row["card"] for row in r["rows"]] == ["fleet-one",
+                                                                             "fleet-two"]
+        assert Path(r["out_dir"], "compare.json").is_file()
+        stored_here = read_measurements(ws.state, device=name)
+        assert sorted(m.card_name for m in stored_here) == ["fleet-one", "fleet-two"]
+        assert all(m.tag == "side-by-side" and m.decode_median_ms > 0 for m in stored_here)
+        assert len({m.fingerprint for m in stored_here}) == 1
+        fingerprints |= {m.fingerprint for m in stored_here}
+        assert f"{name}: " in err  # its own progress lines
+    assert len(fingerprints) == 2  # each phone's own (2 and 1 threads)
+    # both phones run the same format and quantization: each card exported once, into the
+    # first phone's compare folder, and benched from there by both
+    assert len(list((ws.root / "build").glob("compare-*/*/artifact/model.pte"))) == 2
+    assert not list((ws.root / "build" / f"compare-{B}-executorch-fp32").glob("*/artifact"))
+
+
+def test_design_verify_on_two_phones_at_once(tmp_path, first, ray_cluster, phones,
+                                             monkeypatch, capsys):
+    """`design --verify --device A --device B --cluster auto`: a loop per phone against its own
+    table, a card per phone (a given --name gets the phone's name), each with its measurement."""
+    from merino_mobile.card import load_card
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    shutil.copytree(first[0].root, ws.root)
+    args = ("design", "--latency", "1000ms", "--space", "fleet-tiny", "--context", "16",
+            "--quant", "fp32", "--verify", "--iterations", "1", "--name", "fleet-card",
+            "--device", A, "--device", B, "--cluster", "auto", "--workspace", str(ws.root))
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--json")
+    assert code == 0, err
+    devs = json.loads(out)["devices"]
+    assert set(devs) == {A, B}
+    reused = []
+    for name, d in devs.items():
+        assert Path(d["card"]) == ws.models / f"fleet-card-{name}.json"
+        v = d["verify"]
+        assert v["device"] == name and v["status"] == "within_budget"
+        (it,) = v["iterations"]
+        assert it["measured_ms"] > 0 and d["lut"]["device"] == name
+        card = load_card(Path(d["card"]))
+        assert card.name == f"fleet-card-{name}"
+        assert card.meta["measured_latency_ms"] == it["measured_ms"]
+        assert card.meta["verify"]["device"] == name
+        assert len(card.meta["verify"]["iterations"]) == 1
+        reused.append(it["reused"]["export"])
+    # both tables pick the space's one-layer design: exported once, the other loop reuses it
+    assert sorted(reused) == [False, True]
+    assert devs[A]["verify"]["measurement_id"] != devs[B]["verify"]["measurement_id"]
+    # the table: one row per phone, with its card
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--force")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("│ loopback-")]
+    assert len(rows) == 2 and all("64x1x1" in r and "kept" in r for r in rows), out
+    assert {line for line in out.splitlines() if line.startswith("card ")} == \
+        {f"card {n}: {ws.models / f'fleet-card-{n}.json'}" for n in (A, B)}
+
+
+def test_several_devices_without_a_cluster_are_one_line(tmp_path, monkeypatch, capsys):
+    """compare and design --verify with several --device and no fleet: one line, exit code 2,
+    before anything is loaded (the devices need not even exist)."""
+    monkeypatch.delenv("MERINO_MOBILE_CLUSTER", raising=False)
+    for args in (("compare", "one", "two", "--device", A, "--device", B),
+                 ("design", "--latency", "10ms", "--verify", "--device", A, "--device", B)):
+        code, _, err = run_cli(monkeypatch, capsys, *args, "--workspace", str(tmp_path))
+        assert code == 2 and "needs a fleet" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(monkeypatch, capsys, "design", "--latency", "10ms", "--device", A,
+                           "--device", B, "--workspace", str(tmp_path))
+    assert code == 2 and "add --verify" not in err and "one device per command" in err
+    assert len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(monkeypatch, capsys, "design", "--latency", "10ms", "--cluster",
+                           "auto", "--workspace", str(tmp_path))
+    assert code == 2 and "add --verify" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_each_device_of_a_fleet_verify_names_its_own_card():
+    from merino_mobile.fleet.deploy import card_name_for
+
+    assert card_name_for(None, None, A, several=True) == (None, None)  # the default names it
+    assert card_name_for("c", Path("out/c.json"), A, several=False) == ("c", Path("out/c.json"))
+    assert card_name_for("c", Path("out/c.json"), A, several=True) == \
+        (f"c-{A}", Path(f"out/c-{A}.json"))

@@ -2,7 +2,9 @@
 spread over the cluster, every measurement committed by the driver to the one store (docs/fleet.md).
 
 Nothing here is imported unless a command is given `--cluster` (or $MERINO_MOBILE_CLUSTER) or runs
-`merino-mobile fleet`; Ray itself is imported only by `cluster.import_ray`.
+`merino-mobile fleet`; Ray itself is imported only by `cluster.import_ray`. `fleet.deploy` (compare
+and design --verify on several devices) is imported by those commands only, not from here: it
+loads the deploy stage.
 """
 
 from merino_mobile.fleet.cluster import CLUSTER_ENV, cluster_from, connect, device_resource

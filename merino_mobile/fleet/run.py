@@ -59,6 +59,22 @@ class FleetTarget(Target):
         return self.remote
 
 
+class LentDevice:
+    """A fleet device lent to a local code path that opens and cleans up its device more than
+    once (`compare` opens it to read its runtimes, then again to bench): its `cleanup` leaves the
+    device open, and the fleet cleans it up (ending its actor) when the device's whole job is
+    done (`_Fleet.lend`). Everything else is the `RemoteDevice`'s."""
+
+    def __init__(self, remote: RemoteDevice) -> None:
+        self.remote = remote
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.remote, name)
+
+    def cleanup(self) -> None:
+        """Nothing yet: the fleet cleans the device up after the job."""
+
+
 @dataclass
 class FleetReport:
     """What `profile_fleet` did: each device's ProfileReport or its one-line error."""
@@ -209,6 +225,27 @@ class _Fleet:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return reports
+
+    def lend(self, job: Callable[[FleetTarget], Any]) -> Callable[[Target], Any]:
+        """`job` as a device's job for `run`: called with a FleetTarget whose `open()` lends the
+        device (`LentDevice`); the device is cleaned up, and its actor ended, when it returns."""
+        def one(t: Target) -> Any:
+            remote = self.remotes[t.name]
+            try:
+                return job(FleetTarget(t.ws, t.profile, t.format, t.quant,
+                                       remote=LentDevice(remote)))
+            finally:
+                remote.cleanup()
+
+        return one
+
+    def drop(self, name: str, error: str) -> None:
+        """Give up on one started device: its error, and its actor ended."""
+        self.errors[name] = error
+        with self._lock:
+            remote = self.remotes.pop(name, None)
+        if remote is not None:
+            remote.cleanup()
 
     def stop(self) -> None:
         """End every actor: a device's thread then ends with WorkerLost, which is not retried."""
