@@ -35,9 +35,11 @@ from typing import Any
 from merino_mobile import accounting
 from merino_mobile.card import load_card
 from merino_mobile.deploy import compare
+from merino_mobile.deploy.bench import decode_context
 from merino_mobile.design import design_card
 from merino_mobile.entropy import EntropySettings
 from merino_mobile.errors import UserError
+from merino_mobile.export.build import format_attends
 from merino_mobile.latency import predict_latency
 from merino_mobile.latency.table import load_lut
 from merino_mobile.space import load_space
@@ -94,7 +96,9 @@ def main() -> None:
         lut = load_lut(ws, DEVICE, RUNTIME, QUANT)
     except UserError as e:
         sys.exit(f"{e}\nmake one first: merino-mobile demo --workspace {args.workspace}")
-    context = args.prompt + args.generate
+    # the compare's decode steps attend up to their positions: design at their mean, as the demo
+    context = decode_context(args.prompt, args.generate, args.prompt + args.generate,
+                             format_attends("executorch"))
     space = load_space(ws.find("search", "default", ".toml"))
     opt125, opt350 = (load_card(ws.find("models", n, ".json")) for n in ("opt-125m", "opt-350m"))
     # the solver's own latency model (streaming terms), as the demo's budget

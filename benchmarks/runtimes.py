@@ -24,9 +24,10 @@ the positions `--prompt` and `--prompt` + `--generate` - 1 (128 and 1024 by defa
 of the runtime process, artifact size, and the share of the roofline: bytes one decode step
 reads (weights + the KV cache it attends) over the read bandwidth of a read-only sweep
 (`merino_mobile.deploy.predict.host_read_bandwidth`, at the profile's threads, the best of a
-sweep before and one after the benches). Which KV a step attends differs by runtime:
-ExecuTorch and ONNX exports attend their whole static fp32 cache at every position; llama.cpp
-attends its f16 cells up to the position. Weights are the card's
+sweep before and one after the benches). Which KV a step attends differs by runtime: ONNX
+exports attend their whole static fp32 cache at every position; ExecuTorch exports attend
+their fp32 cache up to the position (ExecuTorch's LLM ops, `model.use_llm_ops`), llama.cpp its
+f16 cells up to the position. Weights are the card's
 (`accounting.weight_bytes`) for ExecuTorch and ONNX, and the GGUF file's tensors for llama.cpp
 (its Q8_0/Q4_0 blocks carry a scale per 32 weights, and it keeps a tied table at higher
 precision). A shared block is counted once: it may be read once per layer it runs, so its share
@@ -34,12 +35,13 @@ is a lower bound. Weights are random: speed and size do not depend on them.
 
     python benchmarks/runtimes.py [--card models/smollm2-135m.json] [--design CARD]
         [--prompt 128] [--generate 897] [--repeat 5] [--rounds 3] [--quick]
-        [--export-only | --reuse-only]
+        [--formats executorch,gguf] [--export-only | --reuse-only]
 
 `--quick`: both cards shrunk (a 4-layer 192-wide Llama of the card's style, a ~10M design),
 positions 16 and 64, 2 runs of 2 rounds: a few minutes once its exports exist (making its 18
 artifacts took about 15 minutes on 2 shared cores). `--export-only` makes the exports and stops;
-`--reuse-only` benches the ones already made and lists the rest as not run. Writes
+`--reuse-only` benches the ones already made and lists the rest as not run; `--formats` keeps
+only the named formats' rows (the ExecuTorch-against-llama.cpp pairs need executorch,gguf). Writes
 benchmarks/results/runtimes.json (runtimes-quick.json with --quick) with `rows`, one per card x
 format x quantization.
 """
@@ -66,6 +68,7 @@ from merino_mobile.deploy.predict import host_read_bandwidth
 from merino_mobile.device.base import percentile
 from merino_mobile.errors import UserError
 from merino_mobile.export import export, reusable_export
+from merino_mobile.export.build import attention_of
 from merino_mobile.files import utc_now
 from merino_mobile.formats import FORMATS, Format
 from merino_mobile.target import resolve_target
@@ -207,7 +210,8 @@ def bytes_per_token(combo: Combo, position: int, cache_len: int) -> dict[str, in
         kv = accounting.kv_cache_bytes(card, position + 1, "fp16")
     else:
         weights = accounting.weight_bytes(card, combo.quant)
-        kv = accounting.kv_cache_bytes(card, cache_len, "fp32")
+        attended = position + 1 if attention_of(combo.export) == "position" else cache_len
+        kv = accounting.kv_cache_bytes(card, attended, "fp32")
     return {"weight_bytes": weights, "kv_bytes": kv, "bytes_per_token": weights + kv}
 
 
@@ -369,7 +373,13 @@ def main() -> None:
     ap.add_argument("--reuse-only", action="store_true",
                     help="bench the exports already made; make no new ones")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--formats", type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
+                    default=None, help="only these formats (comma-separated; default: all)")
     args = ap.parse_args()
+    unknown = sorted(set(args.formats or ()) - set(FORMATS))
+    if unknown:
+        sys.exit(f"--formats: unknown {', '.join(unknown)}; the formats are "
+                 f"{', '.join(FORMATS)}")
     if args.quick:
         args.prompt, args.generate, args.repeat, args.rounds = 16, 49, 2, 2
         args.design_params = 10e6
@@ -407,8 +417,8 @@ def main() -> None:
     except UserError as e:
         sys.exit(str(e))
     host_runtimes = dev.runtimes()
-    combos = [Combo(card, f, q) for card in (llama, mine) for f in FORMATS.values()
-              for q in f.quants]
+    formats = [f for f in FORMATS.values() if not args.formats or f.name in args.formats]
+    combos = [Combo(card, f, q) for card in (llama, mine) for f in formats for q in f.quants]
     try:
         for c in combos:
             prepare(ws, c, cache_len, host_runtimes, say, args.reuse_only)

@@ -965,6 +965,9 @@ def generate_cmd(
     top_k: int | None = typer.Option(None, "--top-k", help="Sample from the k likeliest tokens "
                                      "(default: greedy)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (with --top-k)."),
+    llm_runner: bool = typer.Option(False, "--llm-runner", help="Run a .pte through ExecuTorch's "
+                                    "own LLM runner (TextLLMRunner, as llama_main and its "
+                                    "Android demo app do) and report its statistics."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -974,7 +977,7 @@ def generate_cmd(
 
     ws = Workspace.resolve(workspace)
     g = generate_text(ws, artifact, prompt, device=device, new_tokens=tokens,
-                      tokenizer=tokenizer, top_k=top_k, seed=seed)
+                      tokenizer=tokenizer, top_k=top_k, seed=seed, llm_runner=llm_runner)
     if as_json:
         emit_json(g.to_json())
         return

@@ -18,6 +18,11 @@ and so keeps its own cache). `forward(tokens, start)` writes the keys and values
 start..start+T-1 and attends causally over the whole buffer with a mask, so one function with a
 dynamic T serves both prefill (T = prompt length) and decode (T = 1) and exports as such: the
 caches become ExecuTorch mutable buffers.
+
+`use_llm_ops(model)` switches a model (a copy: the ExecuTorch exporter's) to ExecuTorch's own LLM
+kernels: the cache becomes [1, cache_len, kv_heads, head_dim] and is written by `update_cache`,
+and `custom_sdpa` attends positions 0..start+T-1 only, so a decode step costs what its position
+needs, not what the whole cache costs. Same weights, same results (tests/test_model.py).
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ class KVCache(nn.Module):
         shape = (heads, cache_len, head_dim)  # batch 1: the decoder serves one sequence
         self.register_buffer("k", torch.zeros(shape), persistent=False)
         self.register_buffer("v", torch.zeros(shape), persistent=False)
+        self.cache_len = cache_len
+        self.llm_ops = False  # see `use_llm_ops`
+
+    def use_llm_ops(self) -> None:
+        """Become an empty cache in the layout of ExecuTorch's LLM ops, [1, cache_len, heads,
+        head_dim] (what was cached is dropped: call before the first token)."""
+        heads, length, dim = self.k.shape
+        self.register_buffer("k", torch.zeros(1, length, heads, dim), persistent=False)
+        self.register_buffer("v", torch.zeros(1, length, heads, dim), persistent=False)
+        self.llm_ops = True
 
     def update(self, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v [heads, T, head_dim] at positions `pos` [T]; return the whole cache."""
@@ -107,8 +122,10 @@ class Attention(nn.Module):
         self.v = nn.Linear(width, kv_width, bias=bias)
         self.o = nn.Linear(width, width, bias=bias if out_bias is None else out_bias)
 
-    def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor,
+    def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor | None,
                 rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        if cache.llm_ops:
+            return self.attend_to_position(x, cache, pos, rope)
         t = x.shape[1]  # x [1, T, width]: batch 1, like the cache
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         q = self.q(x).view(t, h, d).transpose(0, 1)  # [heads, T, head_dim]
@@ -133,6 +150,27 @@ class Attention(nn.Module):
         # (kv_heads, group): torch.export cannot prove that merge is a view at a dynamic T
         y = y.view(kv, group, t, d).permute(2, 0, 1, 3) if group > 1 else y.transpose(0, 1)
         return self.o(y.contiguous().view(1, t, h * d))
+
+    def attend_to_position(self, x: Tensor, cache: KVCache, pos: Tensor,
+                           rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        """The same attention through ExecuTorch's LLM ops (`use_llm_ops`): positions
+        pos[0]..pos[0]+T-1 are written, and each query attends the slots up to its own."""
+        t = x.shape[1]
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        q = self.q(x).view(1, t, h, d)  # the ops' layout: [batch, T, heads, head_dim]
+        k, v = (proj(x).view(1, t, kv, d) for proj in (self.k, self.v))
+        if rope is not None:
+            cos, sin = (r[:, None, :] for r in rope)  # [T, 1, head_dim]: every head alike
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        start = pos[0].item()
+        # what the exporter must know of the data-dependent start (ExecuTorch's llama does so)
+        torch._check_is_size(start)
+        torch._check(start + t <= cache.cache_len)
+        torch.ops.llama.update_cache(k, cache.k, start)
+        torch.ops.llama.update_cache(v, cache.v, start)
+        # causal from `start`: query i sees slots 0..start+i; a GQA cache is read as it is
+        y = torch.ops.llama.custom_sdpa(q, cache.k, cache.v, start, None, 0.0, True)
+        return self.o(y.view(1, t, h * d))
 
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -180,7 +218,7 @@ class DecoderLayer(nn.Module):
                    kv_heads=block.n_kv_heads, ffn=block.ffn, norm=card.norm, eps=card.norm_eps,
                    qkv_bias=card.has_qkv_bias, out_bias=card.has_out_bias)
 
-    def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor,
+    def forward(self, x: Tensor, cache: KVCache, pos: Tensor, mask: Tensor | None,
                 rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         x = x + self.attn(self.ln1(x), cache, pos, mask, rope)
         return x + self.ffn(self.ln2(x))
@@ -248,9 +286,11 @@ class Decoder(nn.Module):
         """
         t = tokens.shape[1]
         pos = start + torch.arange(t, dtype=torch.long)  # [T]
-        # query i (at pos[i]) sees cache slot j when j <= pos[i]: additive mask [T, cache_len]
-        slots = torch.arange(self.cache_len, dtype=torch.long)[None, :]
-        mask = torch.zeros(slots.shape).masked_fill(slots > pos[:, None], float("-inf"))
+        mask = None  # the LLM ops mask by position themselves
+        if not self.caches[0].llm_ops:
+            # query i (at pos[i]) sees cache slot j when j <= pos[i]: additive mask [T, cache_len]
+            slots = torch.arange(self.cache_len, dtype=torch.long)[None, :]
+            mask = torch.zeros(slots.shape).masked_fill(slots > pos[:, None], float("-inf"))
         x = self.proj_in(self.embed(tokens))
         rope = None
         if self.card.positions == "learned":
@@ -296,6 +336,19 @@ class Decoder(nn.Module):
         for cache in self.caches:
             cache.k.zero_()
             cache.v.zero_()
+
+
+def use_llm_ops(module: nn.Module) -> nn.Module:
+    """Switch every attention in `module` (a decoder or a profiler's micro-model) to ExecuTorch's
+    LLM kernels, `update_cache` and `custom_sdpa` (module docstring); returns `module`. Its caches
+    start empty. Registers the ops with torch first (a program using them loads only after the
+    same import: `merino_mobile.export.executorch.load_llm_kernels`)."""
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+
+    for m in module.modules():
+        if isinstance(m, KVCache):
+            m.use_llm_ops()
+    return module
 
 
 def causal_attention(attn: Attention, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:

@@ -35,6 +35,9 @@ CMAKE_OPTIONS = {
     "EXECUTORCH_BUILD_XNNPACK": "ON",
     "EXECUTORCH_BUILD_KERNELS_OPTIMIZED": "ON",
     "EXECUTORCH_BUILD_KERNELS_QUANTIZED": "ON",
+    # the LLM ops every exported decoder attends through (update_cache, custom_sdpa): with it
+    # on, executor_runner links them (before ExecuTorch 1.0: EXECUTORCH_BUILD_KERNELS_CUSTOM)
+    "EXECUTORCH_BUILD_KERNELS_LLM": "ON",
     "EXECUTORCH_BUILD_EXTENSION_DATA_LOADER": "ON",
     "EXECUTORCH_BUILD_EXTENSION_EVALUE_UTIL": "ON",
     "EXECUTORCH_BUILD_EXTENSION_FLAT_TENSOR": "ON",

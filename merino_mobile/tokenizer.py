@@ -53,3 +53,29 @@ class Tokenizer:
             source = self.path or "the byte tokenizer"
             raise UserError(f"{source} has {self.vocab} ids but the card's vocabulary is {vocab}; "
                             "use a tokenizer that fits the card")
+
+
+def _printable_bytes() -> dict[int, str]:
+    """Byte -> the character a byte-level tokenizer.json writes it as (GPT-2's convention):
+    printable Latin-1 bytes as themselves, the others shifted to code points from 256 on, so
+    every byte is one visible character."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in kept]
+    return {b: chr(b) for b in kept} | {b: chr(256 + i) for i, b in enumerate(shifted)}
+
+
+def byte_tokenizer_json() -> dict:
+    """The byte tokenizer as a Hugging Face tokenizer.json: a byte-level BPE with the 256 bytes
+    as its vocabulary (id = byte value) and no merges, so any runtime that reads tokenizer.json
+    files (the `tokenizers` library, ExecuTorch's LLM runner) encodes text to the same ids as
+    `Tokenizer()`. Written beside ExecuTorch exports of byte-tokenized models."""
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                  "use_regex": False}
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+            "normalizer": None, "pre_tokenizer": byte_level, "post_processor": None,
+            "decoder": byte_level,
+            "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                      "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                      "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                      "vocab": {c: b for b, c in _printable_bytes().items()}, "merges": []}}

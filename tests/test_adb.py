@@ -660,8 +660,8 @@ def test_runner_build_commands(tmp_path):
             "-DANDROID_ABI=arm64-v8a", "-DANDROID_PLATFORM=android-26",
             "-DEXECUTORCH_BUILD_XNNPACK=ON", "-DEXECUTORCH_BUILD_EXECUTOR_RUNNER=ON",
             "-DEXECUTORCH_BUILD_KERNELS_OPTIMIZED=ON", "-DEXECUTORCH_BUILD_KERNELS_QUANTIZED=ON",
-            "-DEXECUTORCH_PAL_DEFAULT=posix", "-DCMAKE_BUILD_TYPE=Release",
-            "-DPYTHON_EXECUTABLE=python3"} <= flags
+            "-DEXECUTORCH_BUILD_KERNELS_LLM=ON", "-DEXECUTORCH_PAL_DEFAULT=posix",
+            "-DCMAKE_BUILD_TYPE=Release", "-DPYTHON_EXECUTABLE=python3"} <= flags
     assert all(f.startswith("-D") and "=" in f for f in flags)
     assert build == ["cmake", "--build", str(src / "cmake-out-android-arm64-v8a"), "--target",
                      "executor_runner", "-j8", "--config", "Release"]

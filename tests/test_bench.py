@@ -91,6 +91,15 @@ def test_a_killed_runtime_is_reported_as_out_of_memory():
     assert "out of memory?" in str(explain_failure(alloc, "host", "decode"))
     other = MethodResult("forward", (), "ValueError: no method 'forward'")
     assert "out of memory" not in str(explain_failure(other, "host", "decode"))
+    assert "runner build" not in str(explain_failure(other, "host", "decode"))
+
+
+def test_a_runner_without_the_llm_kernels_is_told_to_rebuild():
+    """What executor_runner prints when a program's op has no kernel linked in."""
+    missing = MethodResult("forward", (), "Missing operator: [2] llama::custom_sdpa.out; "
+                                          "Loading method forward failed with status 0x14")
+    line = str(explain_failure(missing, "pixel7", "decode at position 128"))
+    assert "lacks a kernel" in line and "`merino-mobile runner build`" in line
 
 
 def test_decode_positions_are_real_and_span_the_generation():

@@ -433,12 +433,13 @@ def test_a_real_bench_lands_in_the_store_with_its_prediction(monkeypatch, capsys
     (m,) = read_measurements(ws.state, device="host")
     assert (m.id, m.card_name, m.runtime, m.quant, m.tag) == (1, "tiny-bench", "executorch",
                                                               "int8", "bench")
-    assert (m.prompt, m.generate, m.cache_len, m.context) == (8, 8, 32, 32)
+    # the decode context is what its steps attend: positions 8 and 15, 9 and 16 slots (12.5)
+    assert (m.prompt, m.generate, m.cache_len, m.context) == (8, 8, 32, 13)
     assert m.fingerprint == lut.fingerprint.key and Card.from_json(m.card) == TINY
     assert list(m.decode_samples_ms) == report.decode_samples_ms and len(m.ttft_samples_ms) == 3
     assert m.decode_median_ms == report.decode_ms_per_token.median
     assert m.artifact == str(artifact.resolve()) and m.artifact_sha256 == artifact_sha256(artifact)
-    assert m.predicted_ms == pytest.approx(predict_latency(TINY, lut, 32))
+    assert m.predicted_ms == pytest.approx(predict_latency(TINY, lut, 13))
     assert m.calibrated_ms is None and m.lut == lut.source
 
     code, out, err = run(monkeypatch, capsys, "measurements", "--device", "host",

@@ -176,6 +176,8 @@ def test_default_card_names_keep_the_budget_readable():
     assert default_name({"latency_ms": 1.05, "memory": 2e8}, "pixel7") == \
         "merino-lat1.05ms-m200MB-pixel7"
     assert default_name({"latency_ms": 50.0}, "host") == "merino-lat50ms-host"
+    # a budget of 1000 ms or more is written out, not as 1e+03 (which check_name refuses)
+    assert default_name({"latency_ms": 1000.0}, "host") == "merino-lat1000ms-host"
 
 
 def tiny_workspace(tmp_path):

@@ -70,6 +70,52 @@ def test_incremental_decode_equals_full_recompute(name):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+LLM_OPS_CARDS = {**CARDS, "gqa-swiglu-rms": tiny(
+    positions="rope", norm="rmsnorm", bias=False,
+    blocks=(Block(64, 4.0, 4, 2, ffn="swiglu", kv_heads=2),
+            Block(128, 2.0, 8, 1, ffn="swiglu", kv_heads=1)))}
+
+
+@pytest.mark.parametrize("name", sorted(LLM_OPS_CARDS))
+def test_llm_ops_attention_equals_the_masked_cache(name):
+    """ExecuTorch's update_cache + custom_sdpa (what every .pte attends through) give the logits
+    of the masked whole-cache attention, through a prefill and decode steps, GQA included."""
+    from copy import deepcopy
+
+    from merino_mobile.model import use_llm_ops
+
+    model = build_decoder(LLM_OPS_CARDS[name], seed=2)
+    fast = use_llm_ops(deepcopy(model))
+    assert all(c.llm_ops and c.k.shape[0] == 1 and c.k.shape[1] == 64 for c in fast.caches)
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for m in (model, fast):
+            m.reset_cache()
+        pairs = [(m(ids[:, :7], torch.tensor([0])) for m in (model, fast))]
+        pairs += [(m(ids[:, i:i + 1], torch.tensor([i])) for m in (model, fast))
+                  for i in range(7, 12)]
+        for want, got in (tuple(p) for p in pairs):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_llm_ops_attention_exports_with_the_ops_in_the_graph():
+    """The exported graph attends through llama::custom_sdpa, writes each layer's K and V
+    buffers in place with llama::update_cache, and builds no [T, cache_len] mask (what made every
+    decode step cost the whole cache)."""
+    from merino_mobile.export.executorch import decoder_method
+    from merino_mobile.model import use_llm_ops
+
+    model = use_llm_ops(build_decoder(LLM_OPS_CARDS["gqa-swiglu-rms"]))
+    module, args, dynamic = decoder_method(model, 8)
+    program = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count("llama.custom_sdpa.default") == 3  # one per executed layer
+    assert not any("masked_fill" in t for t in targets)
+    written = [str(n.args[1]) for n in program.graph.nodes
+               if str(n.target) == "llama.update_cache.default"]
+    assert sorted(written) == sorted(f"b_caches_{i}_{kv}" for i in range(3) for kv in "kv")
+
+
 def test_positions_change_logits():
     """The same token at another position gives other logits (positions are really used)."""
     for name in ("plain", "rope-no-bias"):

@@ -91,6 +91,41 @@ def test_generate_gives_the_torch_model_s_greedy_text_on_every_runtime(trained):
     assert fp32.text.startswith(" fox jumps")
 
 
+def test_executorch_s_own_llm_runner_generates_the_same_text(trained):
+    """TextLLMRunner (what llama_main and ExecuTorch's Android demo app run) loads the .pte
+    from its metadata and the tokenizer.json the export wrote, and decodes greedily what the
+    torch model does; its own statistics come back beside."""
+    ws, _, ckpt, arts, _ = trained
+    art = arts[("executorch", "fp32")]
+    assert json.loads((art.parent / "export.json").read_text())["tokenizer"] == "tokenizer.json"
+    model = build_decoder(CARD, cache_len=CACHE, checkpoint=ckpt)
+    want = torch_generate(model, list(PROMPT.encode()), 12)
+    g = generate_text(ws, art, PROMPT, new_tokens=12, llm_runner=True)
+    assert g.runtime == "executorch (TextLLMRunner)"
+    assert g.tokens == want and g.text == bytes(want).decode("utf-8", errors="replace")
+    assert g.prompt_tokens == len(PROMPT) and g.new_tokens == 12
+    assert g.runner_stats["generated_tokens"] == 11  # its count leaves out the prefill's token
+    assert g.runner_stats["prompt_tokens"] == len(PROMPT)
+    with pytest.raises(UserError, match="generates greedily"):
+        generate_text(ws, art, PROMPT, new_tokens=4, llm_runner=True, top_k=3)
+    with pytest.raises(UserError, match="runs ExecuTorch programs"):
+        generate_text(ws, arts[("onnx", "fp32")], PROMPT, new_tokens=4, llm_runner=True)
+
+
+def test_the_byte_tokenizer_file_encodes_as_the_byte_tokenizer(tmp_path):
+    """The tokenizer.json written beside byte-tokenized ExecuTorch exports is the byte
+    tokenizer: the same ids for any text (non-ASCII and control bytes included), and back."""
+    from merino_mobile.tokenizer import byte_tokenizer_json
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(byte_tokenizer_json()))
+    as_file, as_bytes = Tokenizer(path), Tokenizer()
+    text = "Grüße, 世界!\n\t\x00\x7f tabs\tand  spaces " + "".join(map(chr, range(32, 256)))
+    assert as_file.vocab == 256
+    assert as_file.encode(text) == as_bytes.encode(text)
+    assert as_file.decode(as_bytes.encode(text)) == text
+
+
 @torch.no_grad()
 def test_eval_perplexity_equals_the_torch_model_s_and_shows_what_int8_costs(trained):
     ws, corpus, ckpt, arts, res = trained
@@ -136,6 +171,9 @@ def test_cli_generate_and_eval_json_and_refusals(trained, run, tmp_path):
                        "--json").stdout)
     assert set(g) >= {"text", "tokens", "ttft_ms", "decode_tokens_per_s", "runtime"}
     assert len(g["tokens"]) == 5 and g["runtime"] == "executorch"
+    r = json.loads(run(ws.root, "generate", art, "--prompt", PROMPT, "--tokens", "5",
+                       "--llm-runner", "--json").stdout)
+    assert r["tokens"] == g["tokens"] and r["runner_stats"]["prompt_tokens"] == len(PROMPT)
     e = json.loads(run(ws.root, "eval", art, "--corpus", str(corpus), "--tokens", "50",
                        "--json").stdout)
     assert e["tokens_scored"] == 50 and e["perplexity"] > 1
@@ -145,6 +183,8 @@ def test_cli_generate_and_eval_json_and_refusals(trained, run, tmp_path):
     cases = [
         (("generate", art, "--prompt", "x", "--device", "pixel7"), "reached over adb"),
         (("generate", art, "--prompt", "x" * 60), "do not fit the artifact's KV cache of 48"),
+        (("generate", art, "--prompt", "x" * 60, "--llm-runner"),
+         "do not fit the artifact's KV cache of 48"),
         (("generate", art, "--prompt", ""), "the prompt is empty"),
         (("generate", art, "--prompt", "x", "--tokens", "0"), "--tokens must be at least 1"),
         (("eval", art, "--corpus", str(tmp_path / "none.txt")), "no corpus at"),

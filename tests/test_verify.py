@@ -137,7 +137,7 @@ def test_a_budget_met_at_once_is_one_iteration_and_the_card_records_it(deep, sha
     (m,) = [m for m in read_measurements(Path(shared) / ".merino-mobile", device="host")
             if m.id == it["measurement_id"]]
     assert m.tag == "verify" and m.context == CONTEXT and m.decode_median_ms == v["measured_ms"]
-    assert m.card_name == export_card(card).name and (m.prompt, m.generate) == (32, 32)
+    assert m.card_name == export_card(card).name and (m.prompt, m.generate) == (CONTEXT - 1, 1)
     assert m.predicted_ms == pytest.approx(predicted(4))
 
 
@@ -145,7 +145,9 @@ def test_a_budget_met_at_once_is_one_iteration_and_the_card_records_it(deep, sha
 def test_a_miss_tightens_and_an_interrupted_run_resumes(deep, shared, monkeypatch):
     ws = Workspace.resolve(shared)
     space = load_space(ws.root / "search" / "tiny.toml")
-    budget = 0.5 * deep["verify"]["measured_ms"]  # the deep design misses it by far
+    # the deep design misses it by far: a quarter of what the fixture measured, since the bench
+    # here is a new one and a loaded host's two benches of one design can differ by 2x
+    budget = 0.25 * deep["verify"]["measured_ms"]
     calls = {"bench": 0, "export": 0}
     real_bench, real_export = bench_mod.bench_artifact, export_mod.export
 
@@ -317,9 +319,14 @@ runner = "{tmp_path / 'executor_runner'}"
 
 
 def test_bench_lengths_fill_the_designed_context():
-    assert bench_lengths(512) == (128, 128)
-    assert bench_lengths(64) == (32, 32)
-    assert bench_lengths(3) == (1, 1)
+    """One decode step at position context - 1 attends `context` slots in every format."""
+    from merino_mobile.deploy.bench import decode_context
+
+    assert bench_lengths(512) == (511, 1)
+    assert bench_lengths(64) == (63, 1)
+    assert bench_lengths(2) == (1, 1)
+    for attends in ("cache", "position"):
+        assert decode_context(*bench_lengths(64), 64, attends) == 64
     with pytest.raises(UserError, match="--context of at least 2"):
         bench_lengths(1)
     assert round_up(0.0751234) == pytest.approx(0.0752) and round_up(12.0) == 12.0

@@ -6,11 +6,13 @@ dynamic T (ONNX adds the KV cache as explicit inputs, which the device fills wit
 
 - prefill (`pp P` in the llama-bench table): one call with T = P at start 0. Its time is the time
   to first token (TTFT); P * 1000 / TTFT is the prefill rate.
-- decode (`tg G`): calls with T = 1 at the real positions P .. P+G-1. The cache is static and
-  attended whole under a mask, so every decode step is the same computation whatever its position;
-  a generation of G tokens is therefore timed at its first and last positions (P and P+G-1), and
-  the per-position medians are kept in the result, so the assumption is visible in every report.
-  Decode rate = 1000 / (ms per token).
+- decode (`tg G`): calls with T = 1 at real positions of P .. P+G-1, spread over them (at most
+  DECODE_POSITIONS), one ms/token per run the mean over those positions; the per-position medians
+  are kept in the result. A step of an ONNX or Core ML export attends its whole static cache, so
+  it costs the same at every position; an ExecuTorch or llama.cpp step attends the positions up
+  to its own, so it costs more as the generation goes on (`BenchReport.attends`, and
+  `decode_context`: the table's context the bench is predicted at). Decode rate = 1000 / (ms per
+  token).
 
 Everything goes through the `Device` protocol (`prepare`, `benchmark` with `MethodSpec`s), so the
 same code measures this host and a phone. Each phase is its own `benchmark` call (a fresh runtime
@@ -50,6 +52,7 @@ from merino_mobile.device.base import (
     percentile,
 )
 from merino_mobile.errors import UserError
+from merino_mobile.export.build import attention_of
 from merino_mobile.formats import for_artifact
 from merino_mobile.target import Target, resolve_target
 from merino_mobile.units import human_bytes, human_count
@@ -113,6 +116,14 @@ class BenchReport:
     decode_samples_ms: list[float] = field(default_factory=list)  # ms/token, one per run
     rounds: int = 1  # separate benches pooled into this report (`bench_side_by_side`)
     measurement_id: int | None = None  # its row in the workspace's store, once recorded
+    # what one decode step attends: "cache" (the whole static cache: ONNX, Core ML, older
+    # ExecuTorch exports) or "position" (the positions up to its own: ExecuTorch, llama.cpp)
+    attends: str = "cache"
+
+    @property
+    def decode_context(self) -> int:
+        """The decode context this bench measured (`decode_context`)."""
+        return decode_context(self.prompt, self.generate, self.cache_len, self.attends)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -214,7 +225,24 @@ def explain_failure(result: MethodResult, device: str, what: str) -> UserError:
         return UserError(f"{what} on {device!r} ran out of memory? ({why}); the runtime process "
                          f"was killed or could not allocate: try a smaller card, int8/int4 "
                          f"weights, or a shorter --prompt/--generate")
+    if "missing operator" in low or "0x14" in low:
+        # ExecuTorch's "operator missing" status: a runner built without the LLM or quantized
+        # kernels every exported decoder uses (a phone's runner of an older build)
+        return UserError(f"{what} on {device!r} failed: {why}; the runner lacks a kernel the "
+                         f"program uses (ExecuTorch's LLM or quantized kernels): rebuild it with "
+                         f"`merino-mobile runner build` (docs/phones.md)")
     return UserError(f"{what} on {device!r} failed: {why}")
+
+
+def decode_context(prompt: int, generate: int, cache_len: int | None, attends: str) -> int:
+    """The decode context of a bench in the latency table's terms, the positions one decode step
+    attends: the whole static cache (`attends` "cache"), or, for a step that attends up to its
+    own position ("position"), the mean over the positions the bench times (the cost grows
+    linearly with the position, so the mean position's cost is the mean cost)."""
+    if attends == "position":
+        attended = [p + 1 for p in decode_positions(prompt, generate)]  # slots 0..p
+        return math.floor(sum(attended) / len(attended) + 0.5)
+    return cache_len or prompt + generate
 
 
 def decode_positions(prompt: int, generate: int) -> list[int]:
@@ -300,7 +328,8 @@ def bench_artifact(ws: Workspace, artifact: Path, device: str | Target, *,
         load_ms=pr.load_ms, peak_rss_bytes=max(rss) if rss else None,
         card=card.name if card else export.get("card"),
         params=_params(card), quant=export.get("quant"), cache_len=cache_len,
-        cpus=list(pre.cpus), wall_s=round(time.perf_counter() - t0, 3), raw=raw)
+        cpus=list(pre.cpus), wall_s=round(time.perf_counter() - t0, 3), raw=raw,
+        attends=attention_of(export))
     if record:
         report.measurement_id = record_measurement(target, report, card, tag)
     return report
@@ -348,13 +377,13 @@ def record_measurement(target: Target, report: BenchReport, card: Any,
     """Store a bench of a whole model in the workspace's store, committed before this returns,
     with what the device's table predicted for its decode step then; the measurement's id.
 
-    The decode context is the artifact's static KV cache (`cache_len`), which every decode step
-    attends whole, else prompt + generate."""
+    The decode context is `BenchReport.decode_context`: the positions a decode step attended,
+    its whole static cache or, for an artifact that follows the position, up to its own."""
     from merino_mobile.latency.store import Measurement, Store
 
     fp = Fingerprint.from_json(report.fingerprint)
     quant = report.quant or "unknown"
-    context = report.cache_len or report.prompt + report.generate
+    context = report.decode_context
     predicted, calibrated, lut = _prediction_then(target, card, fp, quant, context)
     m = Measurement(
         device=report.device, fingerprint=fp.key, runtime=report.runtime, quant=quant,

@@ -9,12 +9,18 @@ from typing import Any
 
 from merino_mobile import accounting
 from merino_mobile.card import Block, Card, load_card
-from merino_mobile.deploy.bench import DEFAULT_GENERATE, DEFAULT_PROMPT, DEFAULT_REPEAT
+from merino_mobile.deploy.bench import (
+    DEFAULT_GENERATE,
+    DEFAULT_PROMPT,
+    DEFAULT_REPEAT,
+    decode_context,
+)
 from merino_mobile.deploy.compare import compare
 from merino_mobile.deploy.deploy import deploy, deploy_dir, export_for_deploy
 from merino_mobile.design import design_card
 from merino_mobile.entropy import EntropySettings
 from merino_mobile.errors import UserError
+from merino_mobile.export.build import format_attends
 from merino_mobile.files import atomic_write_text
 from merino_mobile.latency import predict_latency as predict_ms
 from merino_mobile.latency.anchors import DEFAULT_ANCHORS
@@ -75,13 +81,15 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
         if not space_path.exists():
             atomic_write_text(space_path, TINY_SPACE)
         prompt, generate, repeat = 16, 16, 3
-        grid = make_grid(space_path, "quick", [32], [16])
     else:
         space_path = ws.find("search", "default", ".toml")
         prompt, generate, repeat = DEFAULT_PROMPT, DEFAULT_GENERATE, DEFAULT_REPEAT
-        # one decode context, the one the deploy runs at: fewer points, no interpolation in context
-        grid = make_grid(space_path, "quick", [prompt + generate], [prompt])
-    context = prompt + generate
+    # the comparison's KV cache; its decode steps attend up to their own positions, so the
+    # design's context is the one they attend on average, and the grid measures that one only
+    # (fewer points, no interpolation in context)
+    cache_len = prompt + generate
+    context = decode_context(prompt, generate, cache_len, format_attends("executorch"))
+    grid = make_grid(space_path, "quick", [context], [prompt])
     space = load_space(space_path)
     if reduced:
         smallest = Card(name="smallest", vocab=space.vocab, context=space.context,
@@ -97,7 +105,7 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
         extra = [] if reduced else [Job(
             f"{reference.name} (whole model)", export_for_deploy,
             (reference, deploy_dir(ws, reference.name, device, "executorch", quant) / "artifact",
-             "executorch", quant, context), cost=8.0 * reference.depth)]
+             "executorch", quant, cache_len), cost=8.0 * reference.depth)]
         say(f"profiling {device} ({runtime}, {quant}): {len(grid.points())} micro-benchmarks"
             + ("" if reduced else f" and {DEFAULT_ANCHORS} whole-model anchors")
             + (f"; {reference.name} is exported beside them" if extra else ""))

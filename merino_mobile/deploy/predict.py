@@ -3,9 +3,10 @@ memory roofline of its decode step.
 
 - Card vs latency table: a card whose vocabulary differs from the one the table's head was
   measured at is an error (the head dominates small models). A decode context or prompt outside
-  the measured range is a warning: the prediction is extrapolated and flagged. The model attends
-  its whole static cache, so the predicted decode latency is the table's at context = prompt +
-  generate, and the predicted prefill is the table's at the prompt length.
+  the measured range is a warning: the prediction is extrapolated and flagged. The predicted
+  decode latency is the table's at the positions the bench's decode steps attended
+  (`BenchReport.decode_context`: the whole static cache, or up to the step's own position for an
+  artifact that follows it), the predicted prefill the table's at the prompt length.
 - Calibrated or not: the decode prediction uses the device's calibration when one applies
   (`Target.table`, `merino_mobile.latency.calibration`); `calibrated` says whether it did,
   `calibration` gives its factors (or why none applied), and each phase keeps the raw table's
@@ -60,7 +61,7 @@ def predict(target: Target, card: Card, bench: BenchReport,
                         f"head at vocab {sorted(heads)}: they come from different search spaces; "
                         f"profile with a space of vocab {card.vocab} (--space) or deploy with "
                         f"--no-predict")
-    context = bench.prompt + bench.generate
+    context = bench.decode_context
     out: dict[str, Any] = {"lut": lut.source, "lut_fingerprint": lut.fingerprint.describe(),
                            "calibrated": lut.calibrated, "calibration": lut.summary()}
     for phase, length, measured in (("decode", context, bench.decode_ms_per_token.median),
@@ -139,14 +140,14 @@ def device_bandwidth(target: Target) -> dict[str, Any] | None:
 
 def roofline(target: Target, card: Card, bench: BenchReport) -> dict[str, Any]:
     """The decode step's floor: the bytes it reads per token (every weight, plus the KV cache
-    it attends: the exported decoder attends its whole static cache) over the device's read
+    it attends: `BenchReport.decode_context` positions) over the device's read
     bandwidth at its thread count, and the share of the measured step that floor explains."""
     bw = device_bandwidth(target)
     if bw is None:
         return {"share": None, "reason": f"no measured read bandwidth for {target.name}: "
                                          f"see docs/phones.md (bandwidth.json)"}
     wb = accounting.weight_bytes(card, target.quant)
-    kv = accounting.kv_cache_bytes(card, bench.cache_len or bench.prompt + bench.generate)
+    kv = accounting.kv_cache_bytes(card, bench.decode_context)
     floor_ms = 1000 * (wb + kv) / bw["bytes_per_s"]
     return {"weight_bytes": wb, "kv_bytes": kv, "bytes_per_token": wb + kv,
             "bandwidth_gbs": bw["bytes_per_s"] / 1e9, "threads": bw.get("threads"),

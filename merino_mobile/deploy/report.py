@@ -100,7 +100,7 @@ def prediction_figure(prediction: dict[str, Any], bench: BenchReport, *, title: 
     `prediction` has one, and `budget_ms` (a designed card's latency budget) as a labelled
     line on the decode panel. `title` names the card and setup (see `setup_title`)."""
     phases = (("decode", "decode ms/token", "context", bench.decode_ms_per_token,
-               bench.decode_samples_ms, bench.prompt + bench.generate),
+               bench.decode_samples_ms, bench.decode_context),
               ("prefill", "time to first token", "prompt", bench.ttft_ms,
                bench.ttft_samples_ms, bench.prompt))
     fig, axes = _new_figure(2, 8.4, 4.4)

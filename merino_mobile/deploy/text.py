@@ -214,9 +214,67 @@ class Generated:
     ttft_ms: float
     decode_tokens_per_s: float | None
     tokens: list[int]
+    runner_stats: dict[str, Any] | None = None  # ExecuTorch's LLM runner's own, when it ran
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def generate_with_llm_runner(artifact: Path, prompt: str, new_tokens: int,
+                             tokenizer: Path | None, threads: int) -> Generated:
+    """Greedy generation by ExecuTorch's own LLM runner (`TextLLMRunner`, the C++ runner its
+    `llama_main` and Android demo app use), from the .pte's metadata (`llm_metadata`) and a
+    tokenizer.json (`--tokenizer`, else the one beside the artifact). Timings are the runner's
+    (its Stats, in whole milliseconds), kept whole in `runner_stats`."""
+    import json
+
+    from merino_mobile.deploy.bench import artifact_meta, artifact_runtime
+    from merino_mobile.export.executorch import load_llm_kernels
+
+    artifact = Path(artifact)
+    if artifact_runtime(artifact) != "executorch":
+        raise UserError(f"--llm-runner runs ExecuTorch programs (.pte); {artifact.name} is not "
+                        f"one: leave the flag out")
+    meta = artifact_meta(artifact)
+    card = meta.get("card")
+    path = tokenizer or artifact.parent / "tokenizer.json"
+    if not Path(path).is_file():
+        raise UserError(f"ExecuTorch's LLM runner needs a tokenizer file and none lies beside "
+                        f"{artifact}: give --tokenizer PATH (exports of this version write one)")
+    tok = resolve_tokenizer(artifact, card, Path(path)) if card is not None else Tokenizer(path)
+    cache_len = (meta.get("export") or {}).get("cache_len") or (card.context if card else None)
+    wanted = len(tok.encode(prompt)) + new_tokens
+    if not prompt:
+        raise UserError("the prompt is empty; give --prompt some text")
+    if cache_len and wanted > cache_len:
+        raise UserError(f"the prompt and --tokens {new_tokens} do not fit the artifact's KV "
+                        f"cache of {cache_len} positions; shorten them or export with "
+                        f"--cache-len {wanted}")
+    load_llm_kernels()
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+    from executorch.extension.pybindings import _C
+
+    _C._unsafe_reset_threadpool(threads)
+    try:
+        runner = TextLLMRunner(str(artifact), str(path))
+    except RuntimeError as e:
+        raise UserError(f"ExecuTorch's LLM runner cannot load {artifact}: {e}; an export of an "
+                        f"older version lacks its metadata: export it again") from None
+    pieces: list[str] = []
+    stats: list[Any] = []
+    config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, echo=False)
+    runner.generate(prompt, config, token_callback=pieces.append,
+                    stats_callback=stats.append)
+    s = json.loads(stats[-1].to_json_string()) if stats else {}
+    text = "".join(pieces)
+    ttft = s.get("first_token_ms", 0) - s.get("inference_start_ms", 0)
+    decode_ms = s.get("inference_end_ms", 0) - s.get("first_token_ms", 0)
+    decoded = int(s.get("generated_tokens", 0))  # the runner's count: after the first token
+    rate = decoded * 1000 / decode_ms if decoded and decode_ms > 0 else None
+    ids = tok.encode(text)
+    return Generated(str(artifact), "executorch (TextLLMRunner)", prompt, text,
+                     int(s.get("prompt_tokens", len(tok.encode(prompt)))), len(ids), float(ttft),
+                     rate, ids, s)
 
 
 def _pick(logits: np.ndarray, top_k: int | None, rng: np.random.Generator) -> int:
@@ -231,14 +289,20 @@ def _pick(logits: np.ndarray, top_k: int | None, rng: np.random.Generator) -> in
 
 def generate_text(ws: Any, artifact: Path, prompt: str, *, device: str | None = None,
                   new_tokens: int = DEFAULT_NEW_TOKENS, tokenizer: Path | None = None,
-                  top_k: int | None = None, seed: int = 0) -> Generated:
+                  top_k: int | None = None, seed: int = 0, llm_runner: bool = False
+                  ) -> Generated:
     """Prefill the prompt's tokens with the artifact's runtime, decode `new_tokens` (greedy, or
-    sampled from the top_k), and decode the ids back to text."""
+    sampled from the top_k), and decode the ids back to text. `llm_runner`: let ExecuTorch's
+    own LLM runner do it (`generate_with_llm_runner`)."""
     if new_tokens < 1:
         raise UserError(f"--tokens must be at least 1 (got {new_tokens})")
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k must be at least 1 (got {top_k})")
     threads = _host_only(ws, device, "generate")
+    if llm_runner:
+        if top_k is not None:
+            raise UserError("--llm-runner generates greedily; leave out --top-k")
+        return generate_with_llm_runner(artifact, prompt, new_tokens, tokenizer, threads)
     stepper, card = open_stepper(artifact, threads)
     try:
         tok = resolve_tokenizer(artifact, card, tokenizer)

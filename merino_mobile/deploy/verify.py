@@ -53,7 +53,7 @@ from typing import Any
 
 from merino_mobile import accounting
 from merino_mobile.card import Card, save_card
-from merino_mobile.deploy.bench import DEFAULT_PROMPT, DEFAULT_REPEAT, Stat, artifact_sha256
+from merino_mobile.deploy.bench import DEFAULT_REPEAT, Stat, artifact_sha256
 from merino_mobile.design import (
     Design,
     Infeasible,
@@ -90,15 +90,15 @@ _EXPORTING = threading.Lock()
 
 
 def bench_lengths(context: int) -> tuple[int, int]:
-    """The prompt and generate lengths a verify bench uses at decode context `context`: the
-    export's KV cache is `context` positions (the decode step attends it whole, so every
-    generated token costs what the design was predicted for); the prompt is at most
-    DEFAULT_PROMPT tokens and half the context, the generation fills at most as many again."""
+    """The prompt and generate lengths a verify bench uses at decode context `context`, with
+    the export's KV cache `context` positions: a prompt of context - 1 tokens, then one decode
+    step at position context - 1, which attends `context` positions whether the artifact
+    attends its whole cache (ONNX, Core ML) or up to its own position (ExecuTorch, llama.cpp),
+    so it costs exactly what the design was predicted for (`bench.decode_context`)."""
     if context < 2:
         raise UserError(f"--verify needs a --context of at least 2 (a prompt and a generated "
                         f"token), got {context}")
-    prompt = min(DEFAULT_PROMPT, context // 2)
-    return prompt, min(prompt, context - prompt)
+    return context - 1, 1
 
 
 def arch_key(card: Card) -> str:

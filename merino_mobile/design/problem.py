@@ -54,7 +54,9 @@ def format_budget(resource: str, value: float) -> str:
     from merino_mobile.units import human_bytes, human_count
 
     if resource == "latency_ms":
-        return f"{value:.3g}ms"
+        short = f"{value:.3g}"
+        # 3 significant digits, but never an exponent ("1e+03ms" is no card name or reading)
+        return f"{short if 'e' not in short else f'{value:.0f}'}ms"
     if resource == "memory":
         return human_bytes(value)
     return human_count(value)

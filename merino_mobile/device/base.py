@@ -86,8 +86,9 @@ KEY_FIELDS = ("model", "cpu", "cores", "os", "abi", "runtime", "runtime_version"
               "cpus")
 # How the profiler measures (its micro-models). Bump when they change: it is part of every
 # fingerprint key, so stored measurements and cached programs of another version are not reused,
-# and of every table, which `merino_mobile.latency.table` refuses when it differs.
-BENCH_VERSION = 3
+# and of every table, which `merino_mobile.latency.table` refuses when it differs. 4: ExecuTorch
+# programs attend through its LLM ops (`model.use_llm_ops`).
+BENCH_VERSION = 4
 
 
 @dataclass(frozen=True)

@@ -77,10 +77,11 @@ def time_calls(calls: Sequence[Any], request: BenchRequest) -> list[float]:
 
 class ExecutorchRunner:
     def __init__(self, artifact: str, threads: int) -> None:
-        # the quantized kernels (a 4-bit embedding): an int4 decoder's method does not load
-        # without them (merino_mobile.export.executorch.load_quantized_kernels)
-        import executorch.kernels.quantized  # noqa: F401
         import torch  # noqa: F401  (loads libtorch, which the extension links against)
+
+        from merino_mobile.export.executorch import load_llm_kernels
+
+        load_llm_kernels()  # a 4-bit embedding, the LLM attention ops: no method loads without
 
         # The compiled extension is the runtime `executorch.runtime` wraps; importing it directly
         # skips `executorch.exir` (the exporter), which takes most of a worker's start-up time.

@@ -32,8 +32,26 @@ SCHEMA_VERSION = 1
 DEFAULT_PROMPT_LEN = 32
 # What the exporters write, beside the toolchain's versions: raised when an export of the same
 # card, format and quantization would come out differently (2: ExecuTorch int4 quantizes the
-# embedding and the head), so `reusable_export` does not hand back an artifact of older code
-EXPORTER_VERSION = 2
+# embedding and the head; 3: its attention runs on ExecuTorch's LLM ops and follows the
+# position), so `reusable_export` does not hand back an artifact of older code
+EXPORTER_VERSION = 3
+# Formats whose decode step attends the positions up to its own (ExecuTorch's custom SDPA since
+# exporter version 3, llama.cpp always); the others attend their whole static cache every step.
+FOLLOWS_POSITION = {"executorch": 3, "gguf": 1}
+
+
+def format_attends(fmt: str) -> str:
+    """What a decode step of an artifact this code exports in format `fmt` attends (see
+    `attention_of`)."""
+    return attention_of({"format": fmt, "exporter_version": EXPORTER_VERSION})
+
+
+def attention_of(export_meta: dict[str, Any]) -> str:
+    """What a decode step of an exported artifact attends, from its export.json: "position"
+    (the positions up to its own) or "cache" (its whole static KV cache)."""
+    since = FOLLOWS_POSITION.get(export_meta.get("format", ""))
+    version = export_meta.get("exporter_version") or 1
+    return "position" if since is not None and version >= since else "cache"
 
 
 @dataclass
@@ -138,6 +156,12 @@ def export(card: Card, fmt: str, quant: str, out_dir: Path, *, force: bool = Fal
         tokenizer = Path(checkpoint).parent / "tokenizer.json" if checkpoint else None
         if tokenizer is not None and tokenizer.is_file():
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+            result.extra["tokenizer"] = "tokenizer.json"
+        elif fmt == "executorch" and card.vocab >= 256:
+            # ExecuTorch's LLM runner needs a tokenizer file: the byte tokenizer's, as one
+            from merino_mobile.tokenizer import byte_tokenizer_json
+
+            write_json(tmp / "tokenizer.json", byte_tokenizer_json())
             result.extra["tokenizer"] = "tokenizer.json"
         write_json(tmp / "export.json", result.to_json())
         _replace_dir(tmp, out_dir)

@@ -16,8 +16,15 @@ Quantization, as the XNNPACK backend runs it:
   int4 programs of tied cards larger and slower than they need be, and left the head of the
   profile's int4 micro-benchmark, a quantized Linear, unlike the model's). A program with a
   quantized embedding needs ExecuTorch's quantized kernels registered before it loads
-  (`load_quantized_kernels`; else "Failed to load method forward, error 0x14"), which every
+  (`load_llm_kernels`; else "Failed to load method forward, error 0x14"), which every
   loader of this project does; a phone's executor_runner links them (`runner build`).
+
+Attention, in every program this module lowers (whole decoders and the profiler's micro-models
+alike, so the table times what is shipped), runs on ExecuTorch's LLM ops (`model.use_llm_ops`):
+`update_cache` writes the new keys and values and `custom_sdpa` attends only the positions up to
+the current one, so a decode step at position 10 costs less than one at position 2000, and the
+cache is read in place for grouped-query attention. They run as ExecuTorch kernels between the
+XNNPACK partitions (as in ExecuTorch's own LLM export); the same loader registers them.
 """
 
 from __future__ import annotations
@@ -27,13 +34,14 @@ import copy
 import functools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from merino_mobile.accounting import INT4_GROUP
 from merino_mobile.formats import check_pair
-from merino_mobile.model import Decoder
+from merino_mobile.model import Decoder, use_llm_ops
 
 METHOD = "forward"
 
@@ -58,10 +66,30 @@ def _quantize_int4(module: nn.Module) -> nn.Module:
     return module
 
 
-def load_quantized_kernels() -> None:
-    """Register ExecuTorch's quantized kernels (embedding_4bit and friends) with the runtime of
-    this process: a program with a quantized embedding does not load without them."""
+def load_llm_kernels() -> None:
+    """Register ExecuTorch's quantized kernels (embedding_4bit and friends) and its LLM ops
+    (`update_cache`, `custom_sdpa`) with the runtime of this process: a program that uses them
+    does not load without them. The ops' library is loaded directly: importing its Python
+    module pulls in torch's compiler (seconds of a worker's start-up)."""
+    import importlib.util
+
     import executorch.kernels.quantized  # noqa: F401
+    import torch
+    from executorch.extension.pybindings import _C  # noqa: F401  (the runtime the ops join)
+
+    try:
+        torch.ops.llama.custom_sdpa  # noqa: B018  (registered already)
+        return
+    except (AttributeError, RuntimeError):
+        pass
+    spec = importlib.util.find_spec("executorch.extension.llm.custom_ops")
+    folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    libs = [lib for f in folders for lib in f.glob("*custom_ops_aot_lib.*")]
+    if not libs:
+        raise RuntimeError("this executorch install has no LLM custom ops library "
+                           "(extension/llm/custom_ops/libcustom_ops_aot_lib.so); reinstall "
+                           "the pinned executorch")
+    torch.ops.load_library(str(libs[0]))
 
 
 def _quantize_decoder_int4(model: Decoder) -> Decoder:
@@ -165,11 +193,13 @@ def _infer_dynamic_views(program: torch.export.ExportedProgram) -> int:
     return changed
 
 
-def lower_to_pte(methods: dict[str, Method], quant: str, path: Path) -> Path:
+def lower_to_pte(methods: dict[str, Method], quant: str, path: Path,
+                 constant_methods: dict[str, Any] | None = None) -> Path:
     """Lower modules to one ExecuTorch program with a method each, delegated to XNNPACK.
 
     `methods` maps a method name to (module, example args, dynamic_shapes or None); the modules
-    are not modified (quantization works on copies). Writes the .pte at `path` and returns it.
+    are not modified (quantization works on copies). `constant_methods`: methods that return a
+    constant (`llm_metadata`). Writes the .pte at `path` and returns it.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import (
@@ -182,7 +212,7 @@ def lower_to_pte(methods: dict[str, Method], quant: str, path: Path) -> Path:
     programs = {}
     with torch.no_grad():
         for name, (module, args, dynamic_shapes) in methods.items():
-            module = copy.deepcopy(module).eval()
+            module = use_llm_ops(copy.deepcopy(module).eval())
             if quant == "int4":
                 if isinstance(module, Decoder):
                     module = _quantize_decoder_int4(module)
@@ -196,7 +226,8 @@ def lower_to_pte(methods: dict[str, Method], quant: str, path: Path) -> Path:
     with _cached_cia_op_table():
         edge = to_edge_transform_and_lower(
             programs, partitioner=[XnnpackPartitioner()],
-            compile_config=EdgeCompileConfig(_check_ir_validity=False))
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+            constant_methods=constant_methods)
     program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,17 +244,30 @@ def decoder_method(model: Decoder, prompt_len: int) -> Method:
     return model, args, {"tokens": {1: t}, "start": None}
 
 
+def llm_metadata(model: Decoder) -> dict[str, Any]:
+    """The constant methods ExecuTorch's LLM runner (`TextLLMRunner`; `llama_main` and the
+    Android demo app on a phone) reads from a .pte to drive its forward(tokens, start_pos): the
+    cache length (the most positions a generation may reach), the vocabulary, that the KV cache
+    and the SDPA ops live in the program, and that T is dynamic (a prompt is prefilled in one
+    call). BOS and EOS ids are left to the tokenizer file beside the program."""
+    return {"get_max_seq_len": model.cache_len, "get_max_context_len": model.cache_len,
+            "get_vocab_size": model.card.vocab, "use_kv_cache": True,
+            "use_sdpa_with_kv_cache": True, "enable_dynamic_shape": True}
+
+
 def export_executorch(model: Decoder, quant: str, path: Path, *, prompt_len: int) -> Path:
-    """Write the decoder as a .pte with one "forward(tokens [1, T], start [1]) -> logits" method."""
+    """Write the decoder as a .pte with one "forward(tokens [1, T], start [1]) -> logits" method
+    and the LLM runner's metadata (`llm_metadata`)."""
     model.reset_cache()
-    return lower_to_pte({METHOD: decoder_method(model, prompt_len)}, quant, path)
+    return lower_to_pte({METHOD: decoder_method(model, prompt_len)}, quant, path,
+                        constant_methods=llm_metadata(model))
 
 
 def load_method(artifact: Path, method: str = METHOD):
     """A fresh loaded method of a .pte: its mutable buffers (KV cache) start zeroed."""
     from executorch.runtime import Runtime
 
-    load_quantized_kernels()
+    load_llm_kernels()
     program = Runtime.get().load_program(Path(artifact))
     return program.load_method(method)
 

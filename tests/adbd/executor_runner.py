@@ -89,8 +89,11 @@ def main() -> int:
         log("E", 343, f"Unknown --print_output mode '{flags['print_output']}'. "
             "Expected 'none', 'summary', or 'all'.")
         return 1
-    import executorch.kernels.quantized  # noqa: F401  (the phone's runner links them too)
     import torch
+
+    from merino_mobile.export.executorch import load_llm_kernels
+
+    load_llm_kernels()  # quantized and LLM kernels: the phone's runner links them too
     from executorch.extension.pybindings import _C
 
     threads = int(flags["cpu_threads"])
