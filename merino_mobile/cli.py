@@ -192,8 +192,13 @@ app.add_typer(runner_app, name="runner")
 @runner_app.command("build")
 def runner_build_cmd(
     ndk: Path = typer.Option(..., "--ndk", help="Android NDK root (r26 or newer)."),
-    executorch_src: Path = typer.Option(..., "--executorch-src", help="ExecuTorch source "
-                                        "checkout, same version as the installed executorch."),
+    executorch_src: Path | None = typer.Option(None, "--executorch-src", help="ExecuTorch "
+                                               "source checkout, same version as the installed "
+                                               "executorch (--runtime executorch)."),
+    runtime: str = typer.Option("executorch", "--runtime", help="executorch (executor_runner) "
+                                "or llamacpp (llama.cpp's llama-bench, for .gguf artifacts)."),
+    llama_cpp_src: Path | None = typer.Option(None, "--llama-cpp-src", help="llama.cpp source "
+                                              "checkout (--runtime llamacpp)."),
     out: Path | None = typer.Option(None, "--out", help="Where the runner goes (default: "
                                     "~/.cache/merino-mobile/runner/arm64-v8a/executor_runner)."),
     build_dir: Path | None = typer.Option(None, "--build-dir", help="CMake build folder "
@@ -201,10 +206,25 @@ def runner_build_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands, run nothing."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Cross-compile ExecuTorch's executor_runner (XNNPACK) for arm64-v8a phones with CMake."""
-    from merino_mobile.runner_build import DEFAULT_OUT, RunnerBuild
+    """Cross-compile ExecuTorch's executor_runner (XNNPACK) for arm64-v8a phones with CMake, or
+    llama.cpp's llama-bench with --runtime llamacpp (docs/phones.md)."""
+    from merino_mobile.runner_build import (
+        DEFAULT_OUT,
+        LLAMA_BENCH_OUT,
+        LlamaBenchBuild,
+        RunnerBuild,
+    )
 
-    build = RunnerBuild(ndk, executorch_src, build_dir, out or DEFAULT_OUT)
+    if runtime not in ("executorch", "llamacpp"):
+        raise UserError(f"--runtime {runtime!r}: runner build makes executorch's executor_runner "
+                        f"or llamacpp's llama-bench (ONNX Runtime ships onnxruntime_perf_test)")
+    source, flag = ((executorch_src, "--executorch-src") if runtime == "executorch"
+                    else (llama_cpp_src, "--llama-cpp-src"))
+    if source is None:
+        raise UserError(f"--runtime {runtime} needs {flag} DIR, the source checkout to build")
+    build: RunnerBuild | LlamaBenchBuild = (
+        RunnerBuild(ndk, source, build_dir, out or DEFAULT_OUT) if runtime == "executorch"
+        else LlamaBenchBuild(ndk, source, build_dir, out or LLAMA_BENCH_OUT))
     if dry_run:
         if as_json:
             emit_json({"commands": build.commands(), "out": str(build.out),
@@ -216,7 +236,8 @@ def runner_build_cmd(
     if as_json:
         emit_json({"commands": build.commands(), "runner": str(path)})
     else:
-        console.print(f"runner: {path}  (set runner = \"{path}\" under [adb] in your phone's "
+        key = "runner" if runtime == "executorch" else "llama_bench"
+        console.print(f"runner: {path}  (set {key} = \"{path}\" under [adb] in your phone's "
                       "profile, or use the default path the shipped profiles expect)")
 
 

@@ -1,4 +1,5 @@
-"""`merino-mobile runner build`: cross-compile ExecuTorch's executor_runner for Android phones.
+"""`merino-mobile runner build`: cross-compile ExecuTorch's executor_runner (or, with `--runtime
+llamacpp`, llama.cpp's llama-bench: `LlamaBenchBuild`) for Android phones.
 
 The runner is ExecuTorch's own example runner (examples/portable/executor_runner) with the
 XNNPACK delegate, optimized and quantized CPU kernels, built with the Android NDK for arm64-v8a.
@@ -133,4 +134,91 @@ class RunnerBuild:
         from merino_mobile.device.checklist import write_runner_stamp  # readiness checks it
 
         write_runner_stamp(self.out, self.executorch_src)
+        return self.out
+
+
+LLAMA_BENCH_OUT = Path("~/.cache/merino-mobile/runner/arm64-v8a/llama-bench")
+# llama.cpp's own Android recipe (docs/android.md), as one static binary to push: no OpenMP (the
+# NDK's is a shared library), no llamafile kernels, no curl; armv8.2-a with dot products, which
+# every phone core of the last years has (a later -march can fault on older cores)
+LLAMA_CMAKE_OPTIONS = {
+    "CMAKE_BUILD_TYPE": "Release",
+    "CMAKE_C_FLAGS": "-march=armv8.2-a+dotprod",
+    "CMAKE_CXX_FLAGS": "-march=armv8.2-a+dotprod",
+    "GGML_OPENMP": "OFF",
+    "GGML_LLAMAFILE": "OFF",
+    "LLAMA_CURL": "OFF",
+    "BUILD_SHARED_LIBS": "OFF",
+}
+
+
+@dataclass
+class LlamaBenchBuild:
+    """The CMake build of llama.cpp's llama-bench for one Android ABI, the runner of .gguf
+    artifacts on a phone (`merino-mobile runner build --runtime llamacpp`). Build it from the
+    llama.cpp that llama-cpp-python vendors (`pip show llama-cpp-python`: its version names the
+    llama.cpp it builds) so the phone reads the files this host writes."""
+
+    ndk: Path
+    llama_cpp_src: Path
+    build_dir: Path | None = None
+    out: Path = LLAMA_BENCH_OUT
+    abi: str = "arm64-v8a"
+    platform: str = "android-28"
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 4)
+
+    def __post_init__(self) -> None:
+        self.ndk = Path(self.ndk).expanduser().resolve()
+        self.llama_cpp_src = Path(self.llama_cpp_src).expanduser().resolve()
+        self.build_dir = Path(self.build_dir or self.llama_cpp_src / f"build-android-{self.abi}")
+        self.out = Path(self.out).expanduser()
+
+    @property
+    def toolchain(self) -> Path:
+        return self.ndk / "build" / "cmake" / "android.toolchain.cmake"
+
+    @property
+    def binary(self) -> Path:
+        return self.build_dir / "bin" / "llama-bench"
+
+    def commands(self) -> list[list[str]]:
+        opts = {"CMAKE_TOOLCHAIN_FILE": str(self.toolchain), "ANDROID_ABI": self.abi,
+                "ANDROID_PLATFORM": self.platform, **LLAMA_CMAKE_OPTIONS}
+        return [["cmake", "-S", str(self.llama_cpp_src), "-B", str(self.build_dir),
+                 *(f"-D{k}={v}" for k, v in opts.items())],
+                ["cmake", "--build", str(self.build_dir), "--target", "llama-bench",
+                 f"-j{self.jobs}", "--config", "Release"]]
+
+    def script(self) -> str:
+        return "\n".join(" ".join(shlex.quote(a) for a in argv) for argv in self.commands())
+
+    def missing(self) -> list[str]:
+        out = []
+        if shutil.which("cmake") is None:
+            out.append("cmake (>= 3.24): `pip install cmake` or your package manager")
+        if not self.toolchain.is_file():
+            out.append(f"the Android NDK toolchain file {self.toolchain} (--ndk must be an NDK "
+                       "root, r26 or newer)")
+        if not (self.llama_cpp_src / "tools" / "llama-bench").is_dir():
+            out.append(f"llama.cpp sources at {self.llama_cpp_src} (git clone "
+                       "https://github.com/ggml-org/llama.cpp, or the vendor/llama.cpp folder of "
+                       "llama-cpp-python's source package)")
+        return out
+
+    def run(self, echo=print) -> Path:
+        """Run the build and copy llama-bench to `out`; a missing prerequisite is a UserError."""
+        missing = self.missing()
+        if missing:
+            raise UserError("cannot build llama-bench here; missing: " + "; ".join(missing))
+        for argv in self.commands():
+            echo("$ " + " ".join(shlex.quote(a) for a in argv))
+            done = subprocess.run(argv)
+            if done.returncode != 0:
+                raise UserError(f"`{' '.join(argv[:2])} ...` failed (exit {done.returncode}); "
+                                "the CMake output above says why")
+        if not self.binary.is_file():
+            raise UserError(f"the build finished but {self.binary} is missing")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.binary, self.out)
+        self.out.chmod(0o755)
         return self.out

@@ -4,9 +4,9 @@
 (adb_transport.py; the phone knows nothing of sockets or USB): fingerprint from getprop and /sys,
 artifacts and the runner pushed once under /data/local/tmp/merino-mobile/<sha256>/ and verified
 with sha256sum on the phone, runs pinned with taskset to the big cores at a fixed thread count,
-thermal cooldown before each batch with the temperatures recorded next to the timings. Three
-runners: ExecuTorch's native executor_runner, ExecuTorch's benchmark app, onnxruntime_perf_test
-(their command lines and output formats are in runners.py).
+thermal cooldown before each batch with the temperatures recorded next to the timings. Four
+runners: ExecuTorch's native executor_runner, ExecuTorch's benchmark app, onnxruntime_perf_test,
+llama.cpp's llama-bench (their command lines and output formats are in runners.py).
 
 Also here: the parsers of what the phone reports (getprop, cpufreq, thermal zones), the phone's
 readiness checklist (`readiness`: transport, phone visible, key accepted, model, runner and its
@@ -68,6 +68,10 @@ RUNNER_MISSING_FIX = ("build one with " + RUNNER_BUILD + ", or set runner = \"PA
 RUNNER_MISSING = "no ExecuTorch runner binary for {name}: " + RUNNER_MISSING_FIX
 ORT_MISSING_FIX = ("set onnxruntime_perf_test = \"PATH\" under [adb] in {path} (an arm64 build "
                    "from ONNX Runtime's Android build)")
+LLAMA_BENCH_MISSING_FIX = ("build llama.cpp's llama-bench for the phone with `merino-mobile runner "
+                           "build --runtime llamacpp --ndk DIR --llama-cpp-src DIR` "
+                           "(docs/phones.md) and "
+                           "set llama_bench = \"PATH\" under [adb] in {path}")
 APP_MISSING_FIX = ("build and install extension/benchmark/android/benchmark (./gradlew "
                    "installDebug), or build the native runner")
 
@@ -207,6 +211,7 @@ class AndroidPhone:
         self._app_installed: bool | None = None
         self.runner = None if self.app else self._local(runner or settings.runner)
         self.ort_tool = self._local(settings.extra.get("onnxruntime_perf_test"))
+        self.llama_tool = self._local(settings.extra.get("llama_bench"))
         self.zones = tuple(settings.extra.get("thermal_zones", ()))
         self.session = posixpath.join(self.remote_dir, f"run-{secrets.token_hex(4)}")
         self._facts: PhoneFacts | None = None
@@ -262,7 +267,7 @@ class AndroidPhone:
 
     def fingerprint(self, runtime: str, quant: str) -> Fingerprint:
         f = self.facts()
-        tool = self.runner if runtime == "executorch" else self.ort_tool
+        tool = {"executorch": self.runner, "llamacpp": self.llama_tool}.get(runtime, self.ort_tool)
         version = f"{tool.name} sha256:{file_sha256(tool)[:12]}" if tool and tool.exists() else "?"
         if runtime == "executorch" and self.app:
             version = f"{runners.MINIBENCH_PACKAGE} (ExecuTorch benchmark app)"
@@ -282,7 +287,8 @@ class AndroidPhone:
     def runtimes(self) -> list[str]:
         native = self.runner is not None and self.runner.exists()
         have = {"executorch": native or (self.app and self.app_installed()),
-                "onnxruntime": self.ort_tool is not None and self.ort_tool.exists()}
+                "onnxruntime": self.ort_tool is not None and self.ort_tool.exists(),
+                "llamacpp": self.llama_tool is not None and self.llama_tool.exists()}
         return [r for r in self.profile.runtimes if have.get(r)]
 
     # files
@@ -305,19 +311,24 @@ class AndroidPhone:
                                 "(runner = \"minibench\") but it is not installed on the phone: "
                                 + APP_MISSING_FIX)
             return None
-        tool = self.runner if runtime == "executorch" else self.ort_tool
+        tool = {"executorch": self.runner, "llamacpp": self.llama_tool}.get(runtime, self.ort_tool)
         if tool is None or not tool.exists():
             if runtime == "executorch":
                 raise UserError(RUNNER_MISSING.format(name=self.name, path=self.profile.path))
+            if runtime == "llamacpp":
+                raise UserError(f"no llama-bench for {self.name}: "
+                                + LLAMA_BENCH_MISSING_FIX.format(path=self.profile.path))
             raise UserError(f"no onnxruntime_perf_test for {self.name}: "
                             + ORT_MISSING_FIX.format(path=self.profile.path))
         return tool
 
     def prepare(self, artifact: Path) -> Handle:
         artifact = Path(artifact)
-        runtime = {".pte": "executorch", ".onnx": "onnxruntime"}.get(artifact.suffix)
+        runtime = {".pte": "executorch", ".onnx": "onnxruntime",
+                   ".gguf": "llamacpp"}.get(artifact.suffix)
         if runtime is None:
-            raise UserError(f"{artifact}: phones run .pte (ExecuTorch) or .onnx (ONNX Runtime)")
+            raise UserError(f"{artifact}: phones run .pte (ExecuTorch), .onnx (ONNX Runtime) or "
+                            f".gguf (llama.cpp)")
         if not artifact.is_file():
             raise UserError(f"{artifact}: no such file")
         tool = self._tool_for(runtime)
@@ -347,6 +358,8 @@ class AndroidPhone:
                 res, outs = self._bench_minibench(handle, method, request), []
             elif handle.runtime == "executorch":
                 res, outs = self._bench_executorch(tool, handle, method, request, i)
+            elif handle.runtime == "llamacpp":
+                res, outs = self._bench_llama(tool, handle, method, request), []
             else:
                 res, outs = self._bench_ort(tool, handle, method, request), []
             results.append(res)
@@ -469,6 +482,34 @@ class AndroidPhone:
             if samples.add(t.total_ms / t.executions):
                 break
         return MethodResult(method.name, tuple(samples.values))
+
+    def _bench_llama(self, tool: str, handle: Handle, method: MethodSpec,
+                     request: BenchRequest) -> MethodResult:
+        """One `forward(tokens [1, T], start [1])` call as llama-bench times it: T > 1 from
+        start 0 is a prefill of T tokens (`-p T`); T = 1 at position p is one token decoded
+        after p cached ones (`-n 1 -d p`, the depth filled untimed). llama-bench runs its own
+        warm-up, then `min_repeats` timed repetitions, each one sample."""
+        tokens, start = method.inputs[0].shape[-1], method.inputs[1].fill
+        if not isinstance(start, int) or (tokens > 1 and start != 0):
+            return MethodResult(method.name, (), f"llama-bench times a prefill from position 0 "
+                                f"or one decoded token at a position, not {tokens} tokens at "
+                                f"{start!r}")
+        prompt, generate = (tokens, 0) if tokens > 1 else (0, 1)
+        argv = self._pinned(runners.llama_bench_argv(
+            tool, handle.remote, prompt=prompt, generate=generate, depth=start,
+            repetitions=max(1, request.min_repeats), threads=self.profile.threads))
+        r = self.transport.run(argv, timeout=request.timeout_s)
+        if r.timed_out:
+            return MethodResult(method.name, (), f"llama-bench timed out after "
+                                f"{request.timeout_s:g}s")
+        t = runners.parse_llama_bench(r.stdout)
+        if t.malformed:
+            return MethodResult(method.name, (), f"llama-bench: {t.error()}: {UNREADABLE}")
+        if r.returncode != 0 or not t.ok:
+            why = t.error() if r.returncode == 0 else _last_line(r)
+            return MethodResult(method.name, (), f"llama-bench failed (exit {r.returncode}): "
+                                f"{why}")
+        return MethodResult(method.name, tuple(t.samples()))
 
     def cleanup(self) -> None:
         """Remove this session's files from the phone (the runner stays: pushed once, reused)."""
@@ -634,6 +675,13 @@ class _PhoneWalk:
                 return checklist.missing("runner", f"no ExecuTorch runner binary for {name}{at}",
                                          RUNNER_MISSING_FIX.format(path=self.path))
             rebuild = "rebuild it for the phone with " + RUNNER_BUILD
+        elif rt == "llamacpp":
+            tool = local_tool(self.profile, self.settings.extra.get("llama_bench"))
+            if tool is None or not tool.is_file():
+                at = f" at {tool}" if tool else ""
+                return checklist.missing("runner", f"no llama-bench for {name}{at}",
+                                         LLAMA_BENCH_MISSING_FIX.format(path=self.path))
+            rebuild = "rebuild llama-bench for it (`merino-mobile runner build --runtime llamacpp`)"
         elif rt == "onnxruntime":
             tool = local_tool(self.profile, self.settings.extra.get("onnxruntime_perf_test"))
             if tool is None or not tool.is_file():
@@ -642,7 +690,8 @@ class _PhoneWalk:
                                          ORT_MISSING_FIX.format(path=self.path))
             rebuild = "use onnxruntime_perf_test from an ONNX Runtime Android build for it"
         else:
-            return checklist.missing("runner", f"phones run executorch or onnxruntime, not {rt}",
+            return checklist.missing("runner", f"phones run executorch, onnxruntime or llamacpp, "
+                                     f"not {rt}",
                                      f"remove {rt!r} from runtimes = [...] in {self.path}")
         if not os.access(tool, os.X_OK):
             return checklist.missing("runner", f"{tool} is not executable", f"chmod +x {tool}")

@@ -1,6 +1,6 @@
 """Runner programs on a phone: the command lines we send and the output we read back.
 
-Three runners, each with a builder (argv) and a parser (text -> `RunnerTimings`):
+Four runners, each with a builder (argv) and a parser (text -> `RunnerTimings`):
 
 - ExecuTorch's native `executor_runner` (examples/portable/executor_runner), built for arm64 with
   XNNPACK by `merino-mobile runner build`. Flags are gflags (`--model_path=...`). Logs go to
@@ -11,6 +11,9 @@ Three runners, each with a builder (argv) and a parser (text -> `RunnerTimings`)
   a JSON list of {benchmarkModel, metric, actualValue, targetValue} to its files dir.
 - ONNX Runtime's `onnxruntime_perf_test`, which prints `Average inference time cost: x ms` and
   P50/P90 latencies in seconds.
+- llama.cpp's `llama-bench` (tools/llama-bench), built for arm64 (`runner build --runtime
+  llamacpp`); with `-o json` it prints a JSON array of tests, each with `n_prompt`, `n_gen`,
+  `n_depth` and `samples_ns`, one per repetition.
 
 A number a parser cannot read as a time (`1.2.3`, `nan`, a negative one) is never coerced or
 raised: its line is recorded in `RunnerTimings.malformed` and `errors`, quoted, the timings are
@@ -220,4 +223,38 @@ def parse_ort_perf_test(text: str) -> RunnerTimings:
     t.p50_ms = read(r"P50 Latency: " + _ORT_NUM + " s", 1e3)
     t.p90_ms = read(r"P90 Latency: " + _ORT_NUM + " s", 1e3)
     t.errors += [ln for ln in lines if "[E:onnxruntime" in ln]
+    return t
+
+
+def llama_bench_argv(tool: str, model: str, *, prompt: int, generate: int, depth: int,
+                     repetitions: int, threads: int) -> list[str]:
+    """llama-bench for one test: a prefill of `prompt` tokens (`generate` 0), or `generate`
+    tokens decoded one at a time, each after a cache filled with `depth` tokens (untimed)."""
+    return [tool, "-m", model, "-p", str(prompt), "-n", str(generate), "-d", str(depth),
+            "-r", str(repetitions), "-t", str(threads), "-o", "json"]
+
+
+def parse_llama_bench(text: str) -> RunnerTimings:
+    """llama-bench's JSON (stdout): the one test's repetitions as samples, in ms per call: a
+    prefill's whole time, a generation's time per token."""
+    t = RunnerTimings()
+    start = text.find("[")
+    try:
+        if start < 0:
+            raise json.JSONDecodeError("no JSON array", text, 0)
+        tests = json.loads(text[start:])
+    except json.JSONDecodeError as e:
+        t.errors.append(f"llama-bench did not print its JSON (-o json): {e.msg}: "
+                        f"{text.strip()[:200]!r}")
+        return t
+    if not isinstance(tests, list) or len(tests) != 1 or not isinstance(tests[0], dict):
+        t.errors.append(f"llama-bench printed {text.strip()[:200]!r}, not one test")
+        return t
+    test = tests[0]
+    per_call = max(1, int(test.get("n_gen") or 0))  # a generation's samples cover n_gen tokens
+    for ns in test.get("samples_ns") or []:
+        if (ms := t._time(ns, json.dumps({"samples_ns": ns}), 1e-6 / per_call)) is not None:
+            t.iterations_ms.append(ms)
+    t.executions, t.total_ms = len(t.iterations_ms), sum(t.iterations_ms)
+    t.threads = test.get("n_threads")
     return t
