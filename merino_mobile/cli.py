@@ -902,6 +902,9 @@ def bench_cmd(
     cluster: str | None = typer.Option(None, "--cluster", help="auto or HOST:PORT of a fleet's "
                                        "head: every --device at once on its node (default "
                                        "$MERINO_MOBILE_CLUSTER, else none). See docs/fleet.md."),
+    llm_runner: bool = typer.Option(False, "--llm-runner", help="Also run a .pte through "
+                                    "ExecuTorch's own LLM runner (TextLLMRunner) on this host "
+                                    "and report its statistics beside (docs/deploy.md)."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -911,6 +914,7 @@ def bench_cmd(
     import os
 
     from merino_mobile.deploy.bench import bench_artifact, llama_bench_table
+    from merino_mobile.deploy.text import llm_runner_stats
 
     ws = Workspace.resolve(workspace)
     names = devices or ["host"]
@@ -924,9 +928,13 @@ def bench_cmd(
         bench_fleet_cmd(ws, artifact, names, fleet, prompt, generate, repeat, as_json)
         return
     device = names[0]
+    if llm_runner and (device != "host" or Path(artifact).suffix != ".pte"):
+        raise UserError("--llm-runner runs a .pte with ExecuTorch's LLM runner on this host: "
+                        "give a model.pte and --device host (or leave the flag out)")
     r = bench_artifact(ws, artifact, device, prompt=prompt, generate=generate, repeat=repeat)
+    runner = llm_runner_stats(ws, artifact, prompt, generate) if llm_runner else None
     if as_json:
-        emit_json(r.to_json())
+        emit_json(r.to_json() | ({"llm_runner": runner} if runner else {}))
         return
     console.print(llama_bench_table([r], f"{artifact} on {device}"))
     extra = Table(show_header=False, box=None)
@@ -936,6 +944,12 @@ def bench_cmd(
     extra.add_row("load", "-" if r.load_ms is None else f"{r.load_ms:.1f} ms")
     extra.add_row("peak RSS", "-" if r.peak_rss_bytes is None else human_bytes(r.peak_rss_bytes))
     extra.add_row("device", r.fingerprint.get("cpu", "") + f" ({r.fingerprint.get('os', '')})")
+    if runner:
+        rate = runner["decode_tokens_per_s"]
+        extra.add_row("ExecuTorch LLM runner", f"first token {runner['ttft_ms']:.0f} ms for "
+                      f"{runner['prompt_tokens']} tokens, decode "
+                      + ("-" if rate is None else f"{rate:.1f} tokens/s")
+                      + f" over {runner['new_tokens']} tokens (its own clock, whole ms)")
     console.print(extra)
 
 

@@ -174,6 +174,10 @@ def test_cli_generate_and_eval_json_and_refusals(trained, run, tmp_path):
     r = json.loads(run(ws.root, "generate", art, "--prompt", PROMPT, "--tokens", "5",
                        "--llm-runner", "--json").stdout)
     assert r["tokens"] == g["tokens"] and r["runner_stats"]["prompt_tokens"] == len(PROMPT)
+    b = json.loads(run(ws.root, "bench", art, "--prompt", "8", "--generate", "4", "--repeat", "1",
+                       "--llm-runner", "--json").stdout)
+    assert b["llm_runner"]["prompt_tokens"] == 8 and b["llm_runner"]["new_tokens"] == 4
+    assert b["llm_runner"]["stats"]["generated_tokens"] == 3 and b["decode_tokens_per_s"]
     e = json.loads(run(ws.root, "eval", art, "--corpus", str(corpus), "--tokens", "50",
                        "--json").stdout)
     assert e["tokens_scored"] == 50 and e["perplexity"] > 1
@@ -185,6 +189,7 @@ def test_cli_generate_and_eval_json_and_refusals(trained, run, tmp_path):
         (("generate", art, "--prompt", "x" * 60), "do not fit the artifact's KV cache of 48"),
         (("generate", art, "--prompt", "x" * 60, "--llm-runner"),
          "do not fit the artifact's KV cache of 48"),
+        (("bench", str(arts[("onnx", "fp32")]), "--llm-runner"), "give a model.pte"),
         (("generate", art, "--prompt", ""), "the prompt is empty"),
         (("generate", art, "--prompt", "x", "--tokens", "0"), "--tokens must be at least 1"),
         (("eval", art, "--corpus", str(tmp_path / "none.txt")), "no corpus at"),

@@ -277,6 +277,30 @@ def generate_with_llm_runner(artifact: Path, prompt: str, new_tokens: int,
                      rate, ids, s)
 
 
+def llm_runner_stats(ws: Any, artifact: Path, prompt_tokens: int, new_tokens: int
+                     ) -> dict[str, Any]:
+    """ExecuTorch's LLM runner's own numbers for a prompt of about `prompt_tokens` tokens and
+    `new_tokens` generated (`bench --llm-runner`): a prompt of one repeated token, as bench's
+    prefill is; the runner tokenizes the text itself, so its count is the one reported."""
+    meta_card = _card_of(artifact)
+    tok = resolve_tokenizer(artifact, meta_card, None)
+    one = tok.encode(" a")[-1:] or [0]
+    g = generate_with_llm_runner(artifact, tok.decode(one * prompt_tokens), new_tokens, None,
+                                 _host_only(ws, "host", "bench --llm-runner"))
+    return {"prompt_tokens": g.prompt_tokens, "new_tokens": g.new_tokens, "ttft_ms": g.ttft_ms,
+            "decode_tokens_per_s": g.decode_tokens_per_s, "stats": g.runner_stats}
+
+
+def _card_of(artifact: Path) -> Any:
+    from merino_mobile.deploy.bench import artifact_meta
+
+    card = artifact_meta(Path(artifact)).get("card")
+    if card is None:
+        raise UserError(f"{Path(artifact).parent} has no card.json: give an artifact "
+                        f"`merino-mobile export` (or deploy) wrote, with its folder")
+    return card
+
+
 def _pick(logits: np.ndarray, top_k: int | None, rng: np.random.Generator) -> int:
     if top_k is None:
         return int(np.argmax(logits))
