@@ -1362,6 +1362,14 @@ def demo_cmd(
                                  "comparison (what the tests run)."),
     jobs: int | None = typer.Option(None, "--jobs", min=1, help="Processes exporting side by "
                                     "side while profiling (default: the usable cores)."),
+    space: str = typer.Option("default", "--space", help="Search space (search/<name>.toml): "
+                              "default, or mobilellm (Llama-style layers; compared with "
+                              "MobileLLM-125M)."),
+    compare_with: str | None = typer.Option(None, "--compare", help="The card the design is "
+                                            "budgeted from and benched beside (default: "
+                                            "opt-350m; mobilellm-125m for --space mobilellm)."),
+    speedup: float = typer.Option(4.0, "--speedup", help="The design's budget is the compared "
+                                  "card's predicted latency over this."),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -1374,7 +1382,8 @@ def demo_cmd(
     ws = Workspace.resolve(workspace)
     bar, progress, out = profile_bar(transient=True, json_out=as_json)
     with bar:
-        r = demo(ws, reduced=reduced, workers=jobs, progress=progress,
+        r = demo(ws, reduced=reduced, space=space, compare_card=compare_with, speedup=speedup,
+                 workers=jobs, progress=progress,
                  say=lambda m: out.print(f"[cyan]demo:[/cyan] {m}", highlight=False,
                                          soft_wrap=True))
     if as_json:

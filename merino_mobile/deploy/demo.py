@@ -27,7 +27,7 @@ from merino_mobile.latency.anchors import DEFAULT_ANCHORS
 from merino_mobile.latency.grid import make_grid
 from merino_mobile.latency.profile import run_profile
 from merino_mobile.parallel import Job
-from merino_mobile.space import load_space
+from merino_mobile.space import Choice, load_space
 from merino_mobile.target import resolve_target
 from merino_mobile.workspace import Workspace
 
@@ -48,11 +48,37 @@ depth = [0, 3]
 sharing = true
 order = "non-decreasing"
 """
+# `demo --reduced --space mobilellm`: the MobileLLM space's kind of layer (RMSNorm, SwiGLU, rotary
+# positions, grouped-query attention, no biases) at the tiny space's scale
+TINY_LLAMA_SPACE = """# A tiny Llama-style space for `demo --reduced --space mobilellm`.
+schema_version = 2
+name = "demo-tiny-llama"
+vocab = 256
+context = 64
+head_dim = 16
+positions = "rope"
+tied_head = true
+embed_width = 0
+norm = "rmsnorm"
+bias = false
+ffn = "swiglu"
+kv_heads = [1]
+max_blocks = 2
+widths = [32]
+ffn_ratios = [2.0, 3.0]
+depth = [0, 3]
+sharing = true
+order = "non-decreasing"
+"""
 DEMO_COMPARE = "opt-350m"
+# each shipped space's comparison card: of its vocabulary and kind of layer, so the table
+# predicts it (a Llama-style table does not measure OPT's layers)
+SPACE_COMPARE = {"default": DEMO_COMPARE, "mobilellm": "mobilellm-125m"}
 DEMO_SPEEDUP = 4.0  # the design's budget: the comparison card's predicted latency / this
 
 
-def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPARE,
+def demo(ws: Workspace, *, reduced: bool = False, space: str = "default",
+         compare_card: str | None = None, speedup: float = DEMO_SPEEDUP,
          say: Any = None, workers: int | None = None, progress: Any = None
          ) -> dict[str, Any]:
     """The whole loop on this host: profile (or reuse the table), design, then `compare` the
@@ -66,8 +92,11 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     without the loop: the tests run it, and they check the loop in tests/test_verify.py.
 
     Budget: the design's decode latency budget is the predicted latency of the comparison card
-    over DEMO_SPEEDUP (the paper's MeRino-64M is 4.9x faster than OPT-350M); `reduced` has no
-    comparison card and uses 1.5x the predicted latency of the smallest design of its tiny space.
+    over `speedup` (default DEMO_SPEEDUP; the paper's MeRino-64M is 4.9x faster than OPT-350M);
+    `reduced` has no comparison card and uses 1.5x the predicted latency of the smallest design
+    of its tiny space. `space`: the search space (search/<space>.toml; "mobilellm" is the
+    MobileLLM-style one, whose comparison card is MobileLLM-125M: `SPACE_COMPARE`; `reduced`
+    then uses a tiny space of the same kind of layer).
     The comparison card is exported while the profile's programs are (`workers` processes side
     by side), so the export of a 331M-parameter model hides behind the profile's.
     """
@@ -76,14 +105,22 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     steps: dict[str, float] = {}
     target = resolve_target(ws, "host", "executorch", "int8")
     device, runtime, quant = target.name, target.runtime, target.quant
+    if not speedup > 0 or speedup == float("inf"):
+        raise UserError(f"--speedup must be a positive number (got {speedup})")
     if reduced:
-        space_path = ws.search / "demo-tiny.toml"
+        llama = space != "default" and load_space(ws.find("search", space, ".toml")).norm != \
+            "layernorm"
+        space_path = ws.search / ("demo-tiny-llama.toml" if llama else "demo-tiny.toml")
         if not space_path.exists():
-            atomic_write_text(space_path, TINY_SPACE)
+            atomic_write_text(space_path, TINY_LLAMA_SPACE if llama else TINY_SPACE)
         prompt, generate, repeat = 16, 16, 3
     else:
-        space_path = ws.find("search", "default", ".toml")
+        space_path = ws.find("search", space, ".toml")
         prompt, generate, repeat = DEFAULT_PROMPT, DEFAULT_GENERATE, DEFAULT_REPEAT
+        compare_card = compare_card or SPACE_COMPARE.get(space)
+        if compare_card is None:
+            raise UserError(f"--space {space}: no comparison card is known for it; give one of "
+                            f"its vocabulary and kind of layer with --compare CARD")
     # the comparison's KV cache; its decode steps attend up to their own positions, so the
     # design's context is the one they attend on average, and the grid measures that one only
     # (fewer points, no interpolation in context)
@@ -92,12 +129,10 @@ def demo(ws: Workspace, *, reduced: bool = False, compare_card: str = DEMO_COMPA
     grid = make_grid(space_path, "quick", [context], [prompt])
     space = load_space(space_path)
     if reduced:
-        smallest = Card(name="smallest", vocab=space.vocab, context=space.context,
-                        head_dim=space.head_dim, blocks=(accounting_block(space),))
-        reference, factor = smallest, 1.5
+        reference, factor = smallest_card(space), 1.5
     else:
         reference = load_card(ws.find("models", compare_card, ".json"))
-        factor = 1 / DEMO_SPEEDUP
+        factor = 1 / speedup
     try:
         lut = target.table()
         say(f"reusing the latency table {lut.source}")
@@ -191,3 +226,11 @@ def accounting_block(space: Any) -> Block:
     """The smallest block a space allows: its narrowest width and smallest FFN ratio, 1 layer."""
     w, r = min(space.widths), min(space.ffn_ratios)
     return Block(width=w, ffn_ratio=r, heads=w // space.head_dim, depth=1)
+
+
+def smallest_card(space: Any) -> Card:
+    """The space's smallest design, with its kind of layer (`accounting_block`, the fewest K/V
+    heads it allows)."""
+    b = accounting_block(space)
+    return space.to_card((Choice(width=b.width, ffn_ratio=b.ffn_ratio, depth=1, shared=False,
+                                 kv_heads=space.kv_choices[0]),), "smallest")
