@@ -169,3 +169,21 @@ def test_dynamic_views_are_rewritten_to_infer_their_one_symbolic_size():
     for length in (1, 5, 17):
         y = torch.randn(1, length, 8)
         assert torch.equal(program.module()(y), Fold()(y))
+
+
+def test_the_kernels_per_call_log_is_held_back_and_the_rest_shown(capfd):
+    """What the C++ runtime writes to fd 2 inside `filtered_native_log`: custom_sdpa's line per
+    call is dropped, any other line still reaches stderr."""
+    import os
+
+    from merino_mobile.export.executorch import filtered_native_log
+
+    with filtered_native_log():
+        os.write(2, b"[kernel_runtime_context.h:91] No temp allocator provided\n" * 3)
+        os.write(2, b"[method.cpp:1] a real warning\n")
+    err = capfd.readouterr().err
+    assert "No temp allocator" not in err and err.count("a real warning") == 1
+    with pytest.raises(ValueError), filtered_native_log():  # an error does not lose the log
+        os.write(2, b"[op.cpp:2] why it failed\n")
+        raise ValueError("boom")
+    assert "why it failed" in capfd.readouterr().err

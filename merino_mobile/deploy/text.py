@@ -82,9 +82,14 @@ class ExecuTorchStepper(Stepper):
     runtime = "executorch"
 
     def __init__(self, artifact: Path, cache_len: int) -> None:
-        from merino_mobile.export.executorch import load_method
+        import contextlib
+
+        from merino_mobile.export.executorch import filtered_native_log, load_method
 
         self.method, self.cache_len = load_method(artifact), cache_len
+        # the kernels' per-call log lines, held back until close() (`filtered_native_log`)
+        self._log = contextlib.ExitStack()
+        self._log.enter_context(filtered_native_log())
 
     def step(self, ids: list[int], start: int) -> np.ndarray:
         import torch
@@ -92,6 +97,9 @@ class ExecuTorchStepper(Stepper):
         out = self.method.execute([torch.tensor([ids], dtype=torch.long),
                                    torch.tensor([start], dtype=torch.long)])[0]
         return out.reshape(-1).float().numpy()
+
+    def close(self) -> None:
+        self._log.close()
 
 
 class OnnxStepper(Stepper):
@@ -229,7 +237,7 @@ def generate_with_llm_runner(artifact: Path, prompt: str, new_tokens: int,
     import json
 
     from merino_mobile.deploy.bench import artifact_meta, artifact_runtime
-    from merino_mobile.export.executorch import load_llm_kernels
+    from merino_mobile.export.executorch import filtered_native_log, load_llm_kernels
 
     artifact = Path(artifact)
     if artifact_runtime(artifact) != "executorch":
@@ -263,8 +271,9 @@ def generate_with_llm_runner(artifact: Path, prompt: str, new_tokens: int,
     pieces: list[str] = []
     stats: list[Any] = []
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, echo=False)
-    runner.generate(prompt, config, token_callback=pieces.append,
-                    stats_callback=stats.append)
+    with filtered_native_log():
+        runner.generate(prompt, config, token_callback=pieces.append,
+                        stats_callback=stats.append)
     s = json.loads(stats[-1].to_json_string()) if stats else {}
     text = "".join(pieces)
     ttft = s.get("first_token_ms", 0) - s.get("inference_start_ms", 0)

@@ -263,8 +263,42 @@ def export_executorch(model: Decoder, quant: str, path: Path, *, prompt_len: int
                         constant_methods=llm_metadata(model))
 
 
-def load_method(artifact: Path, method: str = METHOD):
-    """A fresh loaded method of a .pte: its mutable buffers (KV cache) start zeroed."""
+# what ExecuTorch's kernels log on every call in this process and that says nothing to a user:
+# custom_sdpa asks the runtime for a scratch allocator the Python runtime does not give, and
+# falls back to its own memory
+NATIVE_NOISE = ("No temp allocator provided",)
+
+
+@contextlib.contextmanager
+def filtered_native_log() -> Iterator[None]:
+    """Run the block with the process's stderr (fd 2, where ExecuTorch's C++ log goes) caught in
+    a temporary file; afterwards every line but the NATIVE_NOISE ones is written to stderr, so
+    a warning or an error still shows, without a line per kernel call."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(True)
+                    if not any(n in line for n in NATIVE_NOISE)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def load_method(artifact: Path, method: str = METHOD) -> Any:
+    """A fresh loaded method of a .pte: its mutable buffers (KV cache) start zeroed. Run it
+    under `filtered_native_log` (once around a loop of calls, not per call)."""
     from executorch.runtime import Runtime
 
     load_llm_kernels()
@@ -279,6 +313,7 @@ def verify_executorch(model: Decoder, artifact: Path, quant: str) -> dict:
     prompt, steps = fit_prompt(model)
     ref = reference_run(model, prompt, steps)
     method = load_method(artifact)
-    got = run_steps(lambda tokens, start: method.execute([tokens, start])[0], prompt,
-                    ref["tokens"])
+    with filtered_native_log():
+        got = run_steps(lambda tokens, start: method.execute([tokens, start])[0], prompt,
+                        ref["tokens"])
     return compare(ref["logits"], got, quant) | {"runtime": "executorch"}
