@@ -50,25 +50,20 @@ CMAKE_OPTIONS = {
 }
 
 
-@dataclass
-class RunnerBuild:
-    """The CMake build of executor_runner for one Android ABI."""
+class CMakeBuild:
+    """What the two runner builds share: the NDK's toolchain file, the two CMake commands (as a
+    script to copy), and running them, then copying the binary to `out`. A build names its
+    `source`, `binary`, `target`, CMake options and what it lacks (`missing`)."""
 
     ndk: Path
-    executorch_src: Path
-    build_dir: Path | None = None
-    out: Path = DEFAULT_OUT
-    abi: str = "arm64-v8a"
-    platform: str = "android-26"
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 4)
-    python: str = sys.executable
-
-    def __post_init__(self) -> None:
-        self.ndk = Path(self.ndk).expanduser().resolve()
-        self.executorch_src = Path(self.executorch_src).expanduser().resolve()
-        default = self.executorch_src / f"cmake-out-android-{self.abi}"
-        self.build_dir = Path(self.build_dir or default)
-        self.out = Path(self.out).expanduser()
+    source: Path
+    build_dir: Path
+    out: Path
+    abi: str
+    platform: str
+    jobs: int
+    target: str = ""
+    what: str = "the runner"
 
     @property
     def toolchain(self) -> Path:
@@ -76,17 +71,22 @@ class RunnerBuild:
 
     @property
     def binary(self) -> Path:
-        return self.build_dir / "executor_runner"
+        raise NotImplementedError
+
+    def options(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def missing(self) -> list[str]:
+        raise NotImplementedError
 
     def configure_argv(self) -> list[str]:
         opts = {"CMAKE_TOOLCHAIN_FILE": str(self.toolchain), "ANDROID_ABI": self.abi,
-                "ANDROID_PLATFORM": self.platform, **CMAKE_OPTIONS,
-                "PYTHON_EXECUTABLE": self.python}
-        return ["cmake", "-S", str(self.executorch_src), "-B", str(self.build_dir),
+                "ANDROID_PLATFORM": self.platform, **self.options()}
+        return ["cmake", "-S", str(self.source), "-B", str(self.build_dir),
                 *(f"-D{k}={v}" for k, v in opts.items())]
 
     def build_argv(self) -> list[str]:
-        return ["cmake", "--build", str(self.build_dir), "--target", "executor_runner",
+        return ["cmake", "--build", str(self.build_dir), "--target", self.target,
                 f"-j{self.jobs}", "--config", "Release"]
 
     def commands(self) -> list[list[str]]:
@@ -96,8 +96,7 @@ class RunnerBuild:
         """The commands as a shell script a user can copy."""
         return "\n".join(" ".join(shlex.quote(a) for a in argv) for argv in self.commands())
 
-    def missing(self) -> list[str]:
-        """What this machine lacks for the build, each with how to get it."""
+    def _missing_tools(self) -> list[str]:
         out = []
         if shutil.which("cmake") is None:
             out.append("cmake (>= 3.24): `pip install cmake` or your package manager")
@@ -105,21 +104,16 @@ class RunnerBuild:
             out.append(f"the Android NDK toolchain file {self.toolchain} (--ndk must be an NDK "
                        "root, r26 or newer: Android Studio > SDK Manager > NDK, or "
                        "https://developer.android.com/ndk/downloads)")
-        if not (self.executorch_src / "CMakeLists.txt").is_file():
-            out.append(f"ExecuTorch sources at {self.executorch_src} (git clone "
-                       "https://github.com/pytorch/executorch, checkout the tag of your "
-                       "installed executorch version)")
-        elif not (self.executorch_src / "backends/xnnpack/third-party/XNNPACK/CMakeLists.txt"
-                  ).is_file():
-            out.append(f"ExecuTorch's submodules in {self.executorch_src} (run `git submodule "
-                       "update --init --recursive` there)")
         return out
 
+    def installed(self) -> None:
+        """Called once the binary is at `out` (the ExecuTorch runner records its version)."""
+
     def run(self, echo=print) -> Path:
-        """Run the build and copy the runner to `out`; a missing prerequisite is a UserError."""
+        """Run the build and copy the binary to `out`; a missing prerequisite is a UserError."""
         missing = self.missing()
         if missing:
-            raise UserError("cannot build the runner here; missing: " + "; ".join(missing))
+            raise UserError(f"cannot build {self.what} here; missing: " + "; ".join(missing))
         for argv in self.commands():
             echo("$ " + " ".join(shlex.quote(a) for a in argv))
             done = subprocess.run(argv)
@@ -131,10 +125,55 @@ class RunnerBuild:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(self.binary, self.out)
         self.out.chmod(0o755)
+        self.installed()
+        return self.out
+
+
+@dataclass
+class RunnerBuild(CMakeBuild):
+    """The CMake build of executor_runner for one Android ABI."""
+
+    ndk: Path
+    executorch_src: Path
+    build_dir: Path | None = None
+    out: Path = DEFAULT_OUT
+    abi: str = "arm64-v8a"
+    platform: str = "android-26"
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 4)
+    python: str = sys.executable
+    target: str = "executor_runner"
+
+    def __post_init__(self) -> None:
+        self.ndk = Path(self.ndk).expanduser().resolve()
+        self.executorch_src = self.source = Path(self.executorch_src).expanduser().resolve()
+        default = self.executorch_src / f"cmake-out-android-{self.abi}"
+        self.build_dir = Path(self.build_dir or default)
+        self.out = Path(self.out).expanduser()
+
+    @property
+    def binary(self) -> Path:
+        return self.build_dir / "executor_runner"
+
+    def options(self) -> dict[str, str]:
+        return {**CMAKE_OPTIONS, "PYTHON_EXECUTABLE": self.python}
+
+    def missing(self) -> list[str]:
+        """What this machine lacks for the build, each with how to get it."""
+        out = self._missing_tools()
+        if not (self.executorch_src / "CMakeLists.txt").is_file():
+            out.append(f"ExecuTorch sources at {self.executorch_src} (git clone "
+                       "https://github.com/pytorch/executorch, checkout the tag of your "
+                       "installed executorch version)")
+        elif not (self.executorch_src / "backends/xnnpack/third-party/XNNPACK/CMakeLists.txt"
+                  ).is_file():
+            out.append(f"ExecuTorch's submodules in {self.executorch_src} (run `git submodule "
+                       "update --init --recursive` there)")
+        return out
+
+    def installed(self) -> None:
         from merino_mobile.device.checklist import write_runner_stamp  # readiness checks it
 
         write_runner_stamp(self.out, self.executorch_src)
-        return self.out
 
 
 LLAMA_BENCH_OUT = Path("~/.cache/merino-mobile/runner/arm64-v8a/llama-bench")
@@ -153,7 +192,7 @@ LLAMA_CMAKE_OPTIONS = {
 
 
 @dataclass
-class LlamaBenchBuild:
+class LlamaBenchBuild(CMakeBuild):
     """The CMake build of llama.cpp's llama-bench for one Android ABI, the runner of .gguf
     artifacts on a phone (`merino-mobile runner build --runtime llamacpp`). Build it from the
     llama.cpp that llama-cpp-python vendors (`pip show llama-cpp-python`: its version names the
@@ -166,59 +205,26 @@ class LlamaBenchBuild:
     abi: str = "arm64-v8a"
     platform: str = "android-28"
     jobs: int = field(default_factory=lambda: os.cpu_count() or 4)
+    target: str = "llama-bench"
+    what: str = "llama-bench"
 
     def __post_init__(self) -> None:
         self.ndk = Path(self.ndk).expanduser().resolve()
-        self.llama_cpp_src = Path(self.llama_cpp_src).expanduser().resolve()
+        self.llama_cpp_src = self.source = Path(self.llama_cpp_src).expanduser().resolve()
         self.build_dir = Path(self.build_dir or self.llama_cpp_src / f"build-android-{self.abi}")
         self.out = Path(self.out).expanduser()
-
-    @property
-    def toolchain(self) -> Path:
-        return self.ndk / "build" / "cmake" / "android.toolchain.cmake"
 
     @property
     def binary(self) -> Path:
         return self.build_dir / "bin" / "llama-bench"
 
-    def commands(self) -> list[list[str]]:
-        opts = {"CMAKE_TOOLCHAIN_FILE": str(self.toolchain), "ANDROID_ABI": self.abi,
-                "ANDROID_PLATFORM": self.platform, **LLAMA_CMAKE_OPTIONS}
-        return [["cmake", "-S", str(self.llama_cpp_src), "-B", str(self.build_dir),
-                 *(f"-D{k}={v}" for k, v in opts.items())],
-                ["cmake", "--build", str(self.build_dir), "--target", "llama-bench",
-                 f"-j{self.jobs}", "--config", "Release"]]
-
-    def script(self) -> str:
-        return "\n".join(" ".join(shlex.quote(a) for a in argv) for argv in self.commands())
+    def options(self) -> dict[str, str]:
+        return dict(LLAMA_CMAKE_OPTIONS)
 
     def missing(self) -> list[str]:
-        out = []
-        if shutil.which("cmake") is None:
-            out.append("cmake (>= 3.24): `pip install cmake` or your package manager")
-        if not self.toolchain.is_file():
-            out.append(f"the Android NDK toolchain file {self.toolchain} (--ndk must be an NDK "
-                       "root, r26 or newer)")
+        out = self._missing_tools()
         if not (self.llama_cpp_src / "tools" / "llama-bench").is_dir():
             out.append(f"llama.cpp sources at {self.llama_cpp_src} (git clone "
                        "https://github.com/ggml-org/llama.cpp, or the vendor/llama.cpp folder of "
                        "llama-cpp-python's source package)")
         return out
-
-    def run(self, echo=print) -> Path:
-        """Run the build and copy llama-bench to `out`; a missing prerequisite is a UserError."""
-        missing = self.missing()
-        if missing:
-            raise UserError("cannot build llama-bench here; missing: " + "; ".join(missing))
-        for argv in self.commands():
-            echo("$ " + " ".join(shlex.quote(a) for a in argv))
-            done = subprocess.run(argv)
-            if done.returncode != 0:
-                raise UserError(f"`{' '.join(argv[:2])} ...` failed (exit {done.returncode}); "
-                                "the CMake output above says why")
-        if not self.binary.is_file():
-            raise UserError(f"the build finished but {self.binary} is missing")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(self.binary, self.out)
-        self.out.chmod(0o755)
-        return self.out
