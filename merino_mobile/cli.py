@@ -731,13 +731,7 @@ def check_design_devices(devices: list[str], verify: bool, cluster: str | None) 
                             f"measures a card for each of several devices at once; without "
                             f"--verify, design for one device per command")
         return None
-    fleet = fleet_address(cluster)
-    if fleet is None and len(devices) > 1:
-        raise UserError(f"--device given {len(devices)} times: verifying on several devices at "
-                        f"once needs a fleet, --cluster auto (after `merino-mobile fleet "
-                        f"start`) or --cluster HOST:PORT; without one, verify one device per "
-                        f"command")
-    return fleet
+    return fleet_for(cluster, devices, "verifying on", "verify on")
 
 
 def run_verify_fleet(ws: Workspace, sp: Any, given: dict, settings: EntropySettings,
@@ -911,19 +905,13 @@ def bench_cmd(
     """Measure an exported model on a device: load, time to first token, prefill and decode
     tokens/s, peak memory, size (a llama-bench style table). Every bench is stored in the
     workspace (`merino-mobile measurements`)."""
-    import os
 
     from merino_mobile.deploy.bench import bench_artifact, llama_bench_table
     from merino_mobile.deploy.text import llm_runner_stats
 
     ws = Workspace.resolve(workspace)
     names = devices or ["host"]
-    fleet = (cluster if cluster is not None
-             else os.environ.get("MERINO_MOBILE_CLUSTER", "")).strip() or None
-    if fleet is None and len(names) > 1:
-        raise UserError(f"--device given {len(names)} times: benching several devices at once "
-                        f"needs a fleet, --cluster auto (after `merino-mobile fleet start`) or "
-                        f"--cluster HOST:PORT; without one, bench one device per command")
+    fleet = fleet_for(cluster, names, "benching", "bench")
     if fleet is not None:
         bench_fleet_cmd(ws, artifact, names, fleet, prompt, generate, repeat, as_json)
         return
@@ -1254,12 +1242,7 @@ def compare_cmd(
 
     ws = Workspace.resolve(workspace)
     names = devices or ["host"]
-    fleet = fleet_address(cluster)
-    if fleet is None and len(names) > 1:
-        raise UserError(f"--device given {len(names)} times: comparing on several devices at "
-                        f"once needs a fleet, --cluster auto (after `merino-mobile fleet "
-                        f"start`) or --cluster HOST:PORT; without one, compare on one device "
-                        f"per command")
+    fleet = fleet_for(cluster, names, "comparing on", "compare on")
     loaded = [resolve_card(ws, c)[0] for c in cards]
     base = resolve_card(ws, baseline)[0].name if baseline else None
     settings = {"baseline": base, "prompt": prompt, "generate": generate, "repeat": repeat,
@@ -1303,6 +1286,17 @@ def fleet_address(cluster: str | None) -> str | None:
 
     return (cluster if cluster is not None
             else os.environ.get("MERINO_MOBILE_CLUSTER", "")).strip() or None
+
+
+def fleet_for(cluster: str | None, devices: list[str], doing: str, verb: str) -> str | None:
+    """`fleet_address`, refusing several devices without a fleet (`doing`: "benching", `verb`:
+    "bench": the words of the one-line error)."""
+    fleet = fleet_address(cluster)
+    if fleet is None and len(devices) > 1:
+        raise UserError(f"--device given {len(devices)} times: {doing} several devices at once "
+                        f"needs a fleet, --cluster auto (after `merino-mobile fleet start`) or "
+                        f"--cluster HOST:PORT; without one, {verb} one device per command")
+    return fleet
 
 
 def fleet_lines(names: list[str], json_out: bool) -> tuple[Any, Any]:
