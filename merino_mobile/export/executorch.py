@@ -131,7 +131,8 @@ def _quantize_int8(module: nn.Module, args: tuple, dynamic_shapes: dict | None) 
     graph = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False).module()
     prepared = prepare_pt2e(graph, quantizer)
     buffers = {k: v.clone() for k, v in prepared.named_buffers()}
-    prepared(*args)  # dynamic activations need no calibration; one run initializes observers
+    with filtered_native_log():  # the eager LLM ops log a line per call, as the runtime's do
+        prepared(*args)  # dynamic activations need no calibration; one run initializes observers
     # the run mutated state (KV caches); put it back so the program starts as the module did
     for name, value in prepared.named_buffers():
         if name in buffers and value.shape == buffers[name].shape:
