@@ -71,7 +71,8 @@ def layer_features(p: Point) -> list[float]:
     kv = p.kv_heads * (p.width // p.heads) if p.kv_heads and p.heads else p.width
     ups = 2 if p.ffn in GATED else 1  # a gated FFN's gate beside up
     matmul = 2 * p.width**2 + 2 * p.width * kv + (ups + 1) * p.width * hidden  # q, o; k, v; FFN
-    # attention reads the whole static cache: `context` slots at decode, the prompt at prefill
+    # attention reads `context` slots at decode (the positions a step attends), the prompt at
+    # prefill
     return [1.0, 2 * matmul * t, 4 * p.width * p.context * t]
 
 
