@@ -170,15 +170,12 @@ def _host_only(ws: Any, device: str | None, what: str) -> int:
 
 def open_stepper(artifact: Path, threads: int) -> tuple[Stepper, Any]:
     """The stepper of an exported artifact and its card (from the export folder)."""
-    from merino_mobile.deploy.bench import artifact_meta, artifact_runtime
+    from merino_mobile.deploy.bench import artifact_runtime
 
     artifact = Path(artifact)
     runtime = artifact_runtime(artifact)
-    meta = artifact_meta(artifact)
-    card = meta.get("card")
-    if card is None:
-        raise UserError(f"{artifact.parent} has no card.json: give an artifact `merino-mobile "
-                        f"export` (or deploy) wrote, with its folder")
+    meta = meta_with_card(artifact)
+    card = meta["card"]
     cache_len = int((meta.get("export") or {}).get("cache_len") or card.context)
     if runtime == "executorch":
         return ExecuTorchStepper(artifact, cache_len), card
@@ -291,8 +288,7 @@ def llm_runner_stats(ws: Any, artifact: Path, prompt_tokens: int, new_tokens: in
     """ExecuTorch's LLM runner's own numbers for a prompt of about `prompt_tokens` tokens and
     `new_tokens` generated (`bench --llm-runner`): a prompt of one repeated token, as bench's
     prefill is; the runner tokenizes the text itself, so its count is the one reported."""
-    meta_card = _card_of(artifact)
-    tok = resolve_tokenizer(artifact, meta_card, None)
+    tok = resolve_tokenizer(artifact, meta_with_card(artifact)["card"], None)
     one = tok.encode(" a")[-1:] or [0]
     g = generate_with_llm_runner(artifact, tok.decode(one * prompt_tokens), new_tokens, None,
                                  _host_only(ws, "host", "bench --llm-runner"))
@@ -300,14 +296,15 @@ def llm_runner_stats(ws: Any, artifact: Path, prompt_tokens: int, new_tokens: in
             "decode_tokens_per_s": g.decode_tokens_per_s, "stats": g.runner_stats}
 
 
-def _card_of(artifact: Path) -> Any:
+def meta_with_card(artifact: Path) -> dict[str, Any]:
+    """An artifact's export-folder metadata (`bench.artifact_meta`), which must hold its card."""
     from merino_mobile.deploy.bench import artifact_meta
 
-    card = artifact_meta(Path(artifact)).get("card")
-    if card is None:
+    meta = artifact_meta(Path(artifact))
+    if meta.get("card") is None:
         raise UserError(f"{Path(artifact).parent} has no card.json: give an artifact "
                         f"`merino-mobile export` (or deploy) wrote, with its folder")
-    return card
+    return meta
 
 
 def _pick(logits: np.ndarray, top_k: int | None, rng: np.random.Generator) -> int:
