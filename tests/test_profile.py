@@ -149,7 +149,13 @@ def test_tiny_profile_measures_everything_and_writes_the_lut(profiled):
     assert lut.fingerprint.threads == 1 and lut.fingerprint.runtime_version == "1.5.1"
     # the table answers the solver's questions, including shapes off the grid
     assert lut.layer(128, 2.0, 4, 16) > 0 and lut.layer(96, 2.0, 3, 16) > 0
-    assert lut.head(128, 256) > 0 and lut.fixed("decode") > 0
+    assert lut.fixed("decode") > 0
+    # a 128x256 head runs in microseconds, inside the null call's own spread, so its term (the
+    # null call subtracted, clamped at 0) may read 0 on a busy host; the timed calls may not
+    heads = [r for r in Store.open(ws.state).rows(lut.fingerprint.key, "executorch", "fp32")
+             if r.point.term == "head" and not r.point.hot]
+    assert {r.point.width for r in heads} == {64, 128} and all(r.median_ms > 0 for r in heads)
+    assert lut.head(128, 256) >= 0
     assert load_lut(ws, "host", "executorch", "fp32").layer(64, 2.0, 2, 16) == \
         lut.layer(64, 2.0, 2, 16)
     # the hot twins: a surface of their own, exact on its points, beside the usual one
