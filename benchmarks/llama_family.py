@@ -255,11 +255,7 @@ def main() -> None:
     out = args.out or HERE / "results" / ("llama_family-quick.json" if args.quick
                                           else "llama_family.json")
     quiet_dependencies()
-    console = Console(width=None if sys.stdout.isatty() else 170)
-
-    def say(msg: str) -> None:
-        console.print(msg, highlight=False, markup=False)
-
+    console, say = rt.log_console()
     try:
         result = run(args, say, console)
     except UserError as e:

@@ -353,6 +353,17 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def log_console() -> tuple[Console, Any]:
+    """A console for the tables and a `say(msg)` for progress lines, both plain text; a log file
+    gets the table's full width, not a terminal's default 80 columns."""
+    console = Console(width=None if sys.stdout.isatty() else 170)
+
+    def say(msg: str) -> None:
+        console.print(msg, highlight=False, markup=False)
+
+    return console, say
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--card", default=str(ROOT / "models" / "smollm2-135m.json"),
@@ -386,12 +397,7 @@ def main() -> None:
     out = args.out or HERE / "results" / ("runtimes-quick.json" if args.quick
                                           else "runtimes.json")
     quiet_dependencies()
-    # a log file gets the table's full width, not a terminal's default 80 columns
-    console = Console(width=None if sys.stdout.isatty() else 170)
-
-    def say(msg: str) -> None:
-        console.print(msg, highlight=False, markup=False)
-
+    console, say = log_console()
     t0 = time.perf_counter()
     ws = Workspace.resolve(args.workspace)
     ws.models.mkdir(parents=True, exist_ok=True)
