@@ -1252,7 +1252,7 @@ def compare_cmd(
         compare_fleet_cmd(ws, loaded, names, fleet, fmt, quant, settings, as_json)
         return
     r = compare(ws, loaded, names[0], fmt, quant, **settings,
-                say=lambda m: err.print(f"[cyan]compare:[/cyan] {m}", highlight=False,
+                say=lambda m: err.print(f"[cyan]compare:[/cyan] {escape(m)}", highlight=False,
                                         soft_wrap=True))
     r.pop("reports")  # each card's report is in its folder; --json prints compare.json's object
     print_compare(r, as_json)
@@ -1378,7 +1378,7 @@ def demo_cmd(
     with bar:
         r = demo(ws, reduced=reduced, space=space, compare_card=compare_with, speedup=speedup,
                  workers=jobs, progress=progress,
-                 say=lambda m: out.print(f"[cyan]demo:[/cyan] {m}", highlight=False,
+                 say=lambda m: out.print(f"[cyan]demo:[/cyan] {escape(m)}", highlight=False,
                                          soft_wrap=True))
     if as_json:
         emit_json(r)
