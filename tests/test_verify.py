@@ -21,6 +21,7 @@ from merino_mobile.deploy.verify import (
     BudgetNotMet,
     bench_lengths,
     blocks_label,
+    chain_start,
     export_card,
     round_up,
     verify_design,
@@ -316,6 +317,15 @@ runner = "{tmp_path / 'executor_runner'}"
     line = refused("--latency", "1ms", *DESIGN, "--device", "lost", "--verify")
     assert line == f"error: lost: {' '.join(gap.line().split())}"
     assert not (ws.root / "build").exists()
+
+
+def test_the_chain_starts_tightened_while_the_refit_still_reads_the_last_design_low():
+    assert chain_start(10.0, None, None) == (10.0, "first")
+    # the refit table predicts the last design at 8 ms, it measured 16: start at 8 * 10 / 16
+    assert chain_start(10.0, 8.0, 16.0) == (5.0, "tightened")
+    # a refit that has learnt the error on it (or over-predicts it) starts at the budget
+    assert chain_start(10.0, 16.0, 16.0) == (10.0, "refit")
+    assert chain_start(10.0, 20.0, 16.0) == (10.0, "refit")
 
 
 def test_bench_lengths_fill_the_designed_context():

@@ -9,20 +9,23 @@ measured median exceeds the budget, refits the calibration from the store
 
 Each iteration's design comes from a chain of solves (the tighten rule, docs/deploy.md):
 
-1. refit the calibration on every stored measurement of the table's setup, and solve at the
-   budget B the user asked for, with the (re)calibrated table;
-2. if that design was measured already (over budget: the loop stops at one within it), tighten
-   from it: solve again at  b' = p * B / m,  where p is that design's prediction by the current
-   table and m its measured median. b' < p, so the same design cannot come back, and if the
-   table's error on that design holds for its neighbours, the new design measures about B;
+1. refit the calibration on every stored measurement of the table's setup; predict the last
+   measured design (over budget: the loop stops at one within it) with the refit table, p, and
+   start at the budget B the user asked for when p reaches its measured median m (the refit has
+   learnt the error on it), else at  b = p * B / m  (`chain_start`);
+2. solve at b; if that design was measured already, tighten from it: solve again at
+   b' = p * B / m,  p and m that design's. b' < p, so the same design cannot come back, and if
+   the table's error on that design holds for its neighbours, the new design measures about B;
 3. repeat 2 until the design is one not measured yet. When a tightened budget is below the
    fastest design the table allows, solve at the table's minimum instead (the fastest design);
    when that one was measured already, the budget cannot be met in this space on this device.
 
 So the refit alone moves the design when the calibration applies (it needs measurements of
-`calibration.MIN_MODELS` models and a leave-one-out error below the raw table's), and the
-tightening only steps in when it does not. The chain is rebuilt from B at every iteration, so a
-calibration that has learnt the device's error undoes earlier tightening rather than piling on it.
+`calibration.MIN_MODELS` models and a leave-one-out error below the raw table's) and has learnt
+the last design's error, and the tightening steps in when it has not: a refit whose design still
+reads low no longer spends the iterations at B. Each chain uses only the current table's error on
+measured designs, so a calibration that has learnt the device's error undoes earlier tightening
+rather than piling on it.
 
 The loop stops at the first measured median within B, or when B lies inside the measurement's
 own p10-p90 spread (`within_noise`: the device cannot tell the difference, so it says so rather
@@ -80,9 +83,10 @@ STATUSES = {
     "unmet": "the space cannot meet the budget once measured",
     "spent": "no design measured within the budget in the iterations allowed",
 }
-TIGHTEN_RULE = ("refit the calibration and re-solve at the budget B; if the design was measured "
-                "already, re-solve at p * B / m (p: its prediction now, m: its measured median) "
-                "until the design is new")
+TIGHTEN_RULE = ("refit the calibration; re-solve at the budget B, or at p * B / m when the refit "
+                "table predicts the last measured design below its median (p: its prediction "
+                "now, m: its measured median); while the design was measured already, re-solve "
+                "at its p * B / m")
 MAX_LABEL = 80  # an export's name carries its blocks up to this length, then only the hash
 # One export at a time in this process: a fleet runs a loop per device in threads, torch's
 # export is not thread-safe, and two loops that design the same architecture share its export.
@@ -255,6 +259,19 @@ def table_record(target: Target, table: Any) -> dict[str, Any]:
     return info
 
 
+def chain_start(budget: float, predicted_now: float | None,
+                measured: float | None) -> tuple[float, str]:
+    """Where an iteration's chain of solves starts: at the budget B for the first design; after
+    a design measured over B, at p * B / m when the refit table still predicts that design (p)
+    below its measured median (m), so a refit that has not learnt the error on it does not hand
+    back a design it reads just as low (`tightened`); at B when the refit has (`refit`)."""
+    if predicted_now is None or measured is None:
+        return budget, "first"
+    if 0 < predicted_now < measured:
+        return predicted_now * budget / measured, "tightened"
+    return budget, "refit"
+
+
 def verify_budget(budgets: dict[str, Any]) -> float:
     """The one latency budget (ms) a verify checks, or a UserError: none given, or a range."""
     value = budgets.get("latency_ms")
@@ -361,7 +378,9 @@ class _Loop:
             self.refit()
         table = self.target.table()
         info = table_record(self.target, table)
-        b, how = self.budget, "first" if not seen else "refit"
+        last = next((it for it in reversed(self.its) if it.measured), None)
+        now = None if last is None else self.predict_now(last, table)
+        b, how = chain_start(self.budget, now, None if last is None else last.measured_ms)
         out = self.folder / f"iteration-{index}.json"
         for _ in range(len(seen) + 2):  # each tightening rules one measured design out
             try:
@@ -390,6 +409,15 @@ class _Loop:
             assert prev.measured_ms is not None and d.metrics.latency_ms is not None
             b, how = d.metrics.latency_ms * self.budget / prev.measured_ms, "tightened"
         return None
+
+    def predict_now(self, it: Iteration, table: Any) -> float:
+        """The iteration's design as the current (refit) table predicts it, by the solver's
+        own linear model."""
+        from merino_mobile.design.problem import Budgets, Problem
+
+        problem = Problem(self.space, Budgets(), self.settings, self.context, self.target.quant,
+                          latency=table)
+        return float(problem.evaluate(design_from_json(it.design).arch).latency_ms or 0.0)
 
     def measure(self, it: Iteration) -> None:
         """Export the iteration's design (or reuse the export) and bench it (or read back the
