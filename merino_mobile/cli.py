@@ -596,6 +596,12 @@ def design_cmd(
                                     "the entropy objectives (MeRino's alpha_1)."),
     alpha_ffn: float = typer.Option(1.0, "--alpha-ffn", help="Weight of the FFN term of the "
                                     "entropy objectives (MeRino's alpha_2)."),
+    penalty: float = typer.Option(0.0, "--penalty", help="MeRino's penalty on large rho: lower "
+                                  "the objective by this much per unit of deficit on the rho "
+                                  "row from --penalty-rho (default 0: none; docs/design.md)."),
+    penalty_rho: float | None = typer.Option(None, "--penalty-rho", help="With --penalty: the "
+                                             "rho (of --effectiveness) above which it lowers "
+                                             "the objective; below --rho to act."),
     ea_seconds: float = typer.Option(2.0, "--ea-seconds", help="Time given to --solver ea."),
     seed: int = typer.Option(0, "--seed", help="Seed of --solver ea."),
     name: str | None = typer.Option(None, "--name", help="Name of the card (default: from the "
@@ -632,7 +638,8 @@ def design_cmd(
         raise UserError(f"unknown --effectiveness {effectiveness!r}; choose one of "
                         f"{', '.join(EFFECTIVENESS)}")
     settings = EntropySettings(a=alpha_mha, b=alpha_ffn, rho=rho, objective=objective,
-                               effectiveness=effectiveness)
+                               effectiveness=effectiveness, penalty=penalty,
+                               penalty_rho=penalty_rho)
     given, swept = read_budgets(latency, flops, params, memory)
     check_verify(given, verify, iterations)
     fleet = check_design_devices(devices, verify, cluster)
@@ -641,7 +648,8 @@ def design_cmd(
     table, table_info = None, None
     if "latency_ms" in given and not verify:  # --verify opens the device before the table
         table, table_info = design_table(ws, device, runtime, quant)
-    chosen = {"objective": objective, "effectiveness": effectiveness, "rho_0": settings.rho}
+    chosen = {"objective": objective, "effectiveness": effectiveness, "rho_0": settings.rho,
+              "penalty": penalty, "penalty_rho": penalty_rho}
     options = {"seconds": ea_seconds, "seed": seed} if solver == "ea" else {}
     if swept:
         result = sweep(sp, given, swept, settings, context, quant, table, solver, options)
@@ -687,8 +695,15 @@ def design_cmd(
     console.print(blocks_table(card, f"{card.name}: maximum {objective} objective within "
                                f"{describe_budgets(given)}"))
     totals = totals_table(card_summary(card, context, settings))
-    if objective != "deepmad":
-        totals.add_row(f"objective {objective}", f"{d.metrics.entropy:,.2f}")
+    if objective != "deepmad" or penalty:
+        totals.add_row(f"objective {objective}" + (" less its rho penalty" if penalty else ""),
+                       f"{d.metrics.entropy:,.2f}")
+    if penalty:
+        from merino_mobile.entropy import rho_deficit
+
+        deficit = rho_deficit(card, effectiveness, settings.penalty_rho)
+        totals.add_row(f"rho penalty (gamma {penalty:g} from rho {settings.penalty_rho:g})",
+                       f"{penalty * deficit:,.2f}")
     if effectiveness != "deepmad":
         totals.add_row(f"rho {effectiveness} (bound {settings.rho:g})", f"{d.metrics.rho:.4f}")
     if d.metrics.latency_ms is not None:

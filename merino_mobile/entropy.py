@@ -69,6 +69,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -120,6 +121,11 @@ class EntropySettings:
     rho_0 (None: the variant's default, DEFAULT_RHOS). `a` and `b` weigh the MHA and FFN terms
     of the entropy objectives (MeRino's alpha_1 and alpha_2), `alpha` each block (missing blocks
     weigh 1). Weights must be finite and not negative; `params` takes none.
+
+    `penalty` (gamma, default 0: none) lowers the objective of an architecture whose rho (of the
+    same variant) exceeds `penalty_rho` (rho_p) by gamma times its deficit on the linear row of
+    rho <= rho_p (`rho_deficit`): MeRino's penalty on large rho in a form the exact MIP keeps
+    exact. It acts only where rho_p is below the hard bound rho_0.
     """
 
     a: float = 1.0
@@ -128,6 +134,8 @@ class EntropySettings:
     rho: float | None = None
     objective: str = DEFAULT_OBJECTIVE
     effectiveness: str = DEFAULT_EFFECTIVENESS
+    penalty: float = 0.0
+    penalty_rho: float | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -147,6 +155,21 @@ class EntropySettings:
                                            or any(w != 1.0 for w in self.alpha)):
             raise UserError("the params objective counts parameters and takes no weights: drop "
                             "--alpha-mha and --alpha-ffn (they weigh the entropy objectives)")
+        p = self.penalty
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) \
+                or p < 0:
+            raise UserError(f"the rho penalty (--penalty) must be a finite number at least 0, "
+                            f"got {p!r}")
+        q = self.penalty_rho
+        if p > 0 and q is None:
+            raise UserError("--penalty needs --penalty-rho: the rho above which an "
+                            "architecture's objective is lowered (below --rho, the hard bound)")
+        if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float))
+                              or not math.isfinite(q) or q <= 0):
+            raise UserError(f"--penalty-rho must be a finite positive number, got {q!r}")
+        if q is not None and p == 0:
+            raise UserError("--penalty-rho without --penalty changes nothing: give --penalty "
+                            "GAMMA (how much each unit of deficit lowers the objective)")
         if self.rho is None:
             if self.effectiveness not in DEFAULT_RHOS:
                 raise UserError(f"the {self.effectiveness} effectiveness has no default bound: "
@@ -381,17 +404,24 @@ def block_value(width: int, ffn_ratio: float, depth: int, shared: bool, s: Entro
 
 
 def objective_value(card: Card, settings: EntropySettings = EntropySettings()) -> float:
-    """The value of `settings.objective` for a card."""
+    """The value of `settings.objective` for a card, less its rho penalty (if any)."""
     if settings.objective == "params":
-        return float(accounting.decoder_params(card))
-    if settings.objective == "merino":
-        return merino_entropy(card, settings)
-    return entropy(card, settings)
+        value = float(accounting.decoder_params(card))
+    elif settings.objective == "merino":
+        value = merino_entropy(card, settings)
+    else:
+        value = entropy(card, settings)
+    if settings.penalty > 0:
+        assert settings.penalty_rho is not None  # EntropySettings requires it
+        value -= settings.penalty * rho_deficit(card, settings.effectiveness,
+                                                settings.penalty_rho)
+    return value
 
 
 def objectives(card: Card, settings: EntropySettings = EntropySettings()
                ) -> dict[str, float | None]:
-    """Every objective's value for a card (weights from `settings`). The merino value is None
+    """Every objective's value for a card (weights from `settings`, no rho penalty: the design's
+    `entropy` is the penalized value it maximized). The merino value is None
     where its table cannot score the card: matrices outside its shapes, or a table file that is
     missing or corrupt (`subspace_table()` raises that error, naming the file)."""
     out: dict[str, float | None] = {}
@@ -422,6 +452,29 @@ def effectiveness(card: Card, variant: str = DEFAULT_EFFECTIVENESS) -> float:
                         f"{', '.join(EFFECTIVENESS)}")
     mean_log_width = sum(b.depth * math.log(b.width) for b in card.blocks) / depth
     return depth / math.exp(mean_log_width)
+
+
+def rho_linear(variant: str, rho: float) -> tuple[Callable[[int], float],
+                                                 Callable[[int], float]]:
+    """The bound rho <= rho_0 as a linear row for a fixed total depth D:
+    sum_i L_i coef(E_i) >= need(D) (`deepmad`: coef ln, need D (ln D - ln rho_0); `merino`:
+    coef log2, need beta D^2 / rho_0)."""
+    if variant == "merino":
+        beta = float(MERINO_BETA)
+        return math.log2, lambda d: beta * d * d / rho
+    log_rho = math.log(rho)
+    return math.log, lambda d: d * (math.log(d) - log_rho)
+
+
+def rho_deficit(card: Card, variant: str, rho: float) -> float:
+    """How far the card falls short of the linear row of rho <= `rho` (`rho_linear`), 0 when
+    within: need(D) - sum_i L_i coef(E_i) over executed layers. For `deepmad` that is
+    D ln(rho_card / rho); for `merino`, beta D^2 (1 / rho - 1 / rho_card)."""
+    coef, need = rho_linear(variant, rho)
+    depth = card.depth
+    if depth == 0:
+        return 0.0
+    return max(0.0, need(depth) - sum(b.depth * coef(b.width) for b in card.blocks))
 
 
 def effectiveness_all(card: Card) -> dict[str, float]:

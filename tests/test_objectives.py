@@ -20,6 +20,7 @@ from merino_mobile.design import Budgets, Infeasible, Problem, solve
 from merino_mobile.design.brute import architectures
 from merino_mobile.design.problem import rho_within
 from merino_mobile.entropy import (
+    MERINO_BETA,
     OBJECTIVES,
     EntropySettings,
     OutsideTable,
@@ -27,6 +28,7 @@ from merino_mobile.entropy import (
     load_subspace_table,
     log2_at_least,
     objective_value,
+    rho_deficit,
     subspace_table,
 )
 from merino_mobile.errors import UserError
@@ -228,7 +230,12 @@ def problems(draw):
                                else [0.02, 0.04, 0.08, 1.0]))
     weights = {} if objective == "params" else {
         "a": draw(st.sampled_from([0.0, 1.0, 2.0])), "b": draw(st.sampled_from([1.0, 4.0]))}
-    s = EntropySettings(rho=rho, objective=objective, effectiveness=variant, **weights)
+    penalty = {}
+    if draw(st.booleans()):  # the rho penalty, from a rho_p below the bound
+        penalty = {"penalty": draw(st.sampled_from([0.5, 5.0, 50.0, 5e3])),
+                   "penalty_rho": rho * draw(st.sampled_from([0.1, 0.3, 0.6]))}
+    s = EntropySettings(rho=rho, objective=objective, effectiveness=variant, **weights,
+                        **penalty)
     table = LinearLatency() if budgets.latency_ms is not None else None
     return Problem(space, budgets, s, context=draw(st.sampled_from([16, 64])),
                    quant=draw(st.sampled_from(["fp32", "int8", "int4"])), latency=table)
@@ -268,6 +275,55 @@ def test_exact_equals_brute_force_for_every_objective(problem):
     ea = solve(problem, "ea", generations=100, seed=3)
     meets_everything(problem, ea)
     assert ea.metrics.entropy <= exact.metrics.entropy + 1e-9 * max(1.0, abs(exact.metrics.entropy))
+
+
+def test_the_rho_deficit_is_the_linear_row_of_each_variant_and_the_penalty_lowers_by_it():
+    space = tiny(widths=(32, 64), max_depth=4)
+    card = space.to_card((Choice(32, 2.0, 3, False), Choice(64, 2.0, 4, False)), "x")
+    depth = 7
+    for variant, rho_p in (("deepmad", 0.05), ("merino", 0.02)):
+        rho = effectiveness(card, variant)
+        assert rho > rho_p
+        want = (depth * math.log(rho / rho_p) if variant == "deepmad"
+                else float(MERINO_BETA) * depth ** 2 * (1 / rho_p - 1 / rho))
+        assert rho_deficit(card, variant, rho_p) == pytest.approx(want, rel=1e-12)
+        assert rho_deficit(card, variant, rho * 1.01) == 0.0  # within rho_p: no deficit
+        for objective in OBJECTIVES:
+            plain = EntropySettings(rho=1.0, objective=objective, effectiveness=variant)
+            lowered = EntropySettings(rho=1.0, objective=objective, effectiveness=variant,
+                                      penalty=3.0, penalty_rho=rho_p)
+            assert objective_value(card, lowered) == pytest.approx(
+                objective_value(card, plain) - 3.0 * want, rel=1e-12)
+
+
+def test_a_heavy_penalty_acts_like_the_bound_and_every_gamma_matches_brute_force():
+    """Deep-and-thin wins unpenalized; a heavy penalty from rho_p keeps the design within
+    rho_p, as the hard bound rho <= rho_p would; the exact solver agrees with brute force."""
+    space = tiny(widths=(16, 32, 64), ffn_ratios=(1.0,), max_depth=6)
+    budgets = Budgets(flops=6e5)
+    free = Problem(space, budgets, EntropySettings(rho=1.0))
+    bound = Problem(space, budgets, EntropySettings(rho=0.08))
+    heavy = Problem(space, budgets, EntropySettings(rho=1.0, penalty=1e4, penalty_rho=0.08))
+    d_free, d_bound, d_heavy = (solve(p, "exact") for p in (free, bound, heavy))
+    assert d_free.metrics.rho > 0.08
+    assert d_heavy.arch == d_bound.arch and d_heavy.metrics.rho <= 0.08
+    for gamma in (0.5, 2.0, 8.0):
+        p = Problem(space, budgets, EntropySettings(rho=1.0, penalty=gamma, penalty_rho=0.08))
+        exact, brute = solve(p, "exact"), solve(p, "brute")
+        assert exact.metrics.entropy == pytest.approx(brute.metrics.entropy, rel=1e-9)
+
+
+def test_penalty_settings_are_checked():
+    with pytest.raises(UserError, match="--penalty needs --penalty-rho"):
+        EntropySettings(penalty=1.0)
+    with pytest.raises(UserError, match="--penalty-rho without --penalty"):
+        EntropySettings(penalty_rho=0.02)
+    for bad in (-1.0, math.inf, math.nan, True):
+        with pytest.raises(UserError, match="--penalty"):
+            EntropySettings(penalty=bad, penalty_rho=0.02)
+    for bad in (0.0, -0.1, math.inf):
+        with pytest.raises(UserError, match="--penalty-rho must be"):
+            EntropySettings(penalty=1.0, penalty_rho=bad)
 
 
 def test_the_params_objective_trades_sharing_under_a_parameter_budget():
@@ -365,6 +421,20 @@ def test_design_objective_flag_and_its_json(ws, run):
     assert card["effectiveness"]["merino"] == pytest.approx(merino["rho"])
 
 
+def test_design_penalty_flags_and_their_json(ws, run):
+    base = ("design", "--params", "300k", "--space", "tiny", "--context", "64", "--rho", "1.0",
+            "--json")
+    free = json.loads(run(ws, *base).stdout)
+    assert free["penalty"] == 0.0 and free["penalty_rho"] is None
+    rho_p = free["rho"] / 2  # the unpenalized design is over rho_p: a heavy penalty moves it
+    out = json.loads(run(ws, *base, "--penalty", "1e4", "--penalty-rho", repr(rho_p),
+                         "--force").stdout)
+    assert out["penalty"] == 1e4 and out["penalty_rho"] == rho_p
+    assert out["rho"] <= rho_p * (1 + 1e-12) < free["rho"]
+    # within rho_p there is no deficit: the maximized value is the objective itself
+    assert out["entropy"] == pytest.approx(out["objectives"]["deepmad"])
+
+
 def test_info_prints_every_objective(ws, run):
     out = json.loads(run(ws, "info", "gpt2", "--json").stdout)
     assert set(out["objectives"]) == set(OBJECTIVES)
@@ -385,6 +455,10 @@ def test_info_prints_every_objective(ws, run):
     (["--objective", "params", "--alpha-ffn", "2"], "the params objective counts parameters"),
     (["--effectiveness", "merino"], "the merino effectiveness has no default bound"),
     (["--effectiveness", "merino", "--rho", "inf"], "--rho must be a finite positive number"),
+    (["--penalty", "2"], "--penalty needs --penalty-rho"),
+    (["--penalty-rho", "0.02"], "--penalty-rho without --penalty changes nothing"),
+    (["--penalty", "-1", "--penalty-rho", "0.02"], "the rho penalty (--penalty) must be a finite"),
+    (["--penalty", "1", "--penalty-rho", "0"], "--penalty-rho must be a finite positive number"),
 ])
 def test_bad_objective_input_is_one_clear_line(ws, run, args, fragment):
     proc = run(ws, "design", "--params", "300k", "--space", "tiny", *args, ok=False)

@@ -18,6 +18,11 @@ the right-hand side. MeRino's rho = beta D / (sum_i L_i log2 E_i / D) <= rho_0 i
 sum_i L_i log2 E_i >= beta D^2 / rho_0 (`problem.rho_row`). HiGHS closes the gap to 1e-9
 relative: the answer is the proven optimum.
 
+The rho penalty (`EntropySettings.penalty` gamma, from `penalty_rho` rho_p) is one continuous
+variable p >= 0 with p >= need_p(D) - sum_i L_i coef(E_i), the same row for rho_p, and -gamma p
+in the objective: maximizing pushes p down to exactly the deficit max(0, need_p(D) - ...), which
+is what `objective_value` subtracts for a card (`entropy.rho_deficit`).
+
 Exactness. HiGHS accepts a solution that breaks a row by its feasibility tolerance (about 1e-6,
 and integer variables may be off by as much), so a design a few parameters over its budget could
 come back as optimal. Two things keep that from reaching a user:
@@ -94,6 +99,7 @@ class _Program:
                       for shared in _sharing(problem) for kv in s.kv_choices]
         self.lo: list[float] = []
         self.hi: list[float] = []
+        self.integral: list[float] = []
         self.u = [[self._var(1) for _ in self.types] for _ in range(self.nb)]
         self.d = [[self._var(self.dmax) for _ in self.types] for _ in range(self.nb)]
         self.t = [{(a, b): self._var(1) for a in self.widths for b in self.widths
@@ -101,12 +107,15 @@ class _Program:
         self.z = {(a, b): self._var(1) for a in self.widths for b in self.widths
                   if a != b and s.allows_step(b, a)} if s.embed_width is None else {}
         self.y = {D: self._var(1) for D in range(1, self.nb * self.dmax + 1)}
+        # the rho penalty's deficit, a continuous variable (see the module docstring)
+        self.p = self._var(np.inf, integral=False) if problem.settings.penalty > 0 else None
         self.rows: list[tuple[Expr, float, float]] = []
         self._constraints()
 
-    def _var(self, upper: float) -> int:
+    def _var(self, upper: float, integral: bool = True) -> int:
         self.lo.append(0.0)
         self.hi.append(upper)
+        self.integral.append(1.0 if integral else 0.0)
         return len(self.hi) - 1
 
     @property
@@ -162,6 +171,8 @@ class _Program:
                 per_layer = self.problem.block_score(Choice(w, r, 2, shared, kv), i) - one
                 expr[self.u[i][k]] += one - per_layer
                 expr[self.d[i][k]] += per_layer
+        if self.p is not None:
+            expr[self.p] -= self.problem.settings.penalty
         return expr
 
     # -- constraints -----------------------------------------------------------------------------
@@ -200,6 +211,12 @@ class _Program:
         # slack for rounding in the logarithms: a design exactly on the bound stays in
         slack = FLOAT_SLACK * self.nb * self.dmax * max(abs(coef(w)) for w in self.widths)
         rows.append((logs, -slack, np.inf))
+        if self.p is not None:  # p >= need_p(D) - sum_i L_i coef(E_i), p >= 0
+            coef, need = rho_row(settings.effectiveness, settings.penalty_rho)
+            short = {self.d[i][k]: coef(w) for i in range(self.nb)
+                     for k, (w, *_) in enumerate(self.types)}
+            short |= {v: -need(D) for D, v in self.y.items()}
+            rows.append((short | {self.p: 1.0}, 0.0, np.inf))
 
     def budget_rows(self, skip: str | None = None) -> list[tuple[Expr, float, float]]:
         """One row per active budget, each a relaxation of the exact constraint (see the module
@@ -259,7 +276,7 @@ class _Program:
         if time_limit:
             options["time_limit"] = time_limit
         with _stdout_to_stderr():
-            return milp(cost, integrality=np.ones(self.n), bounds=Bounds(self.lo, self.hi),
+            return milp(cost, integrality=np.array(self.integral), bounds=Bounds(self.lo, self.hi),
                         constraints=LinearConstraint(a, [x[1] for x in rows],
                                                      [x[2] for x in rows]),
                         options=options)

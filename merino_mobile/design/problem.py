@@ -36,6 +36,7 @@ from merino_mobile.entropy import (
     effectiveness,
     log2_at_least,
     objective_value,
+    rho_linear,
     subspace_table,
 )
 from merino_mobile.errors import UserError
@@ -430,13 +431,4 @@ def rho_within(arch: tuple[Choice, ...], rho: float, variant: str = "deepmad") -
     return Fraction(depth) ** depth <= Fraction(rho) ** depth * widths
 
 
-def rho_row(variant: str, rho: float) -> tuple[Callable[[int], float], Callable[[int], float]]:
-    """The bound rho <= rho_0 as a linear row for a fixed total depth D:
-    sum_i L_i coef(E_i) >= need(D) (`deepmad`: coef ln, need D (ln D - ln rho_0); `merino`:
-    coef log2, need beta D^2 / rho_0)."""
-    if variant == "merino":
-        beta = float(MERINO_BETA)
-        return math.log2, lambda d: beta * d * d / rho
-    log_rho = math.log(rho)
-    return math.log, lambda d: d * (math.log(d) - log_rho)
-
+rho_row = rho_linear  # the bound rho <= rho_0 as the exact MIP's row (entropy.rho_linear)
