@@ -10,14 +10,16 @@ rescore_objectives.py does for the earlier, byte-level set.
 
 It also trains the MP-optimal design (exact solver, the same FLOPs budget as an upper bound) of
 each objective, the paper's ablation (MeRino's entropy without effectiveness and weighting, and
-with both), and the uniform OPT-style baseline scaled to the budget, on the same tokens.
+with both), the default objective's design with a fixed 256-wide embedding instead of the
+first block's (the embedding rule), and the uniform OPT-style baseline scaled to the budget, on
+the same tokens.
 
 Training runs in worker processes (--workers, one torch thread each: on this 2-core host two
 one-thread trainings finish more tokens per second than one two-thread training). Every run keeps
 checkpoints and its result in the workspace, so an interrupted experiment resumes where it
 stopped: rerun the same command.
 
-    python benchmarks/objectives_experiment.py             # 16 sampled + 5 designs, 2M tokens each
+    python benchmarks/objectives_experiment.py             # 16 sampled + 6 designs, 2M tokens each
     python benchmarks/objectives_experiment.py --reduced   # the CI smoke test
 
 Writes benchmarks/results/objectives_experiment.json and a scatter plot PNG beside it.
@@ -64,17 +66,22 @@ MERINO_RHO = 0.08
 # alpha_2 / alpha_1 at which layers add entropy, so the design fills its budget
 MERINO_FFN_WEIGHT = 4.0
 
-# name -> (settings, what it stands for); each is solved exactly under the FLOPs budget
-DESIGNS: dict[str, tuple[EntropySettings, str]] = {
-    "mp-deepmad": (EntropySettings(), "deepmad, rho_0 0.03 (today's default)"),
-    "mp-merino": (EntropySettings(objective="merino", rho=NO_BOUND),
+# the fixed embedding width of the embedding-rule comparison (projections in and out of it)
+EMBED = 256
+# name -> (settings, embedding width (None: the first block's), what it stands for); each is
+# solved exactly under the FLOPs budget
+DESIGNS: dict[str, tuple[EntropySettings, int | None, str]] = {
+    "mp-deepmad": (EntropySettings(), None, "deepmad, rho_0 0.03 (today's default)"),
+    "mp-merino": (EntropySettings(objective="merino", rho=NO_BOUND), None,
                   "merino a = b = 1, no effectiveness bound (the paper's ablation: without)"),
     "mp-merino-eff": (EntropySettings(objective="merino", b=MERINO_FFN_WEIGHT,
-                                      effectiveness="merino", rho=MERINO_RHO),
+                                      effectiveness="merino", rho=MERINO_RHO), None,
                       f"merino a = 1, b = {MERINO_FFN_WEIGHT:g}, merino rho <= {MERINO_RHO} "
                       "(the paper's ablation: with both)"),
-    "mp-params": (EntropySettings(objective="params", rho=NO_BOUND),
+    "mp-params": (EntropySettings(objective="params", rho=NO_BOUND), None,
                   "params (decoder parameters), no effectiveness bound"),
+    f"mp-deepmad-e{EMBED}": (EntropySettings(), EMBED,
+                             f"deepmad, rho_0 0.03, a fixed {EMBED}-wide embedding"),
 }
 
 
@@ -89,9 +96,11 @@ def experiment_space(vocab: int, seq: int) -> Space:
 
 def designs(space: Space, budget: float, seq: int) -> dict[str, Card]:
     """The MP-optimal card of every DESIGNS entry, and the OPT-style baseline."""
-    out = {name: space.to_card(solve(Problem(space, Budgets(flops=budget), s, seq),
-                                     "exact").arch, name)
-           for name, (s, _) in DESIGNS.items()}
+    out = {}
+    for name, (s, embed, _) in DESIGNS.items():
+        sp = space if embed is None else replace(space, embed_width=embed)
+        out[name] = sp.to_card(solve(Problem(sp, Budgets(flops=budget), s, seq), "exact").arch,
+                               name)
     out["baseline"] = replace(baseline(space, budget, seq), name="baseline")
     return out
 
@@ -154,10 +163,11 @@ def run_all(cards: list[Card], config: TrainConfig, ws: Path, corpus: str, token
     todo, twins = [], {}
     first: dict[tuple, str] = {}
     for c in cards:
-        if c.blocks in first:  # a design that is also a sampled architecture is trained once
-            twins[c.name] = first[c.blocks]
+        key = (c.blocks, c.embed_width)
+        if key in first:  # a design that is also a sampled architecture is trained once
+            twins[c.name] = first[key]
             continue
-        first[c.blocks] = c.name
+        first[key] = c.name
         result = ws / "runs" / c.name / "result.json"
         if result.exists():
             done[c.name] = json.loads(result.read_text())
@@ -243,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         r = results[name] | {"objectives": objectives(card), "rho": effectiveness_all(card),
                              "minus_baseline": results[name]["val_loss"] - base}
         r["settings"] = asdict(DESIGNS[name][0]) if name in DESIGNS else None
-        r["stands_for"] = DESIGNS[name][1] if name in DESIGNS else "uniform OPT-style baseline"
+        r["embed_width"] = card.embedding_width
+        r["stands_for"] = DESIGNS[name][2] if name in DESIGNS else "uniform OPT-style baseline"
         comparison[name] = r
     out = {
         "schema_version": SCHEMA_VERSION, "mode": "reduced" if args.reduced else "run",
@@ -277,7 +288,8 @@ def plot(out: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
     colors = {"mp-deepmad": "tab:red", "mp-merino": "tab:purple", "mp-merino-eff": "tab:orange",
-              "mp-params": "tab:brown", "baseline": "tab:green"}
+              "mp-params": "tab:brown", f"mp-deepmad-e{EMBED}": "tab:pink",
+              "baseline": "tab:green"}
     for ax, name in zip(axes, ("deepmad", "merino", "params"), strict=True):
         rows = out["architectures"]
         ax.scatter([r["objectives"][name] for r in rows], [r["val_loss"] for r in rows],

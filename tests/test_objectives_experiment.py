@@ -41,8 +41,9 @@ def test_reduced_experiment_trains_scores_resumes_and_refuses_other_settings(tmp
     for name in ("deepmad", "merino", "params", "rho merino"):
         c = result["proxies"][name]
         assert -1 <= c["kendall_tau"] <= 1 and c["bootstrap"] > 0
-    assert {"mp-deepmad", "mp-merino", "mp-merino-eff", "mp-params", "baseline"} == set(
-        result["comparison"])
+    assert {"mp-deepmad", "mp-merino", "mp-merino-eff", "mp-params", "mp-deepmad-e256",
+            "baseline"} == set(result["comparison"])
+    assert result["comparison"]["mp-deepmad-e256"]["embed_width"] == 256
     for r in result["comparison"].values():
         # the designs keep the budget (an upper bound) and compare with the baseline's loss
         assert r["flops"] <= result["budget_flops"]
