@@ -21,6 +21,7 @@ stopped: rerun the same command.
 
     python benchmarks/objectives_experiment.py             # 16 sampled + 6 designs, 2M tokens each
     python benchmarks/objectives_experiment.py --reduced   # the CI smoke test
+    python benchmarks/objectives_experiment.py --device cuda --tokens 20000000   # on a GPU
 
 Writes benchmarks/results/objectives_experiment.json and a scatter plot PNG beside it.
 """
@@ -49,11 +50,12 @@ from merino_mobile.card import Card  # noqa: E402
 from merino_mobile.corpus import load_split, train_bpe  # noqa: E402
 from merino_mobile.design import Budgets, Problem, solve  # noqa: E402
 from merino_mobile.entropy import EntropySettings, effectiveness_all, objectives  # noqa: E402
+from merino_mobile.errors import UserError  # noqa: E402
 from merino_mobile.files import atomic_write_text, utc_now, write_json  # noqa: E402
 from merino_mobile.space import Space  # noqa: E402
 from merino_mobile.tokenizer import Tokenizer  # noqa: E402
 from merino_mobile.toolchain import package_versions  # noqa: E402
-from merino_mobile.train import TrainConfig, train  # noqa: E402
+from merino_mobile.train import TrainConfig, train, train_device  # noqa: E402
 
 SCHEMA_VERSION = 1
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +120,7 @@ def _init_worker(corpus: str, tokenizer: str, threads: int) -> None:
     _DATA = load_split(corpus, Tokenizer(tokenizer))
 
 
-def _fit(card: Card, config: TrainConfig, run_dir: str) -> dict[str, Any]:
+def _fit(card: Card, config: TrainConfig, run_dir: str, device: str) -> dict[str, Any]:
     """Train one card (resuming from run_dir's checkpoint) and store its result there."""
     out = Path(run_dir)
     every = max(1, config.steps // 10)
@@ -129,7 +131,7 @@ def _fit(card: Card, config: TrainConfig, run_dir: str) -> dict[str, Any]:
             print(f"  {card.name:>10}  step {done:>5}/{steps}  loss {loss:.3f}  "
                   f"{rate:,.0f} tok/s  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    r = train(card, _DATA, config, out=out, progress=progress)
+    r = train(card, _DATA, config, out=out, progress=progress, device=device)
     row = {"name": card.name, "arch": describe(card), "card": card.to_json(),
            "params": accounting.params(card), "decoder_params": accounting.decoder_params(card),
            "flops": flops(card, config.seq), "val_loss": r.val_loss, "val_ppl": r.val_ppl,
@@ -157,7 +159,7 @@ def check_workspace(ws: Path, setup: dict[str, Any]) -> None:
 
 
 def run_all(cards: list[Card], config: TrainConfig, ws: Path, corpus: str, tokenizer: Path,
-            workers: int, threads: int) -> dict[str, dict[str, Any]]:
+            workers: int, threads: int, device: str = "cpu") -> dict[str, dict[str, Any]]:
     """Every card's result: read from the workspace when finished, trained otherwise."""
     done: dict[str, dict[str, Any]] = {}
     todo, twins = [], {}
@@ -176,17 +178,20 @@ def run_all(cards: list[Card], config: TrainConfig, ws: Path, corpus: str, token
     print(f"{len(done)} of {len(first)} runs finished in {ws}; training {len(todo)} "
           f"({workers} workers x {threads} thread)", flush=True)
     if todo:
-        train_all(todo, config, ws, corpus, tokenizer, workers, threads, done, len(cards))
+        train_all(todo, config, ws, corpus, tokenizer, workers, threads, device, done,
+                  len(first))
     return done | {name: done[twin] | {"name": name, "same_as": twin}
                    for name, twin in twins.items()}
 
 
 def train_all(todo: list[Card], config: TrainConfig, ws: Path, corpus: str, tokenizer: Path,
-              workers: int, threads: int, done: dict[str, dict[str, Any]], total: int) -> None:
+              workers: int, threads: int, device: str, done: dict[str, dict[str, Any]],
+              total: int) -> None:
     """Train the cards in worker processes, adding each result to `done` as it finishes."""
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(corpus, str(tokenizer), threads)) as pool:
-        jobs = {pool.submit(_fit, c, config, str(ws / "runs" / c.name)): c for c in todo}
+        jobs = {pool.submit(_fit, c, config, str(ws / "runs" / c.name), device): c
+                for c in todo}
         for job in as_completed(jobs):
             r = job.result()
             done[r["name"]] = r
@@ -207,15 +212,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--corpus", default="stdlib", help="built-in corpus name or a path")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--device", default="cpu", help="where the models train: cpu (default) "
+                    "or cuda; a GPU run writes its own results and workspace (-cuda), apart "
+                    "from the CPU ones")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="training processes (default: 2 on cpu, 1 on cuda)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (2000)")
-    ap.add_argument("--workspace", type=Path, default=WORKSPACE,
-                    help="checkpoints and finished runs (default build/objectives_experiment)")
+    ap.add_argument("--workspace", type=Path, default=None,
+                    help="checkpoints and finished runs (default build/objectives_experiment, "
+                    "-cuda for --device cuda)")
     ap.add_argument("--reduced", action="store_true",
                     help="CI smoke test: 3 archs, 512 tokens, vocab 320 on the prose corpus")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default benchmarks/results/objectives_experiment.json, "
+                    "-cuda for --device cuda)")
     args = ap.parse_args(argv)
+    suffix = "" if args.device == "cpu" else "-" + args.device.split(":")[0]
+    args.workspace = args.workspace or WORKSPACE.with_name(WORKSPACE.name + suffix)
+    args.out = args.out or RESULTS.with_name(f"{RESULTS.stem}{suffix}.json")
+    if args.workers is None:
+        args.workers = 1 if args.device != "cpu" else min(2, os.cpu_count() or 1)
+    try:
+        train_device(args.device)
+    except UserError as e:
+        ap.error(str(e))
     if args.reduced:
         args.archs, args.tokens, args.seq, args.batch = 3, 512, 32, 4
         args.vocab, args.corpus, args.bootstrap, args.flops = 320, "prose", 50, 1.5e6
@@ -230,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     setup = {"schema_version": SCHEMA_VERSION, "archs": args.archs, "flops": args.flops,
              "vocab": args.vocab, "corpus": args.corpus, "seed": args.seed,
              "train": asdict(config)}
+    if args.device != "cpu":  # a CPU run's setup stays as it always was
+        setup["device"] = args.device
     check_workspace(ws, setup)
     tok_path = ws / "tokenizer.json"
     if not tok_path.exists():
@@ -239,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     sampled = sample(space, args.flops, args.archs, args.seed, args.seq)
     extra = designs(space, args.flops, args.seq)
     cards = sampled + list(extra.values())
-    results = run_all(cards, config, ws, args.corpus, tok_path, args.workers, args.threads)
+    results = run_all(cards, config, ws, args.corpus, tok_path, args.workers, args.threads,
+                      args.device)
 
     rows = [results[c.name] for c in sampled]
     losses = [r["val_loss"] for r in rows]
@@ -264,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": package_versions(("torch", "numpy", "scipy", "tokenizers")),
         "space": {k: v for k, v in asdict(space).items() if k != "source"},
         "budget_flops": args.flops, "corpus": args.corpus, "vocab": args.vocab,
-        "train": asdict(config), "workers": args.workers, "threads": args.threads,
+        "train": asdict(config), "device": args.device, "workers": args.workers,
+        "threads": args.threads,
         "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "interval": "percentile"},
         "architectures": rows,
         "proxies": {k: correlate(v, losses, rng, args.bootstrap) for k, v in values.items()},

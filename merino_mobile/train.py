@@ -150,7 +150,7 @@ def evaluate(model: Decoder, tokens: Tensor, seq: int, max_tokens: int, batch: i
     total, count = 0.0, 0
     for i in range(0, n, batch):
         idx = starts[i:i + batch, None] + torch.arange(seq + 1)
-        window = tokens[idx]
+        window = tokens[idx].to(next(model.parameters()).device)
         total += float(loss_of(model, window[:, :-1], window[:, 1:])) * window[:, 1:].numel()
         count += window[:, 1:].numel()
     model.train(was_training)
@@ -173,7 +173,8 @@ def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata)
     os.replace(tmp, path)
 
 
@@ -246,13 +247,31 @@ def resume(out: Path, model: Decoder, opt: torch.optim.AdamW, config: TrainConfi
 
 # -- the loop ----------------------------------------------------------------------------------
 
+def train_device(name: str) -> torch.device:
+    """The torch device `name` ("cpu", "cuda", "cuda:1"), refused with the fix when this torch
+    cannot use it (pip's CPU build has no CUDA)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown training device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"training device {name!r}: this torch ({torch.__version__}) has no usable "
+                        "CUDA; on a GPU machine install a CUDA build of torch, or use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown training device {name!r}; use cpu or cuda")
+    return device
+
+
 def train(card: Card, data: TokenSplit, config: TrainConfig = TrainConfig(),
-          out: Path | None = None, progress: Progress | None = None) -> TrainResult:
+          out: Path | None = None, progress: Progress | None = None,
+          device: str = "cpu") -> TrainResult:
     """Train `card` on `data` for `config.steps` steps, resuming from `out` if it has a checkpoint.
 
-    Without `out` nothing is written. Returns the validation loss of the final weights.
+    Without `out` nothing is written. Returns the validation loss of the final weights. `device`
+    is where the model trains ("cpu" or "cuda"); checkpoints are written from it alike.
     """
     config.check()
+    where = train_device(device)
     if config.seq > card.context:
         raise UserError(f"--seq {config.seq} exceeds the context of card {card.name!r} "
                         f"({card.context}); use --seq {card.context} or less")
@@ -262,7 +281,7 @@ def train(card: Card, data: TokenSplit, config: TrainConfig = TrainConfig(),
                         f"of {card.vocab}; use a tokenizer of {card.vocab} ids")
     check_data(data, config)
     torch.manual_seed(config.seed)
-    model = build_decoder(card, cache_len=config.seq, seed=config.seed).train()
+    model = build_decoder(card, cache_len=config.seq, seed=config.seed).train().to(where)
     opt = make_optimizer(model, config)
     start = resume(out, model, opt, config) if out is not None else 0
     steps, tokens_per_step = config.steps, config.batch * config.seq
@@ -275,7 +294,7 @@ def train(card: Card, data: TokenSplit, config: TrainConfig = TrainConfig(),
         for group in opt.param_groups:
             group["lr"] = config.lr_at(step)
         x, y = get_batch(data.train, config, step)
-        loss = loss_of(model, x, y)
+        loss = loss_of(model, x.to(where), y.to(where))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)

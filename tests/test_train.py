@@ -215,3 +215,15 @@ def test_reduced_entropy_experiment_runs_as_a_smoke_test(tmp_path):
     assert all(r["val_loss"] > 0 for r in result["architectures"])
     assert {"mp_optimal", "baseline"} <= set(result["comparison"])
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_the_training_device_is_checked_with_the_fix():
+    from merino_mobile.train import train_device
+
+    assert train_device("cpu").type == "cpu"
+    for bad in ("tpu", "nonsense"):
+        with pytest.raises(UserError, match="unknown training device"):
+            train_device(bad)
+    if not torch.cuda.is_available():  # pip's CPU build, as this project installs it
+        with pytest.raises(UserError, match="has no usable CUDA; on a GPU machine install"):
+            train_device("cuda")
