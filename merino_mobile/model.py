@@ -365,7 +365,16 @@ def causal_attention(attn: Attention, x: Tensor, rope: tuple[Tensor, Tensor] | N
 
 
 def init_weights(model: Decoder, seed: int = 0) -> None:
-    """GPT-2 style random init (normal 0.02, zero biases, unit norms), reproducible by seed."""
+    """GPT-2 style random init (normal 0.02, zero biases, unit norms), reproducible by seed.
+
+    The projections where the width changes (into the first block, between blocks, out to the
+    embedding width) are drawn at std 1/sqrt(width in) instead, which carries the residual
+    stream across at its own scale: at 0.02 a 128-to-192 projection shrinks it about 4x, and
+    width-changing designs trained far worse than single-width ones for it
+    (docs/experiments.md, "Which objective picks architectures that train best?"). They are
+    drawn after everything else, so a model without projections gets the same weights as it
+    always did.
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():  # modules() visits a shared layer once
@@ -378,6 +387,10 @@ def init_weights(model: Decoder, seed: int = 0) -> None:
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.02)
                 if getattr(m, "bias", None) is not None:
                     m.bias.zero_()
+        for m in (model.proj_in, *model.joins, model.proj_out):
+            if isinstance(m, nn.Linear):
+                fan_in = m.weight.shape[1]
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / fan_in ** 0.5)
 
 
 def load_checkpoint(model: Decoder, path: Path) -> None:

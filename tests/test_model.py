@@ -217,3 +217,21 @@ def test_local_tokenizer_json(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(UserError, match="not a valid tokenizer.json"):
         Tokenizer(tmp_path / "bad.json")
+
+
+def test_width_changing_projections_carry_the_residual_stream_at_its_scale():
+    """Projections are drawn at std 1/sqrt(width in) (0.02 shrank a 128-to-192 stream about 4x,
+    and such designs trained far worse); a model without projections keeps its old weights."""
+    space_card = Card(name="w", vocab=256, context=32, head_dim=16,
+                      blocks=(Block(32, 2.0, 2, 1), Block(64, 2.0, 4, 1)), embed_width=48)
+    model = build_decoder(space_card)
+    for m in (model.proj_in, *model.joins, model.proj_out):
+        fan_in = m.weight.shape[1]
+        assert abs(float(m.weight.std()) * fan_in ** 0.5 - 1.0) < 0.15
+        x = torch.randn(4096, fan_in)
+        ratio = float(m(x).pow(2).mean() / x.pow(2).mean())
+        assert 0.7 < ratio < 1.3  # per-coordinate scale carried across
+    # every other matrix keeps GPT-2's 0.02
+    others = [p for n, p in model.named_parameters() if p.dim() == 2
+              and not n.startswith(("proj_in", "joins", "proj_out"))]
+    assert others and all(abs(float(p.std()) - 0.02) < 0.004 for p in others)
