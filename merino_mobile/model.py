@@ -364,16 +364,18 @@ def causal_attention(attn: Attention, x: Tensor, rope: tuple[Tensor, Tensor] | N
     return attn.o(y.transpose(1, 2).reshape(b, t, e))
 
 
-def init_weights(model: Decoder, seed: int = 0) -> None:
+def init_weights(model: Decoder, seed: int = 0, scaled_projections: bool = False) -> None:
     """GPT-2 style random init (normal 0.02, zero biases, unit norms), reproducible by seed.
 
-    The projections where the width changes (into the first block, between blocks, out to the
-    embedding width) are drawn at std 1/sqrt(width in) instead, which carries the residual
-    stream across at its own scale: at 0.02 a 128-to-192 projection shrinks it about 4x, and
-    width-changing designs trained far worse than single-width ones for it
-    (docs/experiments.md, "Which objective picks architectures that train best?"). They are
-    drawn after everything else, so a model without projections gets the same weights as it
-    always did.
+    With `scaled_projections` (what `train` starts from), the projections where the width
+    changes (into the first block, between blocks, out to the embedding width) are drawn at std
+    1/sqrt(width in) instead, which carries the residual stream across at its own scale: at 0.02
+    a 128-to-192 projection shrinks it about 4x, and width-changing designs trained far worse
+    than single-width ones for it (docs/experiments.md, "Which objective picks architectures
+    that train best?"). They are drawn after everything else, so a model without projections
+    gets the same weights either way. Random-weight models for speed (export, bench, profile)
+    keep 0.02 everywhere: their export checks against fp32 are set on it (an int4 program whose
+    projections carry the whole stream misses the 0.95 cosine bound on random weights).
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -387,7 +389,7 @@ def init_weights(model: Decoder, seed: int = 0) -> None:
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.02)
                 if getattr(m, "bias", None) is not None:
                     m.bias.zero_()
-        for m in (model.proj_in, *model.joins, model.proj_out):
+        for m in (model.proj_in, *model.joins, model.proj_out) if scaled_projections else ():
             if isinstance(m, nn.Linear):
                 fan_in = m.weight.shape[1]
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / fan_in ** 0.5)
@@ -420,11 +422,12 @@ def load_checkpoint(model: Decoder, path: Path) -> None:
 
 
 def build_decoder(card: Card, *, cache_len: int | None = None, seed: int = 0,
-                  checkpoint: Path | None = None) -> Decoder:
-    """The decoder of `card` in eval mode: random weights from `seed`, or a safetensors file."""
+                  checkpoint: Path | None = None, for_training: bool = False) -> Decoder:
+    """The decoder of `card` in eval mode: random weights from `seed` (`for_training`: with the
+    projections scaled, see `init_weights`), or a safetensors file."""
     model = Decoder(card, cache_len)
     if checkpoint is None:
-        init_weights(model, seed)
+        init_weights(model, seed, scaled_projections=for_training)
     else:
         load_checkpoint(model, Path(checkpoint))
     return model.eval()

@@ -281,7 +281,8 @@ def train(card: Card, data: TokenSplit, config: TrainConfig = TrainConfig(),
                         f"of {card.vocab}; use a tokenizer of {card.vocab} ids")
     check_data(data, config)
     torch.manual_seed(config.seed)
-    model = build_decoder(card, cache_len=config.seq, seed=config.seed).train().to(where)
+    model = build_decoder(card, cache_len=config.seq, seed=config.seed,
+                          for_training=True).train().to(where)
     opt = make_optimizer(model, config)
     start = resume(out, model, opt, config) if out is not None else 0
     steps, tokens_per_step = config.steps, config.batch * config.seq
