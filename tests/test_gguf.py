@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -236,3 +237,14 @@ def test_format_auto_includes_llama_cpp(tmp_path):
     assert {(t.format.name, t.quant) for t in tries if t.runtime == "llamacpp"} == {
         ("gguf", "int8"), ("gguf", "int4")}
     assert tries[0].format.name == "executorch"  # the device's first runtime stays first
+
+
+def test_the_extra_buffer_probe_says_what_a_child_run_shows(tmp_path):
+    # where llama.cpp's AMX kernels fault (a VM that advertises AMX), the probe must say so and
+    # loads go without extra buffer types; elsewhere it must leave them on
+    child = subprocess.run([sys.executable, "-c", g.EXTRA_BUFFERS_PROBE, str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0 or child.returncode < 0, child.stderr[-2000:]
+    assert g.extra_buffers_work() == (child.returncode == 0)
+    if not g._cpu_has_amx():
+        assert g.extra_buffers_work()

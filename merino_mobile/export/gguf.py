@@ -45,11 +45,14 @@ this llama.cpp cannot load a file another one wrote (`load_llama`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,6 +185,94 @@ def _last_error() -> str:
     return lines[-1] if lines else ""
 
 
+# llama.cpp's AMX kernels (an "extra buffer type" for Q4_0 and Q8_0 weights, compiled in when
+# the machine that built llama-cpp-python has AMX) die of a general protection fault on their
+# first `ldtilecfg` on some virtual machines that advertise AMX and grant its permission (seen on
+# this project's 2-core reference hosts). Whether they run is probed once, in a child process
+# where a fault costs nothing; where they do not, weights load without extra buffer types (no
+# AMX and no repacking: slower, never wrong).
+EXTRA_BUFFERS_PROBE = """
+import sys
+from pathlib import Path
+from merino_mobile.card import Block, Card
+from merino_mobile.export.gguf import export_gguf, llama_cpp
+from merino_mobile.model import build_decoder
+card = Card("probe", vocab=256, context=16, head_dim=16, positions="rope", norm="rmsnorm",
+            bias=False, blocks=(Block(64, 2.0, 4, 1, ffn="swiglu", kv_heads=2),))
+path = export_gguf(build_decoder(card), "int8", Path(sys.argv[1]) / "probe.gguf", prompt_len=4)
+llm = llama_cpp().Llama(str(path), n_ctx=16, n_threads=1, verbose=False)
+llm.eval([1, 2, 3])
+print("ok")
+"""
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def extra_buffers_work() -> bool:
+    """Whether llama.cpp's extra buffer types (AMX, repacked weights) run on this machine:
+    true without AMX; with it, what a child process that runs a tiny Q8_0 model says (cached
+    for this llama.cpp build and CPU in the temporary directory)."""
+    if not _cpu_has_amx():
+        return True
+    import subprocess
+    import sys
+
+    import llama_cpp as module
+
+    lib = Path(module.__file__).parent / "lib"
+    stamp = hashlib.sha256(json.dumps(
+        [sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in lib.glob("*.so*")),
+         llama_cpp_version(), Path("/proc/cpuinfo").read_text().split("\n\n")[0]]
+    ).encode()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / f"merino-mobile-llamacpp-extra-buffers-{stamp}.json"
+    try:
+        return bool(json.loads(cache.read_text())["work"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            child = subprocess.run([sys.executable, "-c", EXTRA_BUFFERS_PROBE, tmp],
+                                   capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            return True  # not a fault: let the real load say what is wrong
+    if child.returncode == 0:
+        work = True
+    elif child.returncode < 0:  # killed by a signal: the fault this probe is for
+        work = False
+    else:  # any other failure is not about AMX; the real load will report it
+        return True
+    with contextlib.suppress(OSError):
+        cache.write_text(json.dumps({"work": work, "llama_cpp_python": llama_cpp_version()}))
+    return work
+
+
+@contextlib.contextmanager
+def _model_params(**fields: Any) -> Iterator[None]:
+    """llama_cpp.Llama with `fields` set on its llama_model_params (it exposes no argument for
+    them): its default-params function is wrapped for the duration."""
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+
+    def patched() -> Any:
+        params = original()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    low.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
+
+
 def load_llama(artifact: Path, *, threads: int, n_ctx: int | None = None,
                logits_all: bool = False) -> Any:
     """A `llama_cpp.Llama` of `artifact` with `threads` threads and `n_ctx` KV cells (default:
@@ -193,11 +284,13 @@ def load_llama(artifact: Path, *, threads: int, n_ctx: int | None = None,
     header = read_header(artifact)
     if n_ctx is None:
         n_ctx = int(header.get(META + "cache_len") or header.get(f"{ARCH}.context_length") or 512)
+    params = {} if extra_buffers_work() else {"use_extra_bufts": False}
     LOG.clear()
     try:
-        return module.Llama(str(artifact), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                            n_threads=threads, n_threads_batch=threads, logits_all=logits_all,
-                            verbose=False)
+        with _model_params(**params):
+            return module.Llama(str(artifact), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                                n_threads=threads, n_threads_batch=threads,
+                                logits_all=logits_all, verbose=False)
     except (ValueError, RuntimeError) as e:
         here = llama_cpp_version()
         wrote = header.get(META + "llama_cpp_python")
