@@ -3,13 +3,14 @@
 Samples architectures from a reduced MeRino space (byte vocabulary, widths 64..256) whose FLOPs per
 token lie within +-10% of one budget, trains each on the same tokens of the same corpus, and
 reports the rank correlations (Kendall tau, Spearman) of validation loss with three training-free
-proxies: entropy (default settings), decoder parameter count (LiteTransformerSearch's proxy) and
-FLOPs. A good proxy correlates negatively with loss (more of it, lower loss).
+proxies: DeepMAD entropy (a = b = 1, rho_0 0.03: the default when it ran), decoder parameter count
+(LiteTransformerSearch's proxy) and FLOPs. A good proxy correlates negatively with loss (more of
+it, lower loss).
 
-It then trains the MP-optimal design (exact solver, same budget, default settings) and a uniform
-OPT-style baseline scaled to the same budget (one block, FFN ratio 4, no sharing, depth/width
-closest to OPT-125M's 12/768), and re-scores the trained set for a grid of rho_0 and a/b weights
-(no retraining): an architecture above rho_0 ranks below every one within it.
+It then trains the MP-optimal design (exact solver, same budget, those deepmad settings) and a
+uniform OPT-style baseline scaled to the same budget (one block, FFN ratio 4, no sharing,
+depth/width closest to OPT-125M's 12/768), and re-scores the trained set for a grid of rho_0 and
+a/b weights (no retraining): an architecture above rho_0 ranks below every one within it.
 
     python benchmarks/entropy_vs_loss.py                 # the default run (see --help)
     python benchmarks/entropy_vs_loss.py --archs 10 --tokens 150000   # a medium run
@@ -39,7 +40,7 @@ from merino_mobile import accounting
 from merino_mobile.card import Card
 from merino_mobile.corpus import load_split
 from merino_mobile.design import Budgets, Problem, solve
-from merino_mobile.entropy import DEFAULT_RHO, EntropySettings, effectiveness, entropy
+from merino_mobile.entropy import DEEPMAD, DEFAULT_RHO, EntropySettings, effectiveness, entropy
 from merino_mobile.space import Choice, Space
 from merino_mobile.tokenizer import Tokenizer
 from merino_mobile.train import TrainConfig, train
@@ -95,7 +96,7 @@ def baseline(space: Space, target: float, seq: int) -> Card:
         for d in space.depths:
             card = space.to_card((Choice(w, 4.0, d, False),), "opt-style")
             if 0.8 * target <= flops(card, seq) <= target:
-                options.append((abs(math.log(effectiveness(card) / OPT125M_RHO)), card))
+                options.append((abs(math.log(effectiveness(card, "deepmad") / OPT125M_RHO)), card))
     if not options:
         raise SystemExit(f"no uniform OPT-style card within 80..100% of {target:.3g} FLOPs")
     return min(options, key=lambda o: o[0])[1]
@@ -110,7 +111,7 @@ def row(card: Card, seq: int, result) -> dict:
     return {
         "name": card.name, "arch": describe(card),
         "blocks": [asdict(b) for b in card.blocks],
-        "entropy": entropy(card), "rho": effectiveness(card),
+        "entropy": entropy(card), "rho": effectiveness(card, "deepmad"),
         "params": accounting.params(card), "decoder_params": accounting.decoder_params(card),
         "flops": flops(card, seq), "val_loss": result.val_loss, "val_ppl": result.val_ppl,
         "train_loss": result.train_loss, "seconds": result.seconds,
@@ -135,9 +136,11 @@ def rescore(rows: list[dict], cards: list[Card]) -> list[dict]:
     out = []
     for rho0 in RHOS:
         for a, b in WEIGHTS:
-            s = EntropySettings(a=a, b=b, rho=rho0)
+            s = EntropySettings(a=a, b=b, rho=rho0, objective="deepmad",
+                                effectiveness="deepmad")
             # beyond rho_0 an architecture is not effective: rank it below all effective ones
-            scores = [entropy(c, s) - (1e6 if effectiveness(c) > rho0 else 0) for c in cards]
+            scores = [entropy(c, s) - (1e6 if effectiveness(c, "deepmad") > rho0 else 0)
+                      for c in cards]
             losses = [r["val_loss"] for r in rows]
             tau = (float(stats.kendalltau(scores, losses).statistic)
                    if len(rows) >= 3 and len(set(scores)) > 1 else None)
@@ -145,7 +148,8 @@ def rescore(rows: list[dict], cards: list[Card]) -> list[dict]:
             out.append({"rho0": None if math.isinf(rho0) else rho0, "a": a, "b": b,
                         "kendall_tau": tau, "pick": rows[pick]["name"],
                         "pick_regret": rows[pick]["val_loss"] - best,
-                        "effective": sum(effectiveness(c) <= rho0 for c in cards)})
+                        "effective": sum(effectiveness(c, "deepmad") <= rho0
+                                         for c in cards)})
     return out
 
 
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                          eval_tokens=4 * args.seq if args.reduced else 65_536, seed=args.seed,
                          checkpoint_every=10**9)
     cards = sample(space, args.flops, args.archs, args.seed, args.seq)
-    design = solve(Problem(space, Budgets(flops=args.flops), EntropySettings(), args.seq),
+    design = solve(Problem(space, Budgets(flops=args.flops), DEEPMAD, args.seq),
                    "exact")
     extra = {"mp_optimal": space.to_card(design.arch, "mp-optimal"),
              "baseline": baseline(space, args.flops, args.seq)}

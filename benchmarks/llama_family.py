@@ -65,7 +65,7 @@ from merino_mobile.deploy.bench import bench_artifact, decode_context  # noqa: E
 from merino_mobile.deploy.predict import host_read_bandwidth  # noqa: E402
 from merino_mobile.deploy.verify import BudgetNotMet, blocks_label, verify_design  # noqa: E402
 from merino_mobile.design import Infeasible  # noqa: E402
-from merino_mobile.entropy import EntropySettings  # noqa: E402
+from merino_mobile.entropy import DEEPMAD  # noqa: E402
 from merino_mobile.errors import UserError  # noqa: E402
 from merino_mobile.export.build import format_attends  # noqa: E402
 from merino_mobile.files import utc_now  # noqa: E402
@@ -155,7 +155,8 @@ def design_at(ws: Workspace, target: Any, budget: float, context: int, iteration
     space = load_space(ws.find("search", SPACE, ".toml"))
     say(f"design --verify on {SPACE} at {budget:.3g} ms per token (context {context})")
     try:
-        r = verify_design(ws, space, {"latency_ms": budget}, EntropySettings(), context,
+        # deepmad: the objective its stored results were measured with (the default then)
+        r = verify_design(ws, space, {"latency_ms": budget}, DEEPMAD, context,
                           device=target, quant="int8", name=DESIGN_NAME, force=True,
                           iterations=iterations, repeat=repeat,
                           say=lambda m: say(f"  verify: {m}"))

@@ -72,17 +72,18 @@ MERINO_FFN_WEIGHT = 4.0
 EMBED = 256
 # name -> (settings, embedding width (None: the first block's), what it stands for); each is
 # solved exactly under the FLOPs budget
+DEEPMAD = EntropySettings(objective="deepmad", effectiveness="deepmad")  # rho_0 0.03
 DESIGNS: dict[str, tuple[EntropySettings, int | None, str]] = {
-    "mp-deepmad": (EntropySettings(), None, "deepmad, rho_0 0.03 (today's default)"),
-    "mp-merino": (EntropySettings(objective="merino", rho=NO_BOUND), None,
+    "mp-deepmad": (DEEPMAD, None, "deepmad, rho_0 0.03 (the default before this experiment)"),
+    "mp-merino": (EntropySettings(objective="merino", a=1.0, b=1.0, rho=NO_BOUND), None,
                   "merino a = b = 1, no effectiveness bound (the paper's ablation: without)"),
     "mp-merino-eff": (EntropySettings(objective="merino", b=MERINO_FFN_WEIGHT,
                                       effectiveness="merino", rho=MERINO_RHO), None,
                       f"merino a = 1, b = {MERINO_FFN_WEIGHT:g}, merino rho <= {MERINO_RHO} "
-                      "(the paper's ablation: with both)"),
+                      "(the paper's ablation: with both; the default since)"),
     "mp-params": (EntropySettings(objective="params", rho=NO_BOUND), None,
                   "params (decoder parameters), no effectiveness bound"),
-    f"mp-deepmad-e{EMBED}": (EntropySettings(), EMBED,
+    f"mp-deepmad-e{EMBED}": (DEEPMAD, EMBED,
                              f"deepmad, rho_0 0.03, a fixed {EMBED}-wide embedding"),
 }
 

@@ -40,7 +40,7 @@ from merino_mobile.card import load_card
 from merino_mobile.deploy.bench import DEFAULT_GENERATE, DEFAULT_PROMPT, decode_context
 from merino_mobile.deploy.verify import blocks_label, table_record
 from merino_mobile.design import Infeasible, design_card
-from merino_mobile.entropy import EntropySettings
+from merino_mobile.entropy import DEEPMAD
 from merino_mobile.errors import UserError
 from merino_mobile.export.build import format_attends
 from merino_mobile.files import utc_now, write_json
@@ -142,7 +142,8 @@ def run(args: argparse.Namespace, speedups: list[float], say: Any) -> dict[str, 
         for s, b in zip(speedups, budgets, strict=True):
             name = f"stability-{k}-{s:g}x".replace(".", "p")
             try:
-                d, card, path = design_card(ws, space, {"latency_ms": b}, EntropySettings(),
+                # deepmad: the objective its stored results were measured with (the default then)
+                d, card, path = design_card(ws, space, {"latency_ms": b}, DEEPMAD,
                                             context, args.quant, tables[k], "exact", {},
                                             name=name, force=True, lut_info=info)
             except Infeasible as e:

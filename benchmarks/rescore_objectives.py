@@ -74,11 +74,14 @@ def scores(cards: list[Card]) -> dict[str, list[float]]:
     """Every proxy, by name, for each card."""
     out: dict[str, list[float]] = {}
     for name in OBJECTIVES:
-        out[name] = [objective_value(c, EntropySettings(objective=name)) for c in cards]
+        # every objective at a = b = 1 (merino's default b = 4 is scored in the loop below)
+        out[name] = [objective_value(c, EntropySettings(1.0, 1.0, objective=name))
+                     for c in cards]
     for a, b in WEIGHTS:
         s = EntropySettings(a=a, b=b, objective="merino")
         out[f"merino a={a:g} b={b:g}"] = [objective_value(c, s) for c in cards]
-    out["merino, shared once"] = [stored_merino(c, EntropySettings(objective="merino"))
+    out["merino, shared once"] = [stored_merino(c, EntropySettings(1.0, 1.0,
+                                                                   objective="merino"))
                                   for c in cards]
     for v in EFFECTIVENESS:
         out[f"rho {v}"] = [effectiveness(c, v) for c in cards]

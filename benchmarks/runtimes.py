@@ -120,7 +120,7 @@ def design(ws: Workspace, params: float, context: int, name: str) -> tuple[Card,
     """A design of the tool (the exact solver, the default space, a parameter budget), made once
     and read back after: (card, path, made now)."""
     from merino_mobile.design import design_card
-    from merino_mobile.entropy import EntropySettings
+    from merino_mobile.entropy import DEEPMAD
     from merino_mobile.space import load_space
 
     path = ws.models / f"{name}.json"
@@ -129,7 +129,8 @@ def design(ws: Workspace, params: float, context: int, name: str) -> tuple[Card,
         if card.meta.get("budgets") == {"params": params}:
             return card, path, False
     space = load_space(ROOT / "search" / "default.toml")
-    _, card, path = design_card(ws, space, {"params": params}, EntropySettings(), context,
+    # deepmad: the objective its stored results were measured with (the default then)
+    _, card, path = design_card(ws, space, {"params": params}, DEEPMAD, context,
                                 "int8", None, "exact", {}, name=name, force=True)
     return card, path, True
 

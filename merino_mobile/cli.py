@@ -22,10 +22,11 @@ from merino_mobile.card import Card, last_designed, load_card
 from merino_mobile.entropy import (
     DEFAULT_EFFECTIVENESS,
     DEFAULT_OBJECTIVE,
-    DEFAULT_RHO,
+    DEFAULT_RHOS,
+    DEFAULT_WEIGHTS,
     EntropySettings,
     effectiveness,
-    entropy,
+    objectives,
 )
 from merino_mobile.errors import UserError
 from merino_mobile.toolchain import quiet_dependencies
@@ -63,8 +64,11 @@ def resolve_card(ws: Workspace, name: str) -> tuple[Card, Path]:
     return load_card(path), path
 
 
-def card_summary(card: Card, context: int, settings: EntropySettings = EntropySettings()) -> dict:
-    """The accounting numbers every command reports about a card."""
+def card_summary(card: Card, context: int, settings: EntropySettings | None = None) -> dict:
+    """The accounting numbers every command reports about a card; `entropy` is the value of
+    the settings' objective (default: the design's default, merino; None where its table cannot
+    score the card), `rho` of its effectiveness."""
+    settings = settings or EntropySettings()
     return {
         "name": card.name,
         "params": accounting.params(card),
@@ -72,8 +76,9 @@ def card_summary(card: Card, context: int, settings: EntropySettings = EntropySe
         "flops_per_token": accounting.flops_per_token(card, context),
         "kv_cache_bytes": accounting.kv_cache_bytes(card, context),
         "weight_bytes": {q: accounting.weight_bytes(card, q) for q in accounting.QUANT_BITS},
-        "entropy": entropy(card, settings),
-        "rho": effectiveness(card),
+        # None where the merino table cannot score the card (`objectives` says why not)
+        "entropy": objectives(card, settings)[settings.objective],
+        "rho": effectiveness(card, settings.effectiveness),
         "depth": card.depth,
         "context": context,
     }
@@ -96,9 +101,10 @@ def totals_table(summary: dict) -> Table:
     table.add_row(f"KV cache @ {summary['context']} (fp32)", human_bytes(summary["kv_cache_bytes"]))
     table.add_row("weights int8 / fp32", f"{human_bytes(summary['weight_bytes']['int8'])} / "
                   f"{human_bytes(summary['weight_bytes']['fp32'])}")
-    table.add_row("entropy", f"{summary['entropy']:.2f}")
-    table.add_row("rho (depth / mean width)", f"{summary['rho']:.4f}")
     return table
+
+
+RHO_LABELS = {"deepmad": "depth / mean width", "merino": "depth / 16 log2 width"}
 
 
 @app.command()
@@ -109,7 +115,7 @@ def info(
     as_json: bool = JsonOpt,
 ) -> None:
     """Print the exact accounting of a card: parameters, FLOPs, KV cache, every objective, rho."""
-    from merino_mobile.entropy import effectiveness_all, objectives, subspace_table
+    from merino_mobile.entropy import effectiveness_all, subspace_table
 
     ws = Workspace.resolve(workspace)
     c, path = resolve_card(ws, card)
@@ -130,8 +136,8 @@ def info(
         else:
             shown = f"{value:,.0f}" if name == "params" else f"{value:.2f}"
         totals.add_row(f"objective {name}", shown)
-    totals.add_row("rho merino (depth / 16 log2 width)",
-                   f"{summary['effectiveness']['merino']:.4f}")
+    for variant, rho in summary["effectiveness"].items():
+        totals.add_row(f"rho {variant} ({RHO_LABELS[variant]})", f"{rho:.4f}")
     console.print(totals)
 
 
@@ -584,18 +590,22 @@ def design_cmd(
     solver: str = typer.Option("exact", "--solver", help="exact (proven optimum), ea (the "
                                "paper's evolutionary baseline) or brute (small spaces)."),
     objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help="What to maximize: "
-                                  "deepmad (sum of log widths), merino (MeRino's subspace "
-                                  "entropy) or params (decoder parameters); see docs/design.md."),
+                                  "merino (MeRino's subspace entropy), deepmad (sum of log "
+                                  "widths) or params (decoder parameters); the default is the "
+                                  "one that trained best, see docs/experiments.md."),
     effectiveness: str = typer.Option(DEFAULT_EFFECTIVENESS, "--effectiveness", help="The rho "
-                                      "bounded by --rho: deepmad (depth / mean width) or merino "
-                                      "(depth / 16 log2 mean width)."),
-    rho: float | None = typer.Option(None, "--rho", help=f"Effectiveness bound rho <= rho_0 "
-                                     f"(default {DEFAULT_RHO} for --effectiveness deepmad; "
-                                     f"merino needs one)."),
-    alpha_mha: float = typer.Option(1.0, "--alpha-mha", help="Weight of the attention term of "
-                                    "the entropy objectives (MeRino's alpha_1)."),
-    alpha_ffn: float = typer.Option(1.0, "--alpha-ffn", help="Weight of the FFN term of the "
-                                    "entropy objectives (MeRino's alpha_2)."),
+                                      "bounded by --rho: merino (depth / 16 log2 mean width) "
+                                      "or deepmad (depth / mean width)."),
+    rho: float | None = typer.Option(None, "--rho", help="Effectiveness bound rho <= rho_0 "
+                                     f"(default {DEFAULT_RHOS['merino']} for --effectiveness "
+                                     f"merino, {DEFAULT_RHOS['deepmad']} for deepmad)."),
+    alpha_mha: float | None = typer.Option(None, "--alpha-mha", help="Weight of the attention "
+                                           "term of the entropy objectives (MeRino's alpha_1; "
+                                           "default 1)."),
+    alpha_ffn: float | None = typer.Option(None, "--alpha-ffn", help="Weight of the FFN term of "
+                                           "the entropy objectives (MeRino's alpha_2; default "
+                                           f"{DEFAULT_WEIGHTS['merino'][1]:g} for merino, 1 for "
+                                           "deepmad)."),
     penalty: float = typer.Option(0.0, "--penalty", help="MeRino's penalty on large rho: lower "
                                   "the objective by this much per unit of deficit on the rho "
                                   "row from --penalty-rho (default 0: none; docs/design.md)."),
@@ -695,17 +705,16 @@ def design_cmd(
     console.print(blocks_table(card, f"{card.name}: maximum {objective} objective within "
                                f"{describe_budgets(given)}"))
     totals = totals_table(card_summary(card, context, settings))
-    if objective != "deepmad" or penalty:
-        totals.add_row(f"objective {objective}" + (" less its rho penalty" if penalty else ""),
-                       f"{d.metrics.entropy:,.2f}")
+    totals.add_row(f"objective {objective}" + (" less its rho penalty" if penalty else ""),
+                   f"{d.metrics.entropy:,.2f}")
     if penalty:
         from merino_mobile.entropy import rho_deficit
 
         deficit = rho_deficit(card, effectiveness, settings.penalty_rho)
         totals.add_row(f"rho penalty (gamma {penalty:g} from rho {settings.penalty_rho:g})",
                        f"{penalty * deficit:,.2f}")
-    if effectiveness != "deepmad":
-        totals.add_row(f"rho {effectiveness} (bound {settings.rho:g})", f"{d.metrics.rho:.4f}")
+    totals.add_row(f"rho {effectiveness} ({RHO_LABELS[effectiveness]}; bound {settings.rho:g})",
+                   f"{d.metrics.rho:.4f}")
     if d.metrics.latency_ms is not None:
         totals.add_row(f"predicted latency @ {context}", f"{d.metrics.latency_ms:.2f} ms "
                        f"({table_info['device']}, {table_info['runtime']}, {table_info['quant']})")
@@ -726,8 +735,6 @@ def design_result_json(d: Any, card: Card, path: Path | None, context: int, chos
                        verified: Any = None) -> dict:
     """The `design --json` object of one design: `design_json`, the settings chosen, the table
     (`lut`), every objective, and with --verify the loop (`verify`)."""
-    from merino_mobile.entropy import objectives
-
     return (design_json(d, card, path, context) | chosen
             | {"lut": table_info, "objectives": objectives(card, settings)}
             | ({"verify": verified.to_json()} if verified else {}))

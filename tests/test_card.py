@@ -42,7 +42,7 @@ def test_known_counts():
     # decode FLOPs: 2 per weight of every layer matrix and the head, plus attention
     layer = 2 * (4 * 768 * 768 + 2 * 768 * 3072) + 4 * 768 * 512
     assert acc.flops_per_token(gpt2, 512) == 12 * layer + 2 * 768 * 50257
-    assert effectiveness(gpt2) == pytest.approx(12 / 768)
+    assert effectiveness(gpt2, "deepmad") == pytest.approx(12 / 768)
 
 
 def tiny(**kw) -> Card:

@@ -100,7 +100,10 @@ def test_a_designed_card_counts_what_transformers_counts():
     # the MobileLLM space at its own layer (576 wide, 8/3, 3 K/V heads, unshared): one Llama
     space = replace(load_space(ROOT / "search" / "mobilellm.toml"), widths=(576,),
                     ffn_ratios=(EIGHT_THIRDS,), kv_heads=(3,), sharing=False)
-    d = solve(Problem(space, Budgets(params=125e6), EntropySettings(rho=0.06)), "exact")
+    # deepmad at rho_0 0.06 fills the budget with this one layer (MobileLLM's 30 layers: rho
+    # 0.052); merino's bound would stop at fewer
+    d = solve(Problem(space, Budgets(params=125e6), EntropySettings(
+        rho=0.06, objective="deepmad", effectiveness="deepmad")), "exact")
     card = space.to_card(d.arch, "designed")
     assert card.depth == 30  # 31 layers would be 128.2M
     with torch.device("meta"):

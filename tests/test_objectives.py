@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from test_design import LinearLatency
 
 from merino_mobile import accounting, entropy
-from merino_mobile.card import Block, Card
+from merino_mobile.card import Block, Card, load_card
 from merino_mobile.design import Budgets, Infeasible, Problem, solve
 from merino_mobile.design.brute import architectures
 from merino_mobile.design.problem import rho_within
@@ -152,7 +152,6 @@ def test_merino_weights_mha_and_ffn_terms():
     ({"b": math.inf}, "the FFN weight b (alpha_2, --alpha-ffn) must be a finite number"),
     ({"alpha": (1.0, math.nan)}, "the weight alpha of block 1 must be a finite number"),
     ({"objective": "params", "a": 2.0}, "the params objective counts parameters and takes no"),
-    ({"effectiveness": "merino"}, "the merino effectiveness has no default bound: give one with"),
 ])
 def test_bad_settings_are_refused_by_name(kw, fragment):
     with pytest.raises(UserError) as e:
@@ -301,14 +300,17 @@ def test_a_heavy_penalty_acts_like_the_bound_and_every_gamma_matches_brute_force
     rho_p, as the hard bound rho <= rho_p would; the exact solver agrees with brute force."""
     space = tiny(widths=(16, 32, 64), ffn_ratios=(1.0,), max_depth=6)
     budgets = Budgets(flops=6e5)
-    free = Problem(space, budgets, EntropySettings(rho=1.0))
-    bound = Problem(space, budgets, EntropySettings(rho=0.08))
-    heavy = Problem(space, budgets, EntropySettings(rho=1.0, penalty=1e4, penalty_rho=0.08))
+    deepmad = {"objective": "deepmad", "effectiveness": "deepmad"}
+    free = Problem(space, budgets, EntropySettings(rho=1.0, **deepmad))
+    bound = Problem(space, budgets, EntropySettings(rho=0.08, **deepmad))
+    heavy = Problem(space, budgets, EntropySettings(rho=1.0, penalty=1e4, penalty_rho=0.08,
+                                                    **deepmad))
     d_free, d_bound, d_heavy = (solve(p, "exact") for p in (free, bound, heavy))
     assert d_free.metrics.rho > 0.08
     assert d_heavy.arch == d_bound.arch and d_heavy.metrics.rho <= 0.08
     for gamma in (0.5, 2.0, 8.0):
-        p = Problem(space, budgets, EntropySettings(rho=1.0, penalty=gamma, penalty_rho=0.08))
+        p = Problem(space, budgets, EntropySettings(rho=1.0, penalty=gamma, penalty_rho=0.08,
+                                                    **deepmad))
         exact, brute = solve(p, "exact"), solve(p, "brute")
         assert exact.metrics.entropy == pytest.approx(brute.metrics.entropy, rel=1e-9)
 
@@ -404,15 +406,20 @@ def test_the_sharing_key_reads_true_false_or_always(tmp_path, value, fragment):
 def test_design_objective_flag_and_its_json(ws, run):
     base = ("design", "--params", "300k", "--space", "tiny", "--context", "64", "--json")
     default = json.loads(run(ws, *base).stdout)
-    assert default["objective"] == "deepmad" and default["effectiveness"] == "deepmad"
-    assert default["rho_0"] == entropy.DEFAULT_RHO
+    assert default["objective"] == "merino" and default["effectiveness"] == "merino"
+    assert default["rho_0"] == entropy.DEFAULT_RHOS["merino"] == 0.08
+    assert default["rho"] <= 0.08
+    # merino's default weights: b = 4 (its `entropy` is the maximized value, at those weights)
+    card = load_card(default["card"])
+    assert default["entropy"] == pytest.approx(objective_value(
+        card, EntropySettings(1.0, 4.0, objective="merino")))
     for name in OBJECTIVES:
         out = json.loads(run(ws, *base, "--objective", name, "--rho", "0.1").stdout)
         assert out["objective"] == name and set(out["objectives"]) == set(OBJECTIVES)
         assert out["entropy"] == pytest.approx(out["objectives"][name])
         assert out["params"] <= 300_000 and out["solver"]["optimal"]
     params = json.loads(run(ws, *base, "--objective", "params", "--rho", "0.1").stdout)
-    deepmad = json.loads(run(ws, *base, "--rho", "0.1").stdout)
+    deepmad = json.loads(run(ws, *base, "--objective", "deepmad", "--rho", "0.1").stdout)
     assert params["objectives"]["params"] >= deepmad["objectives"]["params"]
     merino = json.loads(run(ws, *base, "--effectiveness", "merino", "--rho", "0.05",
                             "--alpha-ffn", "4").stdout)
@@ -432,18 +439,24 @@ def test_design_penalty_flags_and_their_json(ws, run):
     assert out["penalty"] == 1e4 and out["penalty_rho"] == rho_p
     assert out["rho"] <= rho_p * (1 + 1e-12) < free["rho"]
     # within rho_p there is no deficit: the maximized value is the objective itself
-    assert out["entropy"] == pytest.approx(out["objectives"]["deepmad"])
+    assert out["entropy"] == pytest.approx(out["objectives"]["merino"])
 
 
 def test_info_prints_every_objective(ws, run):
     out = json.loads(run(ws, "info", "gpt2", "--json").stdout)
     assert set(out["objectives"]) == set(OBJECTIVES)
-    assert out["objectives"]["deepmad"] == pytest.approx(out["entropy"])
+    # `entropy` and `rho` are the defaults' (merino, b = 4; merino's rho)
+    assert out["objectives"]["merino"] == pytest.approx(out["entropy"])
     assert out["objectives"]["params"] == out["decoder_params"]
-    assert out["objectives"]["merino"] < 0  # square matrices at init scale: below zero
-    assert out["effectiveness"]["deepmad"] == pytest.approx(out["rho"])
+    gpt2 = load_card(out["card"])
+    assert out["objectives"]["deepmad"] == pytest.approx(entropy.entropy(gpt2))
+    # with a = b = 1 square matrices at init scale pull merino below zero; b = 4 lifts it
+    plain = objective_value(gpt2, EntropySettings(1.0, 1.0, objective="merino"))
+    assert plain < 0 < out["entropy"]
+    assert out["effectiveness"]["merino"] == pytest.approx(out["rho"])
     text = run(ws, "info", "gpt2").stdout
     assert "objective merino" in text and "objective params" in text and "rho merino" in text
+    assert "rho deepmad" in text
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -453,7 +466,6 @@ def test_info_prints_every_objective(ws, run):
     (["--alpha-mha", "-1"], "the MHA weight a (alpha_1, --alpha-mha) must be a finite number"),
     (["--alpha-ffn", "nan"], "the FFN weight b (alpha_2, --alpha-ffn) must be a finite number"),
     (["--objective", "params", "--alpha-ffn", "2"], "the params objective counts parameters"),
-    (["--effectiveness", "merino"], "the merino effectiveness has no default bound"),
     (["--effectiveness", "merino", "--rho", "inf"], "--rho must be a finite positive number"),
     (["--penalty", "2"], "--penalty needs --penalty-rho"),
     (["--penalty-rho", "0.02"], "--penalty-rho without --penalty changes nothing"),
@@ -476,6 +488,7 @@ def test_a_corrupt_table_stops_design_with_its_name(ws, run, monkeypatch, tmp_pa
     assert proc.returncode == 2 and str(bad) in proc.stderr and "corrupt" in proc.stderr
     assert "python -m merino_mobile.entropy" in proc.stderr and "Traceback" not in proc.stderr
     # the other objectives need no table; what cannot be scored is null, and info says why
-    out = json.loads(run(ws, "design", "--params", "300k", "--space", "tiny", "--json").stdout)
+    out = json.loads(run(ws, "design", "--params", "300k", "--space", "tiny", "--objective",
+                         "deepmad", "--json").stdout)
     assert out["objectives"]["merino"] is None and out["objectives"]["deepmad"] is not None
     assert "corrupt" in run(ws, "info", "gpt2").stdout

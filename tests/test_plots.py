@@ -261,8 +261,10 @@ def test_sweep_plot_marks_the_chosen_designs_and_the_infeasible_budgets(tmp_path
 
     space = Space(name="t", vocab=256, context=64, head_dim=16, widths=(16, 32),
                   ffn_ratios=(1.0, 2.0), max_blocks=2, min_depth=0, max_depth=2)
-    result = sweep(space, {"params": Range(2e3, 6e4, 4e3)}, "params", EntropySettings(rho=1.0),
-                   64, "int8", None, "exact", {})
+    # deepmad: every layer adds to it, so the chosen design grows along the range
+    deepmad = EntropySettings(rho=1.0, objective="deepmad", effectiveness="deepmad")
+    result = sweep(space, {"params": Range(2e3, 6e4, 4e3)}, "params", deepmad, 64, "int8", None,
+                   "exact", {})
     frontier = result.frontier()
     infeasible = [p.budget for p in result.points if p.design is None]
     repeated = [p for p in result.points if p.design and p not in frontier]

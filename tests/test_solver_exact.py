@@ -180,8 +180,11 @@ def test_rho_is_decided_exactly_on_the_bound():
     assert rho_within(arch, 0.25)
     assert not rho_within(arch, math.nextafter(0.25, 0))
     space = tiny_space(widths=(64,), max_depth=16, max_blocks=1, min_depth=1)
-    assert not Problem(space, settings=EntropySettings(rho=0.25)).violations(arch)
-    assert "rho" in Problem(space, settings=EntropySettings(rho=0.2499)).violations(arch)
+    deepmad = "deepmad"  # the rho that is 16 / 64 (rho_within's variant by default)
+    assert not Problem(space, settings=EntropySettings(rho=0.25, effectiveness=deepmad)
+                       ).violations(arch)
+    assert "rho" in Problem(space, settings=EntropySettings(rho=0.2499, effectiveness=deepmad)
+                            ).violations(arch)
 
 
 @settings(max_examples=200, deadline=None)
@@ -189,7 +192,7 @@ def test_rho_is_decided_exactly_on_the_bound():
                 min_size=1, max_size=5), st.floats(0.001, 2.0))
 def test_exact_rho_agrees_with_effectiveness_off_the_bound(blocks, rho):
     arch = tuple(Choice(w, 1.0, d, False) for w, d in blocks)
-    value = effectiveness(tiny_space(widths=(16, 48, 64, 96, 1024)).to_card(arch, "x"))
+    value = effectiveness(tiny_space(widths=(16, 48, 64, 96, 1024)).to_card(arch, "x"), "deepmad")
     if abs(value - rho) > 1e-9 * rho:
         assert rho_within(arch, rho) == (value <= rho)
 
