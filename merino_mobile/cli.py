@@ -591,8 +591,8 @@ def design_cmd(
                                "paper's evolutionary baseline) or brute (small spaces)."),
     objective: str = typer.Option(DEFAULT_OBJECTIVE, "--objective", help="What to maximize: "
                                   "merino (MeRino's subspace entropy), deepmad (sum of log "
-                                  "widths) or params (decoder parameters); the default is the "
-                                  "one that trained best, see docs/experiments.md."),
+                                  "widths) or params (decoder parameters); the default's "
+                                  "design trained best of the three, see docs/experiments.md."),
     effectiveness: str = typer.Option(DEFAULT_EFFECTIVENESS, "--effectiveness", help="The rho "
                                       "bounded by --rho: merino (depth / 16 log2 mean width) "
                                       "or deepmad (depth / mean width)."),
