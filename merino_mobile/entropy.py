@@ -68,6 +68,7 @@ sum_i L_i log2 E_i >= beta D^2 / rho_0.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -444,11 +445,10 @@ def objectives(card: Card, settings: EntropySettings = EntropySettings()
     missing or corrupt (`subspace_table()` raises that error, naming the file)."""
     out: dict[str, float | None] = {}
     for name in OBJECTIVES:
-        s = settings if name == settings.objective else EntropySettings(
-            rho=settings.rho, objective=name, effectiveness=settings.effectiveness)
-        if s.penalty:
-            s = EntropySettings(s.a, s.b, s.alpha, rho=s.rho, objective=name,
-                                effectiveness=s.effectiveness)
+        s = (dataclasses.replace(settings, penalty=0.0, penalty_rho=None)
+             if name == settings.objective else
+             EntropySettings(rho=settings.rho, objective=name,
+                             effectiveness=settings.effectiveness))
         try:
             out[name] = objective_value(card, s)
         except UserError:  # only merino reads a file, and only its table refuses shapes
