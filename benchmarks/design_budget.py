@@ -20,8 +20,11 @@ come from measurements taken together, not from the loop's own benches minutes a
 The default budgets are OPT-350M's predicted decode latency (the solver's streaming sum, as the
 demo's budget) over 8, 6, 4.9, 4 and 3. Prints a table and writes
 benchmarks/results/design_budget.json: `rows`, one per budget, each `budget_ms`, `raw` and
-`verified` ({`card`, `predicted_ms`, `measured_ms`, `measured_over_budget`}; `verified` also
-`iterations`, `status` and `loop_measured_ms`, the loop's own measurement).
+`verified` ({`card`, `predicted_ms`, `measured_ms`, `measured_over_budget`, `rounds_ms` (each
+round's median), `speeds`, `slow_ms`, `fast_ms`, `fast_share` and `slow_over_budget`
+(`bench.two_speeds` of the rounds: on a host that runs a model at two speeds, the slow one's
+median over the budget); `verified` also `iterations`, `status` and `loop_measured_ms`, the
+loop's own measurement).
 
 Slow with the default space (an export and a bench of a 20-70M-parameter model per iteration).
 Resumable: the designs and each budget's finished loop are kept in
@@ -40,7 +43,7 @@ from typing import Any
 
 from merino_mobile import accounting
 from merino_mobile.card import load_card
-from merino_mobile.deploy.bench import bench_side_by_side
+from merino_mobile.deploy.bench import bench_side_by_side, two_speeds
 from merino_mobile.deploy.verify import (
     BudgetNotMet,
     bench_lengths,
@@ -197,16 +200,20 @@ def run(args: argparse.Namespace) -> None:
                                  on_round=lambda r, n: print(f"  round {r + 1} of {n}",
                                                              flush=True),
                                  tag="design-budget")
-    measured = {a: rep.decode_ms_per_token.median for a, rep in zip(artifacts, reports,
-                                                                   strict=True)}
+    by_artifact = dict(zip(artifacts, reports, strict=True))
 
     rows = []
     for b in budgets:
         row: dict[str, Any] = {"budget_ms": b}
         for kind in ("raw", "verified"):
             e = dict(partial[kind][str(b)])
-            m = measured[designs[e["card"]]] if e.get("card") else None
+            rep = by_artifact[designs[e["card"]]] if e.get("card") else None
+            m = rep.decode_ms_per_token.median if rep else None
             card = load_card(e["card"]) if e.get("card") else None
+            if rep:  # each round's median, and the two speeds when the rounds ran at two
+                sp = two_speeds(rep.round_decode_ms)
+                e |= {"rounds_ms": rep.round_decode_ms, **sp,
+                      "slow_over_budget": sp["slow_ms"] / b}
             e |= {"measured_ms": m, "measured_over_budget": m / b if m is not None else None,
                   "params": accounting.params(card) if card else None,
                   "architecture": blocks_label(card) if card else None}
@@ -244,17 +251,18 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     def ratio(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}x"
 
-    print(f"\n{'budget':>8} | {'raw design':<28} {'pred':>7} {'meas':>7} {'/B':>6} | "
-          f"{'verified design':<28} {'pred':>7} {'meas':>7} {'/B':>6} {'its':>3} status")
+    print(f"\n{'budget':>8} | {'raw design':<28} {'pred':>7} {'meas':>7} {'/B':>6} {'slow/B':>6} | "
+          f"{'verified design':<28} {'pred':>7} {'meas':>7} {'/B':>6} {'slow/B':>6} {'its':>3} "
+          f"status")
     for r in rows:
         raw, ver = r["raw"], r["verified"]
         print(f"{r['budget_ms']:>8.3g} | {(raw.get('architecture') or '-')[:28]:<28} "
               f"{ms(raw.get('predicted_ms')):>7} {ms(raw['measured_ms']):>7} "
-              f"{ratio(raw['measured_over_budget']):>6} | "
+              f"{ratio(raw['measured_over_budget']):>6} {ratio(raw.get('slow_over_budget')):>6} | "
               f"{(ver.get('architecture') or '-')[:28]:<28} {ms(ver.get('predicted_ms')):>7} "
               f"{ms(ver['measured_ms']):>7} {ratio(ver['measured_over_budget']):>6} "
+              f"{ratio(ver.get('slow_over_budget')):>6} "
               f"{len(ver.get('iterations') or []):>3} {ver.get('status') or ver.get('error')}")
-
 
 if __name__ == "__main__":
     main()

@@ -464,3 +464,13 @@ def test_a_real_bench_lands_in_the_store_with_its_prediction(monkeypatch, capsys
     code, _, err = run(monkeypatch, capsys, "calibrate", "--device", "host", "--measurement",
                        "7", "--workspace", str(tmp_path))
     assert code == 2 and "no measurement 7" in err
+
+    # rounds: one bench of several windows, pooled, stored once
+    pooled = bench_artifact(ws, artifact, "host", prompt=8, generate=8, repeat=3, rounds=2)
+    assert pooled.rounds == 2 and len(pooled.decode_samples_ms) == 6
+    assert len(pooled.ttft_samples_ms) == 6 and set(pooled.raw) == {"round 1", "round 2"}
+    assert [m.id for m in read_measurements(ws.state, device="host")] == [1, pooled.measurement_id]
+    assert read_measurements(ws.state, ids=[pooled.measurement_id])[0].decode_samples_ms == \
+        tuple(pooled.decode_samples_ms)
+    with pytest.raises(UserError, match="--rounds must be at least 1"):
+        bench_artifact(ws, artifact, "host", prompt=8, generate=8, repeat=3, rounds=0)

@@ -263,3 +263,38 @@ def test_decode_working_set_counts_what_one_token_reads():
     assert want < got <= want + vectors
     untied = replace(card, tied_head=False)
     assert decode_working_set(untied, 100, "int8") == got  # the head, tied or not, read once
+
+
+def test_a_point_read_below_one_that_does_less_work_takes_the_envelope():
+    """A shared machine's fast windows make single points read far too low (table.monotone):
+    a layer never costs less than a narrower one or one of a smaller FFN ratio at its context,
+    a head never less than a narrower one. Points that keep that order are exact as before."""
+    low = {("layer", 256, 2.0, 64): 0.3, ("head", 128): 0.2}
+
+    def damaged() -> list[Row]:
+        out = []
+        for r in rows():
+            p = r.point
+            f = low.get(("layer", p.width, p.ffn_ratio, p.context) if p.term == "layer"
+                        else (p.term, p.width), 1.0)
+            out.append(replace(r, median_ms=r.median_ms * f) if r.median_ms else r)
+        return out
+
+    clean = Lut.from_rows(rows(), FP, "executorch", "fp32")
+    lut = Lut.from_rows(damaged(), FP, "executorch", "fp32")
+    # the low cell is lifted to the most a cell of less work reads: 256 wide at FFN 1, or
+    # 128 wide at FFN 2 (here the former, the wider)
+    assert lut.layer(256, 2.0, 8, 64) == pytest.approx(cost(256, 1.0, 64), rel=1e-9)
+    assert lut.layer(256, 2.0, 8, 64) > 2 * 0.3 * cost(256, 2.0, 64)
+    # the table file keeps the reading as measured; only the surfaces use the envelope
+    stored = {(e["width"], e["ffn_ratio"], e["context"]): e["ms"]
+              for e in lut.to_json()["terms"]["layer"]["decode"]}
+    assert stored[256, 2.0, 64] < 0.35 * cost(256, 2.0, 64)
+    # the head: 128 wide read below 64 wide, so it takes 64's
+    assert lut.head(128, 256) == pytest.approx(clean.head(64, 256), rel=1e-9)
+    # every cell that kept the order is untouched, at the other context too
+    for w in WIDTHS:
+        for r in RATIOS:
+            for c in CONTEXTS:
+                if (w, r, c) != (256, 2.0, 64):
+                    assert lut.layer(w, r, w // 32, c) == pytest.approx(cost(w, r, c), rel=1e-9)

@@ -115,6 +115,7 @@ class BenchReport:
     ttft_samples_ms: list[float] = field(default_factory=list)  # one per timed prefill run
     decode_samples_ms: list[float] = field(default_factory=list)  # ms/token, one per run
     rounds: int = 1  # separate benches pooled into this report (`bench_side_by_side`)
+    round_decode_ms: list[float] = field(default_factory=list)  # each pooled round's median
     measurement_id: int | None = None  # its row in the workspace's store, once recorded
     # what one decode step attends: "cache" (the whole static cache: ONNX, Core ML, older
     # ExecuTorch exports) or "position" (the positions up to its own: ExecuTorch, llama.cpp)
@@ -158,12 +159,38 @@ class BenchReport:
         return replace(
             first, **stats,
             repeat=sum(p.repeat for p in parts), rounds=sum(p.rounds for p in parts),
+            round_decode_ms=[m for p in parts
+                             for m in (p.round_decode_ms or [p.decode_ms_per_token.median])],
             decode_positions={pos: percentile([p.decode_positions[pos] for p in parts], 50)
                               for pos in first.decode_positions},
             load_ms=percentile(loads, 50) if loads else None,
             peak_rss_bytes=max(rss) if rss else None,
             wall_s=round(sum(p.wall_s for p in parts), 3),
             raw={f"round {i + 1}": p.raw for i, p in enumerate(parts)})
+
+
+TWO_SPEEDS = 1.8  # slowest over fastest window from which a bench ran at two speeds
+
+
+def two_speeds(windows_ms: list[float], ratio: float = TWO_SPEEDS) -> dict[str, Any]:
+    """Whether separate windows of one measurement (rounds, benches) ran at two speeds, and
+    which: when the slowest window is `ratio` times the fastest or more, they are split at the
+    geometric mean of the two; `slow_ms` and `fast_ms` are each side's median and `fast_share`
+    the share of windows on the fast side. A shared machine's pace can flip to about three times
+    as fast for seconds at a time (docs/measurements.md, "Two speeds"); a median over windows
+    then says how often the fast windows came, not how fast the model is. One speed: `slow_ms`
+    is the median, `fast_ms` None."""
+    if not windows_ms:
+        raise ValueError("no windows")
+    lo, hi = min(windows_ms), max(windows_ms)
+    med = percentile(windows_ms, 50)
+    out: dict[str, Any] = {"speeds": 1, "slow_ms": med, "fast_ms": None, "fast_share": 0.0}
+    if lo > 0 and hi >= ratio * lo:
+        cut = math.sqrt(lo * hi)
+        fast = [x for x in windows_ms if x < cut]
+        out = {"speeds": 2, "slow_ms": percentile([x for x in windows_ms if x >= cut], 50),
+               "fast_ms": percentile(fast, 50), "fast_share": len(fast) / len(windows_ms)}
+    return out
 
 
 def _stats(prompt: int, ttft: list[float], per_token: list[float]) -> dict[str, Any]:
@@ -265,16 +292,50 @@ def bench_request(dev: Device, runtime: str, spec: MethodSpec, repeat: int) -> B
 def bench_artifact(ws: Workspace, artifact: Path, device: str | Target, *,
                    prompt: int = DEFAULT_PROMPT, generate: int = DEFAULT_GENERATE,
                    repeat: int = DEFAULT_REPEAT, dev: Device | None = None,
-                   record: bool = True, tag: str = "bench") -> BenchReport:
+                   record: bool = True, tag: str = "bench", rounds: int = 1) -> BenchReport:
     """Measure an exported decoder on a device (opened here unless `dev` is given); with
-    `record`, store the measurement in the workspace (`record_measurement`, labelled `tag`)."""
-    import time
+    `record`, store the measurement in the workspace (`record_measurement`, labelled `tag`).
 
-    artifact = Path(artifact)
-    runtime = artifact_runtime(artifact)
+    `rounds` > 1 benches it that many times in a row (each round its own runtime calls, so its
+    own window of the device's time) and pools the runs (`BenchReport.pooled`): a shared
+    machine's pace can flip for seconds at a time (docs/measurements.md, "Two speeds"), and one
+    window of a few calls is one draw of it; `round_decode_ms` keeps each round's median, for
+    `two_speeds`.
+    """
     if prompt < 1 or generate < 1 or repeat < 1:
         raise UserError(f"--prompt, --generate and --repeat must be at least 1 (got {prompt}, "
                         f"{generate}, {repeat})")
+    if rounds < 1:
+        raise UserError(f"--rounds must be at least 1 (got {rounds})")
+    if rounds > 1:
+        target = target_for(ws, device, Path(artifact))
+        own = dev is None
+        dev = dev or target.open()
+        try:
+            parts = [_bench_once(ws, Path(artifact), target, prompt, generate, repeat, dev)
+                     for _ in range(rounds)]
+        finally:
+            if own:
+                dev.cleanup()
+        report = BenchReport.pooled(parts)
+        if record:
+            report.measurement_id = record_measurement(
+                target, report, artifact_meta(Path(artifact)).get("card"), tag)
+        return report
+    report = _bench_once(ws, Path(artifact), device, prompt, generate, repeat, dev)
+    if record:
+        report.measurement_id = record_measurement(
+            target_for(ws, device, Path(artifact)), report,
+            artifact_meta(Path(artifact)).get("card"), tag)
+    return report
+
+
+def _bench_once(ws: Workspace, artifact: Path, device: str | Target, prompt: int,
+                generate: int, repeat: int, dev: Device | None) -> BenchReport:
+    """One bench of `artifact` (the device opened here unless `dev` is given), not stored."""
+    import time
+
+    runtime = artifact_runtime(artifact)
     meta = artifact_meta(artifact)
     card = meta.get("card")
     cache_len = (meta.get("export") or {}).get("cache_len") or (card.context if card else None)
@@ -330,8 +391,6 @@ def bench_artifact(ws: Workspace, artifact: Path, device: str | Target, *,
         params=_params(card), quant=export.get("quant"), cache_len=cache_len,
         cpus=list(pre.cpus), wall_s=round(time.perf_counter() - t0, 3), raw=raw,
         attends=attention_of(export))
-    if record:
-        report.measurement_id = record_measurement(target, report, card, tag)
     return report
 
 

@@ -3,9 +3,10 @@
 A table is a sum of micro-benchmarks, and the solver picks exactly the cells that read low, so a
 design's whole-model latency can miss its budget (docs/measurements.md). `verify_design` closes
 the loop: it designs (`merino_mobile.design.design_card`), exports (`merino_mobile.export`),
-benches the design on the device (`bench_artifact`, stored with tag "verify"), and when the
-measured median exceeds the budget, refits the calibration from the store
-(`merino_mobile.latency.calibration.calibrate`) and designs again, at most `iterations` times.
+benches the design on the device (`bench_artifact`, `rounds` benches pooled into one
+measurement, stored with tag "verify"), and when the measured median exceeds the budget, refits
+the calibration from the store (`merino_mobile.latency.calibration.calibrate`) and designs
+again, at most `iterations` times.
 
 Each iteration's design comes from a chain of solves (the tighten rule, docs/deploy.md):
 
@@ -76,6 +77,9 @@ from merino_mobile.workspace import Workspace
 SCHEMA_VERSION = 1
 KIND = "merino-mobile-verify"
 DEFAULT_ITERATIONS = 3
+# benches pooled per measured design: a shared machine can run a whole window of a few calls at
+# its other, faster speed (docs/measurements.md, "Two speeds"); several windows show both
+DEFAULT_ROUNDS = 3
 TAG = "verify"  # the store's tag of the loop's measurements
 STATUSES = {
     "within_budget": "measured within the budget",
@@ -153,6 +157,10 @@ class Iteration:
     measured_ms: float | None = None
     p10_ms: float | None = None
     p90_ms: float | None = None
+    # the bench's rounds ran at two speeds: the fast side's median and share (`judged`); the
+    # measured fields above are then the slow side's
+    fast_ms: float | None = None
+    fast_share: float | None = None
 
     @property
     def measured(self) -> bool:
@@ -168,6 +176,7 @@ class Iteration:
                 "how": self.how, "solve_budget_ms": self.solve_budget_ms,
                 "predicted_ms": self.predicted_ms, "calibrated": self.calibrated,
                 "measured_ms": self.measured_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms,
+                "fast_ms": self.fast_ms, "fast_share": self.fast_share,
                 "measurement_id": self.measurement_id, "artifact": self.artifact,
                 "reused": {"export": self.export_reused,
                            "measurement": self.measurement_reused}}
@@ -284,7 +293,8 @@ def verify_budget(budgets: dict[str, Any]) -> float:
     return float(value)
 
 
-def check_request(budgets: dict[str, Any], iterations: int, repeat: int) -> float:
+def check_request(budgets: dict[str, Any], iterations: int, repeat: int, rounds: int = 1
+                  ) -> float:
     """Refuse a verify request that cannot run on any device (before a device is opened); the
     latency budget (ms)."""
     budget = verify_budget(budgets)
@@ -292,7 +302,27 @@ def check_request(budgets: dict[str, Any], iterations: int, repeat: int) -> floa
         raise UserError(f"--iterations must be at least 1 (got {iterations})")
     if repeat < 1:
         raise UserError(f"repeat must be at least 1 (got {repeat})")
+    if rounds < 1:
+        raise UserError(f"rounds must be at least 1 (got {rounds})")
     return budget
+
+
+def judged(samples: list[float] | tuple[float, ...], repeat: int) -> tuple[Stat, dict[str, Any]]:
+    """What a verify measurement is judged by: its runs, `repeat` per bench in bench order, as
+    one statistic; when the benches ran at two speeds (`bench.two_speeds` of their medians),
+    the slow benches' runs only. A budget kept only in a shared machine's fast windows is not
+    kept (docs/measurements.md, "Two speeds"). Also the two-speed split."""
+    from merino_mobile.deploy.bench import two_speeds
+
+    samples = list(samples)
+    n = max(1, repeat)
+    benches = [samples[i:i + n] for i in range(0, len(samples), n)]
+    medians = [Stat.of(b).median for b in benches]
+    speeds = two_speeds(medians)
+    if speeds["speeds"] == 2:
+        cut = math.sqrt(min(medians) * max(medians))
+        samples = [x for b, m in zip(benches, medians, strict=True) if m >= cut for x in b]
+    return Stat.of(samples), speeds
 
 
 class _Loop:
@@ -300,10 +330,12 @@ class _Loop:
 
     def __init__(self, ws: Workspace, target: Target, space: Space, budgets: dict[str, float],
                  settings: EntropySettings, context: int, solver: str, options: dict[str, Any],
-                 base: str, iterations: int, repeat: int, say: Callable[[str], None]) -> None:
+                 base: str, iterations: int, repeat: int, say: Callable[[str], None],
+                 rounds: int = DEFAULT_ROUNDS) -> None:
         self.ws, self.target, self.space, self.budgets = ws, target, space, budgets
         self.settings, self.context, self.solver, self.options = settings, context, solver, options
         self.base, self.allowed, self.repeat, self.say = base, iterations, repeat, say
+        self.rounds = rounds
         self.budget = budgets["latency_ms"]
         self.prompt, self.generate = bench_lengths(context)
         fmt, quant = target.format.name, target.quant
@@ -315,7 +347,7 @@ class _Loop:
             "space": asdict(space), "budgets": budgets, "settings": asdict(settings),
             "context": context, "solver": solver, "options": options, "device": target.name,
             "runtime": target.runtime, "format": fmt, "quant": quant, "prompt": self.prompt,
-            "generate": self.generate, "repeat": repeat}))
+            "generate": self.generate, "repeat": repeat, "rounds": rounds}))
         self.its: list[Iteration] = []
         self.resumed = 0
         self.dev: Any = None
@@ -443,20 +475,27 @@ class _Loop:
         stored = self.stored_bench(it)
         if stored is not None:
             samples = list(stored.decode_samples_ms)
-            stat = Stat.of(samples)
             it.measurement_id, it.measurement_reused = stored.id, True
             self.say(f"iteration {it.index}: reusing measurement {stored.id} from the store")
         else:
             it.bench_after_id = max((m.id for m in self.device_measurements()), default=0)
             self.save()
             self.say(f"iteration {it.index}: benching on {self.target.name} (prompt "
-                     f"{self.prompt}, generate {self.generate}, {self.repeat} runs)")
+                     f"{self.prompt}, generate {self.generate}, {self.rounds} x "
+                     f"{self.repeat} runs)")
             rep = bench_artifact(self.ws, Path(it.artifact), self.target, prompt=self.prompt,
                                  generate=self.generate, repeat=self.repeat, dev=self.dev,
-                                 tag=TAG)
-            stat = rep.decode_ms_per_token
+                                 tag=TAG, rounds=self.rounds)
+            samples = rep.decode_samples_ms
             it.measurement_id = rep.measurement_id
+        stat, speeds = judged(samples, self.repeat)
         it.measured_ms, it.p10_ms, it.p90_ms = stat.median, stat.p10, stat.p90
+        if speeds["speeds"] == 2:
+            it.fast_ms, it.fast_share = speeds["fast_ms"], speeds["fast_share"]
+            self.say(f"iteration {it.index}: the device ran it at two speeds, "
+                     f"{stat.median:.3g} and {it.fast_ms:.3g} ms/token "
+                     f"({100 * it.fast_share:.0f}% of the benches fast): the budget is checked "
+                     f"against the slower")
         self.save()
 
     def device_measurements(self) -> list[Any]:
@@ -522,6 +561,7 @@ def verify_design(ws: Workspace, space: Space, budgets: dict[str, Any],
                   options: dict[str, Any] | None = None, name: str | None = None,
                   out: Path | None = None, force: bool = False,
                   iterations: int = DEFAULT_ITERATIONS, repeat: int = DEFAULT_REPEAT,
+                  rounds: int = DEFAULT_ROUNDS,
                   say: Callable[[str], None] | None = None) -> VerifyResult:
     """Design for `budgets` (which must hold one latency budget), export, bench on the device,
     and redesign until the measured median is within the latency budget (module docstring).
@@ -532,13 +572,13 @@ def verify_design(ws: Workspace, space: Space, budgets: dict[str, Any],
     `meta.measured_latency_ms` and `meta.verify`; otherwise `BudgetNotMet` carries the result.
     """
     say = say or (lambda msg: None)
-    budget = check_request(budgets, iterations, repeat)
+    budget = check_request(budgets, iterations, repeat, rounds)
     target = resolve_target(ws, device, quant=quant, runtime=runtime)
     base = check_name(name if name is not None else default_name(budgets, target.name))
     if out is not None and Path(out).exists() and not force:
         raise UserError(f"{out} exists; choose another --out or pass --force to replace it")
     loop = _Loop(ws, target, space, dict(budgets), settings, context, solver,
-                 dict(options or {}), base, iterations, repeat, say)
+                 dict(options or {}), base, iterations, repeat, say, rounds)
     loop.dev = target.open()  # a device that is not ready stops here, with its check's line
     try:
         target.table(calibrated=False)  # no table: the profile command, before anything else

@@ -43,6 +43,9 @@ DEFAULT_ANCHORS = 4  # calibration.MIN_MODELS (3) plus one, so leave-one-out kee
 MAX_ANCHORS = 16
 TAG = "anchor"  # the store's tag of anchor measurements
 REPEAT = 5  # timed runs per anchor bench: the calibration fits medians, not tails
+# benches pooled per reading: a shared machine can run a whole bench window at its other,
+# faster speed (docs/measurements.md, "Two speeds"); one window is a coin toss, three less so
+ROUNDS = 3
 
 
 def _spread_index(i: int, n: int, size: int) -> int:
@@ -150,7 +153,7 @@ def bench_anchor(target: Target, dev: Device, anchor: Anchor, fmt: str, quant: s
         assert res is not None
     prompt, generate = anchor.prompt_generate
     return bench_artifact(target.ws, Path(res.artifact), target, prompt=prompt,
-                          generate=generate, repeat=REPEAT, dev=dev, tag=TAG)
+                          generate=generate, repeat=REPEAT, dev=dev, tag=TAG, rounds=ROUNDS)
 
 
 def summary(anchor: Anchor, reading: int, report: Any) -> dict[str, Any]:

@@ -21,6 +21,15 @@ measurement; between grid points the FLOPs model carries the shape and the ratio
 the grid (wider, longer) the ratio is held at the nearest edge and the model extrapolates in FLOPs.
 Grid cells whose point failed to measure take the nearest measured ratio.
 
+The monotone envelope (`monotone`). Before the surfaces are built, a layer point that reads less
+than a point of its context doing less work (narrower, or a smaller FFN ratio) takes that
+point's reading, and so does a head narrower than one it undercuts. A shared machine's noise has
+a sign: its pace can flip to about three times as fast for seconds (docs/measurements.md, "Two
+speeds"), so a single point read in such a window reads far too low, and the solver, looking for
+cheap cells, picks exactly those. The file keeps every point as measured; "exact on grid points"
+holds for every point the envelope leaves alone, which is every point of a table whose readings
+keep the order.
+
 Layer kinds. Layers of another kind than version 1's (`predict.LayerKind`: a SwiGLU FFN, fewer
 K/V heads, RMSNorm, no biases) are their own surfaces, one per kind, never interpolated with
 another kind: a K/V head count is a discrete choice of the space, measured as such. Their FLOPs
@@ -164,6 +173,35 @@ class Surface:
         return float(self._interp([q])[0]) * self.model(p)
 
 
+# the grid axes along which a term can only cost more, and the fields that tell its surfaces'
+# points apart otherwise (compared only among points alike in those)
+MONOTONE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "layer": (("width", "ffn_ratio"), ("context",)),
+    "head": (("width",), ("vocab",)),
+}
+
+
+def monotone(term: str, points: list[tuple[Point, float]]) -> list[tuple[Point, float]]:
+    """Each point's ms raised to the most any point that does no more work reads: a layer is
+    never cheaper than a narrower one or one of a smaller FFN ratio at the same context, a head
+    never cheaper than a narrower one. The reason is the noise's sign: a shared machine's pace
+    can flip to about three times as fast for seconds at a time (docs/measurements.md, "Two
+    speeds"), so a point read in such a window reads far too low, never far too high, and the
+    solver, which looks for what is cheap, would pick exactly those points. A point that reads
+    less than one doing strictly less work was read in such a window; the envelope takes its
+    neighbour's reading instead. Other terms are returned as measured."""
+    if term not in MONOTONE:
+        return points
+    axes, same = MONOTONE[term]
+    out = []
+    for p, ms in points:
+        floor = max((m for q, m in points
+                     if all(getattr(q, f) == getattr(p, f) for f in same)
+                     and all(getattr(q, a) <= getattr(p, a) for a in axes)), default=ms)
+        out.append((p, max(ms, floor)))
+    return out
+
+
 def _fill_nearest(values: np.ndarray) -> np.ndarray:
     """Fill NaN cells with the nearest measured cell (grid-index distance)."""
     known = np.argwhere(~np.isnan(values))
@@ -206,9 +244,11 @@ class Lut:
                     cold = [(p, ms) for p, ms in kpts if not p.hot]
                     hot = [(p, ms) for p, ms in kpts if p.hot]
                     if cold:
-                        self._surfaces[term, phase, kind] = Surface(term, phase, cold)
+                        self._surfaces[term, phase, kind] = Surface(term, phase,
+                                                                    monotone(term, cold))
                     if hot:
-                        self._hot[term, phase, kind] = Surface(term, phase, hot)
+                        self._hot[term, phase, kind] = Surface(term, phase,
+                                                               monotone(term, hot))
 
     # -- building ------------------------------------------------------------------------------
 
@@ -375,7 +415,8 @@ class Lut:
             "runtime": self.runtime, "quant": self.quant,
             "fingerprint": self.fingerprint.to_json(), "created": self.created,
             "interpolation": "ratio to an nnls FLOPs model, linear on (log width, ffn ratio, "
-                             "log context); exact on grid points",
+                             "log context); exact on grid points, after the monotone envelope "
+                             "of layers (width, ffn ratio) and heads (width)",
             "terms": terms, "failed": self.failed, "cache_bytes": self.cache_bytes,
         }
 
