@@ -29,6 +29,9 @@
    drawn models and predicts each fold (`cv`). Each is scored as the raw table is: share within
    +-10%, MAPE, bias, and Kendall's tau of predicted with measured latency, beside the models' own
    even-against-odd rounds agreement (`repeat_within_10pct`: the ceiling this machine allows).
+   `streaming_vs_slow` scores the streaming prediction (the solver's) against each model's slow
+   speed where its rounds ran at two (`bench.two_speeds`, docs/measurements.md "Two speeds";
+   each row's `speeds`, `slow_ms`, `fast_ms`, `fast_share`).
 
 Whole models are capped at --max-params (default 60M) and --max-depth (12) so 30 exports fit in
 minutes on a small machine; the architectures are otherwise uniform over the space's choices.
@@ -253,6 +256,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from merino_mobile import accounting
+    from merino_mobile.deploy.bench import two_speeds
     from merino_mobile.device.profiles import load_profile
     from merino_mobile.latency.grid import describe_grid, make_grid
     from merino_mobile.latency.predict import cold_fraction, predict_latency
@@ -363,6 +367,9 @@ def main() -> int:
                "measured_ms": measured, "round_ms": meds,
                "error": errors.get(card.name), "export_s": export_secs.get(card.name, 0.0)}
         if ok:
+            # the rounds at two speeds (docs/measurements.md, "Two speeds"): the slow one's
+            # median, against the streaming prediction the solver designs with
+            row |= two_speeds(meds)
             row["error_pct"] = 100 * (predicted - measured) / measured
             # the noise floor: the even rounds against the odd ones, same models, same run
             if len(meds) >= 2:
@@ -382,7 +389,10 @@ def main() -> int:
         r["calibrated_anchors_ms"] = cal["anchors"][c.name]
         r["calibrated_cv_ms"] = cal["cv"].get(c.name)
     m_list = [r["measured_ms"] for r in good]
+    slow = [r for r in good if r.get("slow_ms")]
     scored = {"raw": scores([r["predicted_ms"] for r in good], m_list),
+              "streaming_vs_slow": scores([r["streaming_ms"] for r in slow],
+                                          [r["slow_ms"] for r in slow]),
               "anchors": scores([r["calibrated_anchors_ms"] for r in good], m_list),
               "cv": scores([r["calibrated_cv_ms"] for r in good], m_list)}
     level = (statistics.median(sentinel_ms) / statistics.median(profile_sentinel)
@@ -442,6 +452,7 @@ def main() -> int:
           f"{'-' if rep is None else f'{100 * rep:.0f}%'}) |")
     print("|---|---|---|---|---|---|")
     for name, what in (("raw", "raw table"),
+                       ("streaming_vs_slow", "raw table, streaming, against the slow speed"),
                        ("anchors", f"calibrated on the {cal['anchor_models']} anchors"),
                        ("cv", f"calibrated, {args.folds}-fold cross-validated")):
         sc = scored[name]
