@@ -12,7 +12,7 @@ fastest, the two speeds: the windows split at the geometric mean of the two, `sl
         [--windows 20] [--seconds 0.5] [--position 192]
 
 Writes benchmarks/results/host_modes.json: `artifacts` (per artifact: `windows_ms`, `median_ms`,
-`min_ms`, `max_ms`, `speeds` (1 or 2), `slow_ms`, `fast_ms`, `fast_share`), `settings` and
+`min_ms`, `max_ms`, `speeds` (1 or 2), `slow_ms`, `fast_ms`, `fast_share`, `cut_ms`), `settings` and
 `machine`.
 """
 

@@ -320,8 +320,8 @@ def judged(samples: list[float] | tuple[float, ...], repeat: int) -> tuple[Stat,
     medians = [Stat.of(b).median for b in benches]
     speeds = two_speeds(medians)
     if speeds["speeds"] == 2:
-        cut = math.sqrt(min(medians) * max(medians))
-        samples = [x for b, m in zip(benches, medians, strict=True) if m >= cut for x in b]
+        samples = [x for b, m in zip(benches, medians, strict=True) if m >= speeds["cut_ms"]
+                   for x in b]
     return Stat.of(samples), speeds
 
 
