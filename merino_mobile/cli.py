@@ -855,7 +855,7 @@ def verify_table(r: Any) -> Table:
                   f", {STATUS_WORDS.get(r.status, r.status)}",
                   caption="ms per token; predicted by the device's table then (* calibrated)")
     for col in ("#", "how", "design", "params", "solved at", "predicted", "measured",
-                "p10-p90", ""):
+                "median 90%", "p10-p90", ""):
         table.add_column(col, justify="left" if col in ("how", "design", "") else "right")
     for it in r.iterations:
         done = it.measured_ms is not None
@@ -865,12 +865,14 @@ def verify_table(r: Any) -> Table:
                       human_count(it.params), f"{it.solve_budget_ms:.3g}",
                       f"{it.predicted_ms:.3g}" + ("*" if it.calibrated else ""),
                       f"{it.measured_ms:.3g}" if done else "-",
+                      f"{it.median_lo_ms:.3g}-{it.median_hi_ms:.3g}"
+                      if done and it.median_lo_ms is not None else "-",
                       f"{it.p10_ms:.3g}-{it.p90_ms:.3g}" if done else "-",
                       verdict + (" (chosen)" if r.chosen is it else ""))
     return table
 
 
-STATUS_WORDS = {"within_budget": "kept", "within_noise": "kept within the device's noise",
+STATUS_WORDS = {"within_budget": "kept", "within_noise": "kept within its median's noise",
                 "unmet": "not met by the space", "spent": "not met in the iterations allowed"}
 
 

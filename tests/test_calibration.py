@@ -474,3 +474,31 @@ def test_a_real_bench_lands_in_the_store_with_its_prediction(monkeypatch, capsys
         tuple(pooled.decode_samples_ms)
     with pytest.raises(UserError, match="--rounds must be at least 1"):
         bench_artifact(ws, artifact, "host", prompt=8, generate=8, repeat=3, rounds=0)
+
+
+def test_a_measurement_at_two_speeds_calibrates_by_its_slow_rounds():
+    """The calibration fits what `design --verify` judges a budget by: a measurement whose
+    rounds ran at two speeds (a shared machine's fast windows, docs/measurements.md "Two
+    speeds") counts at its slow rounds' median, not at a median that mixes the two."""
+    cards = random_cards(12)
+    even = synthetic(cards, TRUE, noise=0.0)
+    mixed = []
+    for m in even:
+        slow = (m.decode_median_ms * 0.99, m.decode_median_ms, m.decode_median_ms * 1.01)
+        fast = tuple(x / 3 for x in slow)
+        # three rounds of three runs, the middle one fast: the pooled median is a fast run's
+        samples = slow + fast + fast if m.id % 2 else slow + fast + slow
+        pooled = sorted(samples)[len(samples) // 2]
+        mixed.append(replace(m, rounds=3, decode_samples_ms=samples, decode_median_ms=pooled))
+    for m, e in zip(mixed, even, strict=True):
+        assert m.slow_ms == pytest.approx(e.decode_median_ms)
+        assert m.id % 2 == 0 or m.decode_median_ms < 0.5 * m.slow_ms  # mostly fast: pooled low
+    # one round, or rounds at one speed: the stored median
+    assert even[0].slow_ms == even[0].decode_median_ms
+    one = replace(even[0], rounds=3, decode_samples_ms=(1.0, 1.1, 1.2, 1.0, 1.3, 1.2, 1.1, 1.0,
+                                                         1.2), decode_median_ms=1.1)
+    assert one.slow_ms == 1.1
+    a, b = fit(wide_table(), mixed, prior_weight=1e-12), fit(wide_table(), even,
+                                                           prior_weight=1e-12)
+    assert a.factors == pytest.approx(b.factors, rel=1e-6)
+    assert [r["measured_ms"] for r in a.rows] == pytest.approx([m.slow_ms for m in mixed])

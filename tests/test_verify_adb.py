@@ -171,7 +171,7 @@ def test_a_budget_the_phone_cannot_keep_refits_from_its_benches(phone, run, tmp_
     state = json.loads((folder / "verify.json").read_text())
     assert state["status"] == "unmet" and [i["how"] for i in state["iterations"]] == ["first"]
     (first,) = state["iterations"]
-    assert first["measured_ms"] > budget and first["p10_ms"] > budget
+    assert first["measured_ms"] > budget and first["median_lo_ms"] > budget
     # the same design as the other verify's, when it ran first: its export is reused
     assert first["export_reused"] == (ws.models / "phone-verified.json").exists()
     benched_on_the_phone(phone, run, state["iterations"])

@@ -39,6 +39,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 from merino_mobile.device.base import (
@@ -193,6 +194,45 @@ def two_speeds(windows_ms: list[float], ratio: float = TWO_SPEEDS) -> dict[str, 
                "fast_ms": percentile(fast, 50), "fast_share": len(fast) / len(windows_ms),
                "cut_ms": cut}
     return out
+
+
+def slow_runs(samples: list[float] | tuple[float, ...], repeat: int
+              ) -> tuple[list[float], dict[str, Any]]:
+    """The runs a pooled measurement is judged by, and its two-speed split: `samples` are
+    `repeat` runs per bench in bench order; when the benches ran at two speeds (`two_speeds` of
+    their medians) only the slow benches' runs, else all of them. A budget kept only in a
+    shared machine's fast windows is not kept (docs/measurements.md, "Two speeds")."""
+    samples = list(samples)
+    if not samples:
+        raise ValueError("no runs")
+    n = max(1, repeat)
+    benches = [samples[i:i + n] for i in range(0, len(samples), n)]
+    medians = [percentile(b, 50) for b in benches]
+    speeds = two_speeds(medians)
+    if speeds["speeds"] == 2:
+        samples = [x for b, m in zip(benches, medians, strict=True) if m >= speeds["cut_ms"]
+                   for x in b]
+    return samples, speeds
+
+
+MEDIAN_CONFIDENCE = 0.9  # of `median_interval`, the interval the verify loop calls noise
+
+
+def median_interval(values: list[float] | tuple[float, ...],
+                    confidence: float = MEDIAN_CONFIDENCE) -> tuple[float, float]:
+    """A distribution-free `confidence` interval of the median of `values`: the order
+    statistics at ranks (n -+ z sqrt(n)) / 2, z the normal quantile (the binomial count of runs
+    below the median, in its normal approximation). It narrows as runs are added, unlike the
+    runs' own p10-p90 spread, so "within the noise" means the measurement cannot tell its
+    median from the budget, not that some runs came in under it."""
+    if not values:
+        raise ValueError("no values")
+    s = sorted(values)
+    n = len(s)
+    half = NormalDist().inv_cdf((1 + confidence) / 2) * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half))
+    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
+    return s[lo], s[hi]
 
 
 def _stats(prompt: int, ttft: list[float], per_token: list[float]) -> dict[str, Any]:

@@ -28,10 +28,11 @@ reads low no longer spends the iterations at B. Each chain uses only the current
 measured designs, so a calibration that has learnt the device's error undoes earlier tightening
 rather than piling on it.
 
-The loop stops at the first measured median within B, or when B lies inside the measurement's
-own p10-p90 spread (`within_noise`: the device cannot tell the difference, so it says so rather
-than loop), or when the space cannot meet B once measured (`unmet`: `BudgetNotMet` names the
-fastest measured design and the smallest budget it meets), or after `iterations` (`spent`). Only
+The loop stops at the first measured median within B, or when B lies inside the 90% interval
+of that median that its own runs allow (`within_noise`, `noise_interval`: the device cannot tell
+the difference, so it says so rather than loop), or when the space cannot meet B once measured
+(`unmet`: `BudgetNotMet` names the fastest measured design and the smallest budget it meets),
+or after `iterations` (`spent`). Only
 a design within the budget (or its noise) becomes the card, with the measurement and every
 iteration in `meta.verify`.
 
@@ -83,7 +84,7 @@ DEFAULT_ROUNDS = 3
 TAG = "verify"  # the store's tag of the loop's measurements
 STATUSES = {
     "within_budget": "measured within the budget",
-    "within_noise": "over the budget by less than the device's own repeat spread (p10-p90)",
+    "within_noise": "over the budget by less than its median's own uncertainty (90% interval)",
     "unmet": "the space cannot meet the budget once measured",
     "spent": "no design measured within the budget in the iterations allowed",
 }
@@ -161,6 +162,9 @@ class Iteration:
     # measured fields above are then the slow side's
     fast_ms: float | None = None
     fast_share: float | None = None
+    # the 90% interval of the measured median (`noise_interval`): a budget inside it is noise
+    median_lo_ms: float | None = None
+    median_hi_ms: float | None = None
 
     @property
     def measured(self) -> bool:
@@ -177,6 +181,8 @@ class Iteration:
                 "predicted_ms": self.predicted_ms, "calibrated": self.calibrated,
                 "measured_ms": self.measured_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms,
                 "fast_ms": self.fast_ms, "fast_share": self.fast_share,
+                "median_interval_ms": (None if self.median_lo_ms is None
+                                       else [self.median_lo_ms, self.median_hi_ms]),
                 "measurement_id": self.measurement_id, "artifact": self.artifact,
                 "reused": {"export": self.export_reused,
                            "measurement": self.measurement_reused}}
@@ -309,20 +315,21 @@ def check_request(budgets: dict[str, Any], iterations: int, repeat: int, rounds:
 
 def judged(samples: list[float] | tuple[float, ...], repeat: int) -> tuple[Stat, dict[str, Any]]:
     """What a verify measurement is judged by: its runs, `repeat` per bench in bench order, as
-    one statistic; when the benches ran at two speeds (`bench.two_speeds` of their medians),
-    the slow benches' runs only. A budget kept only in a shared machine's fast windows is not
-    kept (docs/measurements.md, "Two speeds"). Also the two-speed split."""
-    from merino_mobile.deploy.bench import two_speeds
+    one statistic; when the benches ran at two speeds, the slow benches' runs only
+    (`bench.slow_runs`). Also the two-speed split."""
+    from merino_mobile.deploy.bench import slow_runs
 
-    samples = list(samples)
-    n = max(1, repeat)
-    benches = [samples[i:i + n] for i in range(0, len(samples), n)]
-    medians = [Stat.of(b).median for b in benches]
-    speeds = two_speeds(medians)
-    if speeds["speeds"] == 2:
-        samples = [x for b, m in zip(benches, medians, strict=True) if m >= speeds["cut_ms"]
-                   for x in b]
-    return Stat.of(samples), speeds
+    runs, speeds = slow_runs(samples, repeat)
+    return Stat.of(runs), speeds
+
+
+def noise_interval(samples: list[float] | tuple[float, ...], repeat: int
+                   ) -> tuple[float, float]:
+    """The interval of a verify measurement's median that its own runs allow (the judged runs'
+    `bench.median_interval`): a budget inside it cannot be told from the measurement."""
+    from merino_mobile.deploy.bench import median_interval, slow_runs
+
+    return median_interval(slow_runs(samples, repeat)[0])
 
 
 class _Loop:
@@ -490,6 +497,7 @@ class _Loop:
             it.measurement_id = rep.measurement_id
         stat, speeds = judged(samples, self.repeat)
         it.measured_ms, it.p10_ms, it.p90_ms = stat.median, stat.p10, stat.p90
+        it.median_lo_ms, it.median_hi_ms = noise_interval(samples, self.repeat)
         if speeds["speeds"] == 2:
             it.fast_ms, it.fast_share = speeds["fast_ms"], speeds["fast_share"]
             self.say(f"iteration {it.index}: the device ran it at two speeds, "
@@ -522,7 +530,9 @@ class _Loop:
         assert it.measured_ms is not None and it.p10_ms is not None
         if it.measured_ms <= self.budget:
             return "within_budget"
-        if it.p10_ms <= self.budget:
+        # a state written before the interval was recorded: its p10 stands in (the older rule)
+        lo = it.median_lo_ms if it.median_lo_ms is not None else it.p10_ms
+        if lo <= self.budget:
             return "within_noise"
         return None
 
@@ -550,7 +560,8 @@ class _Loop:
             it = self.its[-1]
             self.measure(it)
             self.say(f"iteration {it.index}: measured {it.measured_ms:.3g} ms/token "
-                     f"[p10 {it.p10_ms:.3g}, p90 {it.p90_ms:.3g}] against the budget "
+                     f"(median's 90% interval {it.median_lo_ms:.3g}-{it.median_hi_ms:.3g}; "
+                     f"p10 {it.p10_ms:.3g}, p90 {it.p90_ms:.3g}) against the budget "
                      f"{format_budget('latency_ms', self.budget)}")
 
 
@@ -632,8 +643,10 @@ def _message(r: VerifyResult, loop: _Loop) -> str:
     if r.status == "within_budget":
         return f"measured {m} on {r.device}, within the budget {b} (iteration {c.index} of {n})"
     if r.status == "within_noise":
-        return (f"measured {m} on {r.device}: over the budget {b} by less than the device's own "
-                f"repeat spread (p10-p90), so no design can be told apart from it there; kept "
+        interval = (f" (its median's 90% interval {c.median_lo_ms:.3g}-{c.median_hi_ms:.3g})"
+                    if c.median_lo_ms is not None else "")
+        return (f"measured {m} on {r.device}: over the budget {b} by less than the uncertainty "
+                f"of its median{interval}, so the device cannot tell it from the budget; kept "
                 f"(iteration {c.index} of {n})")
     smallest = format_budget("latency_ms", round_up(c.measured_ms))
     if r.status == "unmet":

@@ -317,7 +317,8 @@ def fit(table: Lut | CalibratedTable, measurements: Sequence[Measurement], *,
 
     names = list(GROUPS)
     x = np.array([[group_costs(card, raw, m.context)[g] for g in names] for m, card in usable])
-    y = np.array([m.decode_median_ms for m, _ in usable])
+    # the slow speed where a measurement's rounds ran at two: what verify judges a budget by
+    y = np.array([m.slow_ms for m, _ in usable])
     a = x / y[:, None]
     s = _nnls_with_prior(a, prior_weight)
     raw_pred = x.sum(axis=1)
