@@ -32,9 +32,8 @@ The loop stops at the first measured median within B, or when B lies inside the 
 of that median that its own runs allow (`within_noise`, `noise_interval`: the device cannot tell
 the difference, so it says so rather than loop), or when the space cannot meet B once measured
 (`unmet`: `BudgetNotMet` names the fastest measured design and the smallest budget it meets),
-or after `iterations` (`spent`). Only
-a design within the budget (or its noise) becomes the card, with the measurement and every
-iteration in `meta.verify`.
+or after `iterations` (`spent`). Only a design within the budget (or its noise) becomes the
+card, with the measurement and every iteration in `meta.verify`.
 
 Resuming: the state of a request is build/verify/<name>-<device>-<format>-<quant>/verify.json,
 written after every step. A rerun of the same request (same space, budgets, settings, context,
