@@ -363,9 +363,16 @@ def bench_artifact(ws: Workspace, artifact: Path, device: str | Target, *,
             if own:
                 dev.cleanup()
     if record:
-        report.measurement_id = record_measurement(target, report,
-                                                   artifact_meta(artifact).get("card"), tag)
+        report.measurement_id = store_bench(target, artifact, report, tag)
     return report
+
+
+def store_bench(target: Target, artifact: Path, report: BenchReport, tag: str = "bench") -> int:
+    """Store a bench of `artifact` made with `record=False` (`record_measurement`, with the
+    artifact's card); the measurement's id. For a caller that looks at a bench before it
+    decides what to store, as `design --verify` does with one that reads too fast."""
+    return record_measurement(target_for(target.ws, target, artifact), report,
+                              artifact_meta(artifact).get("card"), tag)
 
 
 def _bench_once(ws: Workspace, artifact: Path, device: str | Target, prompt: int,
