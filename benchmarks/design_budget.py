@@ -22,7 +22,7 @@ demo's budget) over 8, 6, 4.9, 4 and 3. Prints a table and writes
 benchmarks/results/design_budget.json: `rows`, one per budget, each `budget_ms`, `raw` and
 `verified` ({`card`, `predicted_ms`, `measured_ms`, `measured_over_budget`, `rounds_ms` (each
 round's median), `speeds`, `slow_ms`, `fast_ms`, `fast_share` and `slow_over_budget`
-(`bench.two_speeds` of the rounds: on a host that runs a model at two speeds, the slow one's
+(`base.two_speeds` of the rounds: on a host that runs a model at two speeds, the slow one's
 median over the budget); `verified` also `iterations`, `status` and `loop_measured_ms`, the
 loop's own measurement).
 
@@ -43,7 +43,7 @@ from typing import Any
 
 from merino_mobile import accounting
 from merino_mobile.card import load_card
-from merino_mobile.deploy.bench import bench_side_by_side, two_speeds
+from merino_mobile.deploy.bench import bench_side_by_side
 from merino_mobile.deploy.verify import (
     BudgetNotMet,
     bench_lengths,
@@ -53,6 +53,7 @@ from merino_mobile.deploy.verify import (
     verify_design,
 )
 from merino_mobile.design import Infeasible, design_card, format_budget
+from merino_mobile.device.base import two_speeds
 from merino_mobile.entropy import EntropySettings
 from merino_mobile.errors import UserError
 from merino_mobile.files import write_json

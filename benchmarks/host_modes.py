@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from merino_mobile.deploy.bench import TOKEN, TWO_SPEEDS, round_order, two_speeds
-from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec
+from merino_mobile.deploy.bench import TOKEN, round_order
+from merino_mobile.device.base import TWO_SPEEDS, BenchRequest, InputSpec, MethodSpec, two_speeds
 from merino_mobile.errors import UserError
 from merino_mobile.files import utc_now, write_json
 from merino_mobile.target import resolve_target
@@ -53,7 +53,7 @@ def window(dev: Any, handle: Any, position: int, seconds: float) -> tuple[float,
 
 
 def speeds(windows_ms: list[float], two: float) -> dict[str, Any]:
-    """The windows' statistics and their speeds (`bench.two_speeds`)."""
+    """The windows' statistics and their speeds (`base.two_speeds`)."""
     return {"windows_ms": windows_ms, "median_ms": statistics.median(windows_ms),
             "min_ms": min(windows_ms), "max_ms": max(windows_ms)} | two_speeds(windows_ms, two)
 

@@ -30,7 +30,7 @@
    +-10%, MAPE, bias, and Kendall's tau of predicted with measured latency, beside the models' own
    even-against-odd rounds agreement (`repeat_within_10pct`: the ceiling this machine allows).
    `streaming_vs_slow` scores the streaming prediction (the solver's) against each model's slow
-   speed where its rounds ran at two (`bench.two_speeds`, docs/measurements.md "Two speeds";
+   speed where its rounds ran at two (`base.two_speeds`, docs/measurements.md "Two speeds";
    each row's `speeds`, `slow_ms`, `fast_ms`, `fast_share`), `raw_vs_slow` the raw prediction.
    The calibration fits slow speeds (`Measurement.slow_ms`: what `design --verify` judges a
    budget by), so `anchors` and `cv` are scored against them too, beside the halves' agreement
@@ -260,7 +260,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from merino_mobile import accounting
-    from merino_mobile.deploy.bench import two_speeds
+    from merino_mobile.device.base import two_speeds
     from merino_mobile.device.profiles import load_profile
     from merino_mobile.latency.grid import describe_grid, make_grid
     from merino_mobile.latency.predict import cold_fraction, predict_latency

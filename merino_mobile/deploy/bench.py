@@ -51,6 +51,7 @@ from merino_mobile.device.base import (
     MethodResult,
     MethodSpec,
     percentile,
+    two_speeds,
 )
 from merino_mobile.errors import UserError
 from merino_mobile.export.build import attention_of
@@ -168,32 +169,6 @@ class BenchReport:
             peak_rss_bytes=max(rss) if rss else None,
             wall_s=round(sum(p.wall_s for p in parts), 3),
             raw={f"round {i + 1}": p.raw for i, p in enumerate(parts)})
-
-
-TWO_SPEEDS = 1.8  # slowest over fastest window from which a bench ran at two speeds
-
-
-def two_speeds(windows_ms: list[float], ratio: float = TWO_SPEEDS) -> dict[str, Any]:
-    """Whether separate windows of one measurement (rounds, benches) ran at two speeds, and
-    which: when the slowest window is `ratio` times the fastest or more, they are split at the
-    geometric mean of the two (`cut_ms`); `slow_ms` and `fast_ms` are each side's median and
-    `fast_share` the share of windows on the fast side. A shared machine's pace can flip to
-    about three times as fast for seconds at a time (docs/measurements.md, "Two speeds"); a
-    median over windows then says how often the fast windows came, not how fast the model is.
-    One speed: `slow_ms` is the median, `fast_ms` and `cut_ms` None."""
-    if not windows_ms:
-        raise ValueError("no windows")
-    lo, hi = min(windows_ms), max(windows_ms)
-    med = percentile(windows_ms, 50)
-    out: dict[str, Any] = {"speeds": 1, "slow_ms": med, "fast_ms": None, "fast_share": 0.0,
-                           "cut_ms": None}
-    if lo > 0 and hi >= ratio * lo:
-        cut = math.sqrt(lo * hi)
-        fast = [x for x in windows_ms if x < cut]
-        out = {"speeds": 2, "slow_ms": percentile([x for x in windows_ms if x >= cut], 50),
-               "fast_ms": percentile(fast, 50), "fast_share": len(fast) / len(windows_ms),
-               "cut_ms": cut}
-    return out
 
 
 def slow_runs(samples: list[float] | tuple[float, ...], repeat: int

@@ -57,7 +57,7 @@ from typing import Any
 
 from merino_mobile import accounting
 from merino_mobile.card import Card, save_card
-from merino_mobile.deploy.bench import DEFAULT_REPEAT, TWO_SPEEDS, Stat, artifact_sha256
+from merino_mobile.deploy.bench import DEFAULT_REPEAT, Stat, artifact_sha256
 from merino_mobile.design import (
     Design,
     Infeasible,
@@ -67,6 +67,7 @@ from merino_mobile.design import (
     format_budget,
 )
 from merino_mobile.design.problem import Metrics, SolverInfo
+from merino_mobile.device.base import TWO_SPEEDS
 from merino_mobile.entropy import EntropySettings
 from merino_mobile.errors import UserError
 from merino_mobile.files import utc_now, write_json
