@@ -15,7 +15,7 @@ from merino_mobile.errors import UserError
 from merino_mobile.latency import predict_latency
 from merino_mobile.latency.micro import copies
 from merino_mobile.latency.store import Point, Row
-from merino_mobile.latency.table import Lut, load_lut, lut_path, read_lut
+from merino_mobile.latency.table import Lut, load_lut, lut_path, read_lut, reading_of
 from merino_mobile.workspace import Workspace
 
 FP = Fingerprint("host", "box", "cpu", 2, "Linux", "x86_64", "executorch", "1.5.1", 2, "fp32")
@@ -74,21 +74,30 @@ def test_exact_on_grid_points_after_removing_the_call_overhead():
 
 def test_a_point_read_in_several_passes_gets_the_median_of_its_readings():
     base = rows()
-    layer = next(r for r in base if r.point.term == "layer")
+    layers = [r for r in base if r.point.term == "layer"]
+    layer, other = layers[0], layers[-1]
     null = next(r for r in base if r.point.term == "null")
 
     def reading(r: Row, k: int, ms: float) -> Row:
         return replace(r, point=replace(r.point, reading=k), median_ms=ms)
 
-    # the layer read twice more (one reading far off), the null twice more, one reading failed
-    more = [reading(layer, 1, 3 * layer.median_ms), reading(layer, 2, 1.1 * layer.median_ms),
+    # the layer read twice more, at one speed; the null twice more; one reading failed
+    more = [reading(layer, 1, 1.5 * layer.median_ms), reading(layer, 2, 1.1 * layer.median_ms),
             reading(null, 1, 0.004), reading(null, 2, 0.006),
             replace(reading(layer, 3, 0.0), median_ms=None, error="reading lost")]
+    # another layer read once more, three times as slow: its passes ran at two speeds
+    more.append(reading(other, 1, 3 * other.median_ms))
     lut = Lut.from_rows(base + more, FP, "executorch", "fp32")
     p = layer.point
     n = layer.per_call
-    want = (1.1 * layer.median_ms - 0.005) / n  # median of 1, 1.1 and 3 times; null's median
+    want = (1.1 * layer.median_ms - 0.005) / n  # median of 1, 1.1 and 1.5 times; null's median
     assert lut.layer(p.width, p.ffn_ratio, p.heads, p.context) == pytest.approx(want)
+    # at two speeds the slow reading is the term, as `design --verify` judges a budget
+    q = other.point
+    want = (3 * other.median_ms - 0.005) / other.per_call
+    assert lut.layer(q.width, q.ffn_ratio, q.heads, q.context) == pytest.approx(want)
+    assert reading_of([1.0, 1.1, 3.0]) == 3.0 and reading_of([1.0, 1.5]) == 1.25
+    assert reading_of([2.0, 1.0, 1.1, 2.2]) == 2.1 and reading_of([0.0, 1.0]) == 0.5
     # one entry per point in the table, and a failed reading of a read point is no failure
     assert len(lut.entries["layer"]["decode"]) == len({r.point for r in base
                                                         if r.point.term == "layer"})

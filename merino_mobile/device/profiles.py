@@ -37,7 +37,8 @@ A profile says how to reach the device and how to run on it (a phone's looks lik
     timeout_s = 120.0
     min_seconds = 0.0                  # time at least this long, whatever the spread
     passes = 1                         # `profile` reads every point this many times, pass after
-                                       # pass; the table takes the median
+                                       # pass; the table takes the median (the
+                                       # slow readings' at two speeds)
 
 Every table and key except transport is optional (name defaults to the file's stem). Reading is
 strict, as for cards (`merino_mobile.workspace.Fields`): integers are TOML integers, seconds and

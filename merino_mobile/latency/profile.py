@@ -107,7 +107,8 @@ def run_profile(ws: Workspace, device: str | Target, runtime: str = "executorch"
     """Measure every missing point of `grid` on `device`, store each at once, write the table.
 
     `passes` (default the device profile's `[measure] passes`) reads every point that many
-    times, pass after pass; the table takes the median of a point's readings.
+    times, pass after pass; the table takes the median of a point's readings (the slow ones'
+    where they ran at two speeds, `table.reading_of`).
 
     `anchors` whole models of `space` (a `Space` or its file; default search/default.toml, the
     grid's default) are exported with the programs and benched once per pass, interleaved with
