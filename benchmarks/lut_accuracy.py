@@ -163,7 +163,8 @@ def calibrated_predictions(ws, lut, cards, measured: dict[str, float], context: 
         "anchor_models": cal.models, "anchor_calibration": {
             "applied": cal.applied, "reason": cal.reason, "factors": cal.factors,
             "fitted": cal.fitted, "loo_mape_pct": cal.loo_mape_pct},
-        "anchors": {c.name: predict_latency(c, table, context) for c in cards}}
+        "anchors": {c.name: predict_latency(c, table, context, cache_aware=False)
+                    for c in cards}}
     ok = [c for c in cards if c.name in measured]
     cv: dict[str, float] = {}
     applied = 0
@@ -174,7 +175,7 @@ def calibrated_predictions(ws, lut, cards, measured: dict[str, float], context: 
         cf = fit(lut, anchors + rest, device="host")
         applied += cf.applied
         tf = CalibratedTable(lut, cf, reason="" if cf.applied else cf.reason)
-        cv.update({c.name: predict_latency(c, tf, context) for c in held})
+        cv.update({c.name: predict_latency(c, tf, context, cache_aware=False) for c in held})
     out["cv"], out["cv_folds_applied"] = cv, applied
     return out
 

@@ -185,6 +185,16 @@ except UserError as e:
 
 # -- the breakdown and the calibrated table ------------------------------------------------------
 
+def _blend_costs(card: Card, table: Lut, context: int) -> dict[str, float]:
+    """The cache-aware prediction split by calibration group."""
+    from merino_mobile.latency.calibration import GROUPS, term_group
+
+    costs = dict.fromkeys(GROUPS, 0.0)
+    for t in predict_breakdown(card, table, context):
+        costs[term_group(t.term, t.width)] += t.ms
+    return costs
+
+
 def test_the_breakdown_adds_up_to_the_prediction_hot_or_streaming():
     from test_lut import FP as LUT_FP
     from test_lut import hot_rows
@@ -206,13 +216,19 @@ def test_the_breakdown_adds_up_to_the_prediction_hot_or_streaming():
     assert [t.term for t in terms] == ["fixed", "embedding", "layer", "layer", "projection",
                                        "projection", "head"]
     assert terms[2].depth == 2 and (terms[4].width, terms[4].width_out) == (64, 128)
+    # the groups split the solver's model (streaming), which the factors scale, not the blend
+    costs = group_costs(card, lut, 64)
+    assert sum(costs.values()) == pytest.approx(predict_latency(card, lut, 64, cache_aware=False))
+    assert sum(costs.values()) > predict_latency(card, lut, 64)  # the blend reads hot terms too
     # the calibrated table scales every group's share, hot terms included, and only decode
     cal = CalibratedTable(lut, None)
     cal._factors = {"fixed": 2.0, "head_embedding": 0.5, "projections": 3.0,
                     "layers_narrow": 1.5}
-    costs = group_costs(card, lut, 64)
-    assert predict_latency(card, cal, 64) == pytest.approx(
+    assert predict_latency(card, cal, 64, cache_aware=False) == pytest.approx(
         sum(cal.factor(g) * v for g, v in costs.items()), rel=1e-12)
+    hot = _blend_costs(card, lut, 64)
+    assert predict_latency(card, cal, 64) == pytest.approx(
+        sum(cal.factor(g) * v for g, v in hot.items()), rel=1e-12)
     assert predict_latency(card, cal, 16, "prefill") == predict_latency(card, lut, 16, "prefill")
     # everything else is the raw table's
     assert (cal.has_hot, cal.cache_bytes, cal.quant, cal.source, cal.fingerprint) == (

@@ -445,7 +445,9 @@ def _prediction_then(target: Target, card: Any, fp: Fingerprint, quant: str,
         return None, None, None
     try:
         raw = predict_latency(card, table.raw, context)
-        calibrated = predict_latency(card, table, context) if table.calibrated else None
+        # calibrated: the solver's linear model, the one the factors were fitted on
+        calibrated = (predict_latency(card, table, context, cache_aware=False)
+                      if table.calibrated else None)
     except UserError:  # a term the table never measured
         return None, None, table.source
     return raw, calibrated, table.source

@@ -71,7 +71,9 @@ def predict(target: Target, card: Card, bench: BenchReport,
             warnings.append(f"{phase} length {length} is outside the measured {phase} lengths "
                             f"{sorted(lengths)} of {lut.source}: the prediction is extrapolated")
         try:
-            pred = predict_latency(card, lut, length, phase)
+            # a calibration corrects the solver's linear model (streaming terms), the raw
+            # prediction blends in the table's hot readings where a model fits the cache
+            pred = predict_latency(card, lut, length, phase, cache_aware=not lut.calibrated)
             raw = predict_latency(card, lut.raw, length, phase)
         except MissingLayerKind as e:
             # a layer kind the table never measured (a Llama-style card, a v1 table): the

@@ -8,7 +8,11 @@ measured in). The calibration keeps the table's structure and scales it:
 
     lat_cal(A) = sum_g s_g * lat_g(A),   s_g >= 0
 
-where lat_g(A) is the part of the raw prediction (`predict_breakdown`) that falls in term group g.
+where lat_g(A) is the part of the raw prediction that falls in term group g: of the design
+solver's linear model (`predict_breakdown(..., cache_aware=False)`, the plain sum of streaming
+terms), since the factors scale the terms the solver sums. A table's cache-aware blend of hot and
+streaming readings (`predict_latency`) is not linear in the design's choices; fitted on it, the
+factors would learn the hot readings' error and then scale the streaming terms by it.
 
 Groups (`GROUPS`), and why these:
 - `layers_narrow` (width <= 256), `layers_mid` (257 to 640), `layers_wide` (over 640): the decode
@@ -109,10 +113,10 @@ def term_group(term: str, width: int = 0) -> str:
 
 
 def group_costs(card: Card, table: LatencyTable, context: int) -> dict[str, float]:
-    """The raw decode prediction of `card` at `context`, split by group (ms; sums to
-    `predict_latency(card, table, context)`)."""
+    """The raw decode prediction of `card` at `context` by the solver's linear model, split by
+    group (ms; sums to `predict_latency(card, table, context, cache_aware=False)`)."""
     costs = dict.fromkeys(GROUPS, 0.0)
-    for t in predict_breakdown(card, table, context, "decode"):
+    for t in predict_breakdown(card, table, context, "decode", cache_aware=False):
         costs[term_group(t.term, t.width)] += t.ms
     return costs
 
