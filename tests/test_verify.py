@@ -297,23 +297,24 @@ def test_a_budget_no_design_meets_names_the_fastest_measured(deep, shared, tmp_p
 def test_a_design_measured_far_under_its_prediction_is_benched_again(deep, shared, tmp_path):
     """Benches that all fell in a shared machine's fast windows show one speed and would keep
     any budget: a measurement that far under the table's prediction is benched again."""
-    # the table times 1000: a hundred times what the tiny models measure, so the first benches
-    # read fast whatever this host's pace
+    # the table times 1000: a hundred times what the tiny models measure, so the first bench
+    # reads fast whatever this host's pace; one round per bench, so it shows one speed (with
+    # three, a loaded host can show two, and the slow rounds judge it without a second bench)
     ws = make_workspace(tmp_path / "ws", scale=1000.0)
     shutil.copytree(Path(shared) / "build" / "verify" / "exports",
                     ws.root / "build" / "verify" / "exports")
     space = load_space(ws.root / "search" / "tiny.toml")
     said: list[str] = []
     r = verify_design(ws, space, {"latency_ms": 50.0}, SETTINGS, CONTEXT, name="fast",
-                      repeat=3, say=said.append)
+                      repeat=3, rounds=1, say=said.append)
     (it,) = r.iterations
     assert r.status == "within_budget" and it.export_reused
     assert it.rebenched and it.summary()["rebenched"] is True
-    assert any("benching it 3 times more" in s for s in said)
+    assert any("benching it again (1 more bench)" in s for s in said)
     # one measurement of both benches: twice the rounds and runs, judged together
     (m,) = [m for m in read_measurements(ws.state, device="host") if m.tag == "verify"]
-    assert m.id == it.measurement_id and m.rounds == 2 * DEFAULT_ROUNDS
-    assert len(m.decode_samples_ms) == 3 * 2 * DEFAULT_ROUNDS
+    assert m.id == it.measurement_id and m.rounds == 2
+    assert len(m.decode_samples_ms) == 3 * 2
     assert it.measured_ms == judged(m.decode_samples_ms, 3)[0].median
     # the rule: one speed and a prediction TWO_SPEEDS times the measurement or more
     one, two = {"speeds": 1}, {"speeds": 2}

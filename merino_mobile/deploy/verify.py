@@ -504,7 +504,8 @@ class _Loop:
                 self.say(f"iteration {it.index}: measured {first[0].median:.3g} ms/token, under "
                          f"1/{TWO_SPEEDS:g} of the {it.predicted_ms:.3g} ms predicted, at one "
                          f"speed: every bench may have run in a fast window of the device; "
-                         f"benching it {self.rounds} times more and judging all of them")
+                         f"benching it again ({self.rounds} more "
+                         f"bench{'es' if self.rounds > 1 else ''}) and judging all of them")
                 rep = BenchReport.pooled([rep, self.bench(it)])
             samples = rep.decode_samples_ms
             # stored once judged: one measurement per design, as the calibration fits them
