@@ -185,16 +185,6 @@ except UserError as e:
 
 # -- the breakdown and the calibrated table ------------------------------------------------------
 
-def _blend_costs(card: Card, table: Lut, context: int) -> dict[str, float]:
-    """The cache-aware prediction split by calibration group."""
-    from merino_mobile.latency.calibration import GROUPS, term_group
-
-    costs = dict.fromkeys(GROUPS, 0.0)
-    for t in predict_breakdown(card, table, context):
-        costs[term_group(t.term, t.width)] += t.ms
-    return costs
-
-
 def test_the_breakdown_adds_up_to_the_prediction_hot_or_streaming():
     from test_lut import FP as LUT_FP
     from test_lut import hot_rows
@@ -226,7 +216,7 @@ def test_the_breakdown_adds_up_to_the_prediction_hot_or_streaming():
                     "layers_narrow": 1.5}
     assert predict_latency(card, cal, 64, cache_aware=False) == pytest.approx(
         sum(cal.factor(g) * v for g, v in costs.items()), rel=1e-12)
-    hot = _blend_costs(card, lut, 64)
+    hot = group_costs(card, lut, 64, cache_aware=True)
     assert predict_latency(card, cal, 64) == pytest.approx(
         sum(cal.factor(g) * v for g, v in hot.items()), rel=1e-12)
     assert predict_latency(card, cal, 16, "prefill") == predict_latency(card, lut, 16, "prefill")

@@ -112,11 +112,13 @@ def term_group(term: str, width: int = 0) -> str:
     raise ValueError(f"unknown latency term {term!r}")
 
 
-def group_costs(card: Card, table: LatencyTable, context: int) -> dict[str, float]:
-    """The raw decode prediction of `card` at `context` by the solver's linear model, split by
-    group (ms; sums to `predict_latency(card, table, context, cache_aware=False)`)."""
+def group_costs(card: Card, table: LatencyTable, context: int, *,
+                cache_aware: bool = False) -> dict[str, float]:
+    """The raw decode prediction of `card` at `context` by the solver's linear model (what the
+    fit uses), or with `cache_aware` the table's blend, split by group (ms; sums to
+    `predict_latency(card, table, context, cache_aware=cache_aware)`)."""
     costs = dict.fromkeys(GROUPS, 0.0)
-    for t in predict_breakdown(card, table, context, "decode", cache_aware=False):
+    for t in predict_breakdown(card, table, context, "decode", cache_aware=cache_aware):
         costs[term_group(t.term, t.width)] += t.ms
     return costs
 
