@@ -163,9 +163,12 @@ def test_a_budget_met_at_once_is_one_iteration_and_the_card_records_it(deep, sha
 def test_a_miss_tightens_and_an_interrupted_run_resumes(deep, shared, monkeypatch):
     ws = Workspace.resolve(shared)
     space = load_space(ws.root / "search" / "tiny.toml")
-    # the deep design misses it by far: a quarter of what the fixture measured, since the bench
-    # here is a new one and a loaded host's two benches of one design can differ by 2x
-    budget = 0.25 * deep["verify"]["measured_ms"]
+    # a budget the table says the deep design meets (so it is the first design, its export
+    # reused) and that it misses by far whatever the host's pace: the table reads every model
+    # about ten times too fast, and a bench would have to run eight times faster than that to
+    # meet it (a budget from the fixture's own bench moved with the load on the host)
+    budget = 1.2 * predicted(4)
+    assert budget < deep["verify"]["measured_ms"] / 4
     calls = {"store": 0, "export": 0}
     real_bench, real_store, real_export = (bench_mod.bench_artifact, bench_mod.store_bench,
                                            export_mod.export)
