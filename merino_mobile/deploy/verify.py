@@ -22,11 +22,11 @@ Each iteration's design comes from a chain of solves (the tighten rule, docs/dep
    when that one was measured already, the budget cannot be met in this space on this device.
 
 So the refit alone moves the design when the calibration applies (it needs measurements of
-`calibration.MIN_MODELS` models and a leave-one-out error below the raw table's) and has learnt
-the last design's error, and the tightening steps in when it has not: a refit whose design still
-reads low no longer spends the iterations at B. Each chain uses only the current table's error on
-measured designs, so a calibration that has learnt the device's error undoes earlier tightening
-rather than piling on it.
+`calibration.MIN_MODELS` models and held-out errors consistently below the raw table's) and has
+learnt the last design's error, and the tightening steps in when it has not: a refit whose
+design still reads low no longer spends the iterations at B. Each chain uses only the current
+table's error on measured designs, so a calibration that has learnt the device's error undoes
+earlier tightening rather than piling on it.
 
 The loop stops at the first measured median within B, or when B lies inside the 90% interval
 of that median that its own runs allow (`within_noise`, `judged`: the device cannot tell

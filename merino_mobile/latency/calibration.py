@@ -33,12 +33,20 @@ measurements cannot: a group no measured model uses stays at 1, and groups every
 the same proportion (the fixed cost and the head in a space of one embedding width) share their
 correction instead of taking arbitrary values.
 
-Validation: leave one model out (every measurement of one architecture at one context at once,
-so a repeated bench does not validate itself), scored as the mean absolute percentage error
-(MAPE) of the held-out predictions, against the raw table's MAPE on the same measurements. The
-calibration applies only with measurements of at least `MIN_MODELS` models and a leave-one-out
-error below the raw table's; otherwise the factors are all 1 (the raw table) and the file says
-why.
+Two fits of that form are candidates (`MODELS`), from the simplest: `scale`, one factor for
+every group (what a change of the machine's pace does: every term slower or faster alike), and
+`groups`, a factor per group.
+
+Validation and choice: leave one model out (every measurement of one architecture at one
+context at once, so a repeated bench does not validate itself), scored as the mean absolute
+percentage error (MAPE) of the held-out predictions, model by model. Starting from the raw table,
+a candidate replaces the choice so far only where it predicts the held-out models better
+consistently: a one-sided paired t-test of the per-model errors at `CONFIDENCE`. A smaller mean
+error alone is not enough: with a few anchors read twice each, six factors fit the readings'
+noise (a fit 0.4 points better than the raw table on 4 models moved two back-to-back tables'
+designs apart by up to 50%, docs/measurements.md "Two profiles back to back"). The calibration
+applies only with measurements of at least `MIN_MODELS` models and a candidate chosen so;
+otherwise the factors are all 1 (the raw table) and the file says why.
 
 Only measurements of the table's own fingerprint (`Fingerprint.key`), runtime and quantization
 are ever used: others are skipped, and refused by name when asked for explicitly.
@@ -90,6 +98,11 @@ GROUPS: dict[str, str] = {
 # fitted on one model); the raw table is used.
 MIN_MODELS = 3
 PRIOR_WEIGHT = 1e-3  # the pull of every factor towards 1 (see the module docstring)
+MODELS: dict[str, str] = {
+    "scale": "one factor for every group",
+    "groups": "a factor per group",
+}
+CONFIDENCE = 0.95  # of the paired t-test a candidate must pass against the choice before it
 
 
 def layer_group(width: int) -> str:
@@ -145,11 +158,13 @@ def calibrate_command(device: str, runtime: str, quant: str) -> str:
 class Calibration:
     """A fitted calibration of one table, with its data and validation (the sidecar file).
 
-    `factors` are what predictions use: the fitted ones when `applied`, else all 1. `fitted`
-    are the NNLS factors on every usable measurement (None with none). `loo_mape_pct` holds the
-    raw table's MAPE and the calibration's leave-one-model-out MAPE on the same measurements
-    (None with fewer than two models); `fit_mape_pct` the in-sample ones. `rows` list each
-    measurement used: measured, raw, calibrated (fitted factors) and held-out prediction.
+    `factors` are what predictions use: those of the chosen candidate `model` when `applied`,
+    else all 1. `fitted` are the factor-per-group NNLS factors on every usable measurement (None
+    with none); `candidates` each candidate's factors and held-out MAPE. `loo_mape_pct` holds
+    the raw table's MAPE and the leave-one-model-out MAPE of the chosen candidate (or, when none
+    is chosen, of the one with the lower error) on the same measurements (None with fewer than
+    two models); `fit_mape_pct` the in-sample ones. `rows` list each measurement used: measured,
+    raw, that candidate's in-sample (`calibrated_ms`) and held-out (`loo_ms`) prediction.
     """
 
     device: str
@@ -171,6 +186,10 @@ class Calibration:
     fitted_at: str = ""
     min_models: int = MIN_MODELS
     prior_weight: float = PRIOR_WEIGHT
+    model: str = "raw"  # what `factors` are: "raw" (all 1), "scale" or "groups" (`MODELS`)
+    # per candidate: its factors on every measurement, and its held-out MAPE
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    confidence: float = CONFIDENCE
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "kind": KIND, "groups": GROUPS,
@@ -276,8 +295,11 @@ def _mape(pred: np.ndarray, y: np.ndarray) -> float:
 
 def fit(table: Lut | CalibratedTable, measurements: Sequence[Measurement], *,
         device: str | None = None, explicit: bool = False,
-        min_models: int = MIN_MODELS, prior_weight: float = PRIOR_WEIGHT) -> Calibration:
-    """Fit the calibration of `table` (its raw terms) on whole-model `measurements`.
+        min_models: int = MIN_MODELS, prior_weight: float = PRIOR_WEIGHT,
+        confidence: float = CONFIDENCE) -> Calibration:
+    """Fit the calibration of `table` (its raw terms) on whole-model `measurements`: each
+    candidate of `MODELS`, validated leave-one-model-out, the simplest that predicts the held-out
+    models consistently better than the choice before it (module docstring).
 
     Measurements of another fingerprint, runtime or quantization (or without a card, or of
     another vocabulary) are never used: skipped and listed, or with `explicit` (the caller
@@ -326,39 +348,89 @@ def fit(table: Lut | CalibratedTable, measurements: Sequence[Measurement], *,
     # the slow speed where a measurement's rounds ran at two: what verify judges a budget by
     y = np.array([m.slow_ms for m, _ in usable])
     a = x / y[:, None]
-    s = _nnls_with_prior(a, prior_weight)
     raw_pred = x.sum(axis=1)
+    held_of = {key: np.array([k == key for k in keys]) for key in dict.fromkeys(keys)}
+    fits: dict[str, np.ndarray] = {}
+    loos: dict[str, np.ndarray] = {}
+    for model in MODELS:
+        fits[model] = _factors(model, a, prior_weight)
+        loo = np.full(len(y), np.nan)
+        if models >= 2:
+            for held in held_of.values():
+                loo[held] = x[held] @ _factors(model, a[~held], prior_weight)
+        loos[model] = loo
+    raw_mape = _mape(raw_pred, y)
+    n = len(usable)
+    chosen = "raw"
+    if models >= max(2, min_models):
+        errors = {"raw": _fold_errors(raw_pred, y, held_of)}
+        for model in MODELS:
+            errors[model] = _fold_errors(loos[model], y, held_of)
+            if _consistently_better(errors[chosen], errors[model], confidence):
+                chosen = model
+    applied = chosen != "raw"
+    # the candidate a report shows: the chosen one, else the one with the lower held-out error
+    shown = chosen if applied else min(
+        MODELS, key=lambda m: _mape(loos[m], y) if models >= 2 else 0.0)
+    s = fits[shown]
     fit_pred = x @ s
-    loo = np.full(len(y), np.nan)
-    if models >= 2:
-        for key in set(keys):
-            held = np.array([k == key for k in keys])
-            loo[held] = x[held] @ _nnls_with_prior(a[~held], prior_weight)
+    loo = loos[shown]
     rows = [{"id": m.id, "card": m.card_name, "context": m.context,
              "measured_ms": float(y[i]), "raw_ms": float(raw_pred[i]),
              "calibrated_ms": float(fit_pred[i]),
              "loo_ms": None if math.isnan(loo[i]) else float(loo[i])}
             for i, (m, _) in enumerate(usable)]
-    raw_mape = _mape(raw_pred, y)
     fit_mape = {"raw": raw_mape, "calibrated": _mape(fit_pred, y)}
-    fitted = {g: float(v) for g, v in zip(names, s, strict=True)}
+    fitted = {g: float(v) for g, v in zip(names, fits["groups"], strict=True)}
     loo_mape = None if models < 2 else {"raw": raw_mape, "calibrated": _mape(loo, y)}
-    n = len(usable)
+    candidates = {m: {"factors": {g: float(v) for g, v in zip(names, fits[m], strict=True)},
+                      "loo_mape_pct": None if models < 2 else _mape(loos[m], y)}
+                  for m in MODELS}
     if models < min_models:
-        applied, reason = False, _too_few(n, models, min_models, device)
+        reason = _too_few(n, models, min_models, device)
     elif loo_mape is None:
-        applied, reason = False, _too_few(n, models, 2, device)
-    elif loo_mape["calibrated"] < raw_mape:
-        applied = True
-        reason = (f"fitted on {n} measurement(s) of {models} models: leave-one-out error "
-                  f"{loo_mape['calibrated']:.1f}%, raw table {raw_mape:.1f}%")
+        reason = _too_few(n, models, 2, device)
+    elif applied:
+        reason = (f"fitted on {n} measurement(s) of {models} models, {MODELS[chosen]}: "
+                  f"leave-one-out error {loo_mape['calibrated']:.1f}%, raw table {raw_mape:.1f}%")
     else:
-        applied = False
-        reason = (f"the fit's leave-one-out error ({loo_mape['calibrated']:.1f}%) is not below "
-                  f"the raw table's ({raw_mape:.1f}%): the raw table is used")
-    return Calibration(**base, factors=fitted if applied else ones, fitted=fitted,
-                       applied=applied, reason=reason, loo_mape_pct=loo_mape,
-                       fit_mape_pct=fit_mape, rows=rows)
+        tried = ", ".join(f"{MODELS[m]} {candidates[m]['loo_mape_pct']:.1f}%" for m in MODELS)
+        reason = (f"no fit predicts the {models} held-out models consistently better than the "
+                  f"raw table (leave-one-out error: {tried}; raw table {raw_mape:.1f}%; a paired "
+                  f"t-test at {confidence:.0%}): the raw table is used")
+    return Calibration(**base, factors=candidates[chosen]["factors"] if applied else ones,
+                       fitted=fitted, applied=applied, reason=reason, loo_mape_pct=loo_mape,
+                       fit_mape_pct=fit_mape, rows=rows, model=chosen, candidates=candidates,
+                       confidence=confidence)
+
+
+def _factors(model: str, a: np.ndarray, weight: float) -> np.ndarray:
+    """The factor of every group under `model`, fitted on rows `a` (lat_g / measured)."""
+    if model == "scale":
+        return np.full(a.shape[1], _nnls_with_prior(a.sum(axis=1, keepdims=True), weight)[0])
+    return _nnls_with_prior(a, weight)
+
+
+def _fold_errors(pred: np.ndarray, y: np.ndarray, held_of: dict[str, np.ndarray]
+                 ) -> np.ndarray:
+    """Each held-out model's mean absolute relative error (its measurements together)."""
+    err = np.abs(pred - y) / y
+    return np.array([err[held].mean() for held in held_of.values()])
+
+
+def _consistently_better(base: np.ndarray, cand: np.ndarray, confidence: float) -> bool:
+    """Whether `cand`'s per-model errors are below `base`'s by a one-sided paired t-test: a
+    mean that the spread of the differences could not give by chance at `confidence`."""
+    from scipy.stats import t
+
+    d = base - cand
+    mean = float(d.mean())
+    if len(d) < 2 or mean <= 1e-12:
+        return False
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:  # every model better by the same amount
+        return True
+    return mean / (sd / math.sqrt(len(d))) > float(t.ppf(confidence, len(d) - 1))
 
 
 def _too_few(n: int, models: int, min_models: int, device: str) -> str:
