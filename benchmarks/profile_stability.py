@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -234,12 +235,10 @@ def cell_agreement(a: Any, b: Any) -> dict[str, dict[str, float]]:
                 if p.hot == hot and p.key in mine and mine[p.key] > 0 and ms > 0:
                     ratios.append(ms / mine[p.key])
         if ratios:
-            logs = [math.log(r) for r in ratios]
-            mean = sum(logs) / len(logs)
-            sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / len(logs))
             out["hot" if hot else "streaming"] = {
                 "n": len(ratios), "within_10pct": sum(abs(r - 1) <= 0.10 for r in ratios)
-                / len(ratios), "geometric_sd": math.exp(sd)}
+                / len(ratios),
+                "geometric_sd": math.exp(statistics.pstdev(math.log(r) for r in ratios))}
     return out
 
 
