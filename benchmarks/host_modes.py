@@ -19,17 +19,16 @@ Writes benchmarks/results/host_modes.json: `artifacts` (per artifact: `windows_m
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from merino_mobile.deploy.bench import TOKEN, round_order
-from merino_mobile.device.base import TWO_SPEEDS, BenchRequest, InputSpec, MethodSpec, two_speeds
+from merino_mobile.deploy.bench import decode_window_request, round_order
+from merino_mobile.device.base import TWO_SPEEDS, two_speeds
 from merino_mobile.errors import UserError
-from merino_mobile.files import utc_now, write_json
+from merino_mobile.files import run_facts, utc_now, write_json
 from merino_mobile.target import resolve_target
 from merino_mobile.toolchain import quiet_dependencies
 from merino_mobile.workspace import Workspace
@@ -40,12 +39,7 @@ COMMAND = "python benchmarks/host_modes.py"
 
 def window(dev: Any, handle: Any, position: int, seconds: float) -> tuple[float, int]:
     """One window: the median ms of decode steps at `position` timed for `seconds`."""
-    spec = MethodSpec("forward", (InputSpec((1, 1), "int64", TOKEN),
-                                  InputSpec((1,), "int64", position)))
-    m = dev.profile.measure
-    req = BenchRequest("executorch", (spec,), warmup=max(1, m.warmup), min_repeats=3,
-                       max_repeats=1_000_000, target_spread=1.0, max_seconds=seconds,
-                       timeout_s=m.timeout_s, min_seconds=seconds)
+    req = decode_window_request(dev, "executorch", position, seconds)
     r = dev.benchmark(handle, req).results[0]
     if not r.ok:
         raise UserError(f"the decode step failed: {r.error}")
@@ -112,9 +106,7 @@ def main() -> None:
                           "date": utc_now(), "artifacts": out,
                           "settings": {"windows": args.windows, "seconds": args.seconds,
                                        "position": args.position, "two": args.two},
-                          "machine": {"cpus": os.cpu_count(), "load_avg_end": os.getloadavg()},
-                          "wall_s": round(time.perf_counter() - t0, 1),
-                          "command": " ".join([COMMAND, *sys.argv[1:]])})
+                          **run_facts(COMMAND, sys.argv[1:], t0)})
     print(f"wrote {args.out}")
 
 

@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,12 @@ def write_json(path: Path, data: Any) -> Path:
 def utc_now() -> str:
     """The current UTC time, to the second, in ISO 8601 (every record's `date`)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_facts(command: str, argv: list[str], started: float) -> dict[str, Any]:
+    """The keys a benchmark's result ends with: the machine it ran on (its load at the end says
+    whether it ran alone), its wall time since `started` (a `time.perf_counter()` reading) and the
+    command line that reproduces the file."""
+    return {"machine": {"cpus": os.cpu_count(), "load_avg_end": os.getloadavg()},
+            "wall_s": round(time.perf_counter() - started, 1),
+            "command": " ".join([command, *argv])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,19 @@ from merino_mobile.workspace import Workspace
 FAST = dict(warmup=1, min_repeats=3, max_repeats=5, max_seconds=0.5, timeout_s=60.0)
 
 
-def host(tmp_path: Path, extra: str = ""):
+def host(tmp_path: Path, extra: str = "", worker: str = "forked"):
+    """The host device; `worker` "fresh" starts every worker afresh, as off Linux."""
     path = tmp_path / "devices" / "host.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('name = "host"\ntransport = "local"\nthreads = 1\n' + extra)
-    return open_device(read_profile(path))
+    dev = open_device(read_profile(path))
+    if worker == "fresh":
+        dev.forked_runtimes = ()
+    return dev
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +105,40 @@ def test_host_runs_executorch_in_a_worker(tmp_path, pte):
 
 
 @pytest.mark.slow
-def test_peak_rss_is_the_workers_own_not_its_parents(tmp_path, pte):
+@pytest.mark.parametrize("worker", ["forked", "fresh"])
+def test_each_benchmark_is_a_worker_of_its_own(tmp_path, pte, monkeypatch, worker):
+    """An ExecuTorch worker on Linux is forked from the forkserver, which imported the runtime
+    once; a fresh one is our own child. Either way each benchmark gets a new process, which
+    runs in the caller's working directory of the moment (an artifact given relative to it)."""
+    dev = host(tmp_path, worker=worker)
+    pids: list[tuple[int, int]] = []
+
+    def on_event(kind, method, pid, result=None):
+        if kind == "start":
+            pids.append((pid, parent_pid(pid)))
+
+    handle = dev.prepare(pte)
+    for _ in range(2):
+        assert dev.benchmark(handle, request("small"), on_event=on_event)["small"].ok
+    monkeypatch.chdir(pte.parent)
+    relative = replace(handle, remote=pte.name)
+    assert dev.benchmark(relative, request("small"), on_event=on_event)["small"].ok
+    assert len({pid for pid, _ in pids}) == 3
+    parents = {ppid for _, ppid in pids}
+    if worker == "fresh":
+        assert parents == {os.getpid()}
+    else:
+        assert len(parents) == 1 and os.getpid() not in parents
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worker", ["forked", "fresh"])
+def test_peak_rss_is_the_workers_own_not_its_parents(tmp_path, pte, worker):
     """The parent holds 1.5 GB when it starts the worker (as a deploy does right after exporting a
     large model); Linux's ru_maxrss would report the parent's high-water mark for the worker."""
     ballast = bytearray(1536 * 2**20)
     ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: resident
-    dev = host(tmp_path)
+    dev = host(tmp_path, worker=worker)
     res = dev.benchmark(dev.prepare(pte), request("small"))
     del ballast
     (r,) = res.results
@@ -140,7 +177,8 @@ def test_missing_method_fails_that_method_only(tmp_path, pte):
 
 
 @pytest.mark.slow
-def test_worker_crash_is_a_failed_point_and_the_rest_still_run(tmp_path, pte):
+@pytest.mark.parametrize("worker", ["forked", "fresh"])
+def test_worker_crash_is_a_failed_point_and_the_rest_still_run(tmp_path, pte, worker):
     """A runtime dying by a signal (here SIGSEGV sent to the worker) fails only its method."""
     events = []
 
@@ -149,7 +187,7 @@ def test_worker_crash_is_a_failed_point_and_the_rest_still_run(tmp_path, pte):
         if kind == "start" and method == "small":
             os.kill(pid, signal.SIGSEGV)
 
-    dev = host(tmp_path)
+    dev = host(tmp_path, worker=worker)
     # an unreachable spread keeps each method timing for max_seconds: the signal lands mid-method
     req = request("small", "big", max_repeats=10**9, target_spread=1.0, max_seconds=2.0)
     res = dev.benchmark(dev.prepare(pte), req, on_event=on_event)
@@ -160,9 +198,10 @@ def test_worker_crash_is_a_failed_point_and_the_rest_still_run(tmp_path, pte):
 
 
 @pytest.mark.slow
-def test_hung_method_times_out(tmp_path, pte):
+@pytest.mark.parametrize("worker", ["forked", "fresh"])
+def test_hung_method_times_out(tmp_path, pte, worker):
     """The watchdog kills a worker that runs one method for longer than timeout_s."""
-    dev = host(tmp_path)
+    dev = host(tmp_path, worker=worker)
     req = request("big", max_repeats=10**9, max_seconds=10**6, target_spread=1.0, timeout_s=2.0)
     res = dev.benchmark(dev.prepare(pte), req)
     assert not res["big"].ok and "timed out after 2s while running big" in res["big"].error
@@ -277,3 +316,32 @@ def test_host_runs_a_folder_of_onnx_models(tmp_path):
     assert handle.runtime == "onnxruntime"
     res = dev.benchmark(handle, BenchRequest("onnxruntime", tuple(specs), **FAST))
     assert res["m0"].ok and res["m1"].ok, (res["m0"].error, res["m1"].error)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worker", ["forked", "fresh"])
+def test_a_program_the_runtime_cannot_load_fails_every_method_with_its_error(tmp_path, worker):
+    """The worker's own stderr (here the runtime's exception) is what the failure quotes."""
+    bad = tmp_path / "bad.pte"
+    bad.write_bytes(b"not a program" * 100)
+    dev = host(tmp_path, worker=worker)
+    res = dev.benchmark(dev.prepare(bad), request("small", "big"))
+    for r in res.results:
+        assert not r.ok and r.error.startswith("runtime worker exited with code 1: "), r.error
+        assert "RuntimeError" in r.error, r.error
+
+
+@pytest.mark.slow
+def test_a_fork_server_that_died_is_started_anew(tmp_path, pte):
+    """The process the ExecuTorch workers are forked from is killed between two benchmarks (the
+    system's out-of-memory killer, say): the next benchmark starts a new one and runs."""
+    from merino_mobile.device.host import fork_server
+
+    dev = host(tmp_path)
+    handle = dev.prepare(pte)
+    assert dev.benchmark(handle, request("small"))["small"].ok
+    first = fork_server("executorch")
+    first.proc.kill()
+    first.proc.wait()
+    assert dev.benchmark(handle, request("small"))["small"].ok
+    assert fork_server("executorch").proc.pid != first.proc.pid

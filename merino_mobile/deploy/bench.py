@@ -306,6 +306,17 @@ def bench_request(dev: Device, runtime: str, spec: MethodSpec, repeat: int) -> B
                         timeout_s=m.timeout_s)
 
 
+def decode_window_request(dev: Device, runtime: str, position: int,
+                          seconds: float) -> BenchRequest:
+    """Decode steps at `position`, timed for `seconds` whatever their spread (a fixed window)."""
+    spec = MethodSpec("forward", (InputSpec((1, 1), "int64", TOKEN),
+                                  InputSpec((1,), "int64", position)))
+    m = dev.profile.measure
+    return BenchRequest(runtime, (spec,), warmup=max(1, m.warmup), min_repeats=3,
+                        max_repeats=1_000_000, target_spread=1.0, max_seconds=seconds,
+                        timeout_s=m.timeout_s, min_seconds=seconds)
+
+
 def bench_artifact(ws: Workspace, artifact: Path, device: str | Target, *,
                    prompt: int = DEFAULT_PROMPT, generate: int = DEFAULT_GENERATE,
                    repeat: int = DEFAULT_REPEAT, dev: Device | None = None,

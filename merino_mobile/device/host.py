@@ -1,14 +1,24 @@
 """The `host` device: this machine, with runtimes in a separate worker process.
 
 Transport "local": commands are local processes and push/pull are file copies. Each benchmark
-starts `python -m merino_mobile.device.worker` with the profile's thread count and CPU pinning; the
-worker reports every method as it starts and finishes, so when it dies (signal, abort, non-zero
-exit) or hangs past `timeout_s`, the method it was running is recorded as failed and a fresh worker
-continues with the rest.
+runs in a worker process of its own (`merino_mobile.device.worker`) with the profile's thread count
+and CPU pinning; the worker reports every method as it starts and finishes, so when it dies
+(signal, abort, non-zero exit) or hangs past `timeout_s`, the method it was running is recorded as
+failed and a fresh worker continues with the rest.
+
+Importing torch and the ExecuTorch runtime takes a worker 2 to 5 seconds, longer than most
+benchmarks it runs. On Linux, ExecuTorch workers are therefore forked from one process that has
+made those imports already (`ForkServer`, started on first use and kept for the life of this
+process): each benchmark still gets a process of its own, started in a fraction of a second,
+which loads its program and reports its own load time and peak memory as a fresh worker does.
+Other runtimes, and other systems (forking a process that has loaded such libraries is not safe
+on macOS), start `python -m merino_mobile.device.worker` afresh. (multiprocessing's forkserver
+would do the forking, but it runs the caller's main script again in every child.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -17,6 +27,7 @@ import platform
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +36,7 @@ import time
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import IO
 
 from merino_mobile.device import checklist
 from merino_mobile.device.base import (
@@ -53,6 +65,8 @@ INSTALL_NOTE = {"llamacpp": " (it compiles llama.cpp from source: several minute
 # Importing torch and a runtime takes seconds, more on a loaded machine; only a worker that has
 # not said "ready" by then is stuck. Methods get the request's own timeout_s.
 STARTUP_TIMEOUT_S = 180.0
+# the runtimes whose workers are forked from a process that has imported them (module docstring)
+FORKED_RUNTIMES = ("executorch",) if sys.platform == "linux" else ()
 
 
 class LocalTransport:
@@ -126,6 +140,8 @@ class HostDevice:
     """This machine as a device (see the module docstring)."""
 
     replicates = True  # the worker loads a method once per MethodSpec.instances
+    # runtimes whose workers are forked (module docstring); () starts every worker afresh
+    forked_runtimes: tuple[str, ...] = FORKED_RUNTIMES
 
     def __init__(self, profile: DeviceProfile) -> None:
         self.profile = profile
@@ -203,24 +219,9 @@ class HostDevice:
         job = {"artifact": handle.remote, "threads": self.profile.threads, "cpus": list(self.cpus),
                "request": request.to_json()}
         with tempfile.TemporaryFile() as errf:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "merino_mobile.device.worker"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=errf, text=True, start_new_session=True)
-            lines: queue.Queue[str | None] = queue.Queue()
-
-            def read() -> None:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    lines.put(line)
-                lines.put(None)
-
-            threading.Thread(target=read, daemon=True).start()
-            assert proc.stdin is not None
-            try:
-                proc.stdin.write(json.dumps(job))
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
+            proc = (_ForkedWorker(job, errf) if request.runtime in self.forked_runtimes
+                    else _FreshWorker(job, errf))
+            lines = proc.lines
             out: list[MethodResult] = []
             running: str | None = None
             threads = self.profile.threads
@@ -232,7 +233,7 @@ class HostDevice:
                         line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
                         timed_out = True
-                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.kill()
                         break
                     if line is None:
                         break
@@ -259,14 +260,15 @@ class HostDevice:
             except BaseException:
                 # a hook that raises (say, a full disk while storing a point) must not leave
                 # the runtime running without a parent
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
                 proc.wait()
                 raise
             rc = proc.wait()
-            errf.seek(0)
-            tail = errf.read().decode(errors="replace").strip().splitlines()[-3:]
+            tail = proc.tail(rc)
         if timed_out:
             why = f"timed out after {request.timeout_s if running else STARTUP_TIMEOUT_S:g}s"
+        elif rc is None:
+            why = " | ".join(tail)
         elif rc < 0:
             why = f"runtime worker killed by {signal.Signals(-rc).name}"
         elif rc != 0:
@@ -290,6 +292,160 @@ class HostDevice:
 
     def cleanup(self) -> None:
         self.transport.close()
+
+
+class _FreshWorker:
+    """`python -m merino_mobile.device.worker`: the job on stdin, event lines from stdout into
+    `lines` (None at the end), stderr into `errf`."""
+
+    def __init__(self, job: dict, errf: IO[bytes]) -> None:
+        self.errf = errf
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "merino_mobile.device.worker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=errf, text=True, start_new_session=True)
+        self.pid = self.proc.pid
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(job))
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def kill(self) -> None:
+        os.killpg(self.pid, signal.SIGKILL)  # the worker leads its own session
+
+    def wait(self) -> int | None:
+        return self.proc.wait()
+
+    def tail(self, rc: int | None) -> list[str]:
+        return _tail(self.errf)
+
+
+class ForkServer:
+    """`worker.serve_forks` for one runtime: a process that has imported it once and forks one
+    worker per job. `fork_server` keeps one per runtime for the life of this process."""
+
+    def __init__(self, runtime: str) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # its own messages (why it stopped, if it does), for as long as it runs
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "merino_mobile.device.worker", "--forks",
+             str(theirs.fileno()), runtime], pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
+        theirs.close()
+        self.sock = ours
+        self.lock = threading.Lock()
+
+    def fork(self, job: dict, output: int) -> tuple[int, int]:
+        """Send a job; returns the read ends of its (events, status) pipes (worker.serve_forks).
+        Both end at once when this server has stopped."""
+        events_r, events_w = os.pipe()
+        status_r, status_w = os.pipe()
+        # the job in a file of its own: a message on the socket has a size limit, a file not
+        with tempfile.TemporaryFile() as job_file:
+            job_file.write(json.dumps(job).encode())
+            job_file.flush()
+            job_file.seek(0)
+            try:
+                with self.lock:
+                    socket.send_fds(self.sock, [b"job"],
+                                    [job_file.fileno(), events_w, output, status_w])
+            except OSError:
+                pass  # it has stopped: the pipes' ends close below, and the caller reads why
+            finally:
+                os.close(events_w)
+                os.close(status_w)
+        return events_r, status_r
+
+    def tail(self) -> list[str]:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace").strip().splitlines()[-3:]
+
+
+_fork_servers: dict[str, ForkServer] = {}
+_fork_servers_lock = threading.Lock()
+
+
+def fork_server(runtime: str) -> ForkServer:
+    """This process's fork server for `runtime`, started anew when there is none running."""
+    with _fork_servers_lock:
+        server = _fork_servers.get(runtime)
+        if server is None or server.proc.poll() is not None:
+            server = _fork_servers[runtime] = ForkServer(runtime)
+        return server
+
+
+class _ForkedWorker:
+    """A worker forked by the runtime's `ForkServer`: the same event lines come over a pipe into
+    `lines`; its stdout and stderr go to `output`."""
+
+    def __init__(self, job: dict, output: IO[bytes]) -> None:
+        self.server = fork_server(job["request"]["runtime"])
+        self.output = output
+        job = {**job, "cwd": os.getcwd(), "env": dict(os.environ)}
+        events, status = self.server.fork(job, output.fileno())
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.status: list[int] = []  # the server writes the pid, then the exit status
+        self.forked = threading.Event()
+        self.reported = threading.Thread(target=self._read_status, args=(status,), daemon=True)
+        self.reported.start()
+        threading.Thread(target=self._read_events, args=(events,), daemon=True).start()
+
+    def _read_events(self, fd: int) -> None:
+        with open(fd, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                self.lines.put(line)
+        self.lines.put(None)
+
+    def _read_status(self, fd: int) -> None:
+        with open(fd) as f:
+            for line in f:
+                self.status.append(int(line))
+                self.forked.set()
+        self.forked.set()
+
+    @property
+    def pid(self) -> int:
+        """The worker's pid (-1 when the server stopped before forking it). The server writes it
+        before the worker can report anything, so a caller that has a report does not wait."""
+        self.forked.wait()
+        return self.status[0] if self.status else -1
+
+    def kill(self) -> None:
+        if not self.forked.is_set() or not self.status:
+            self.server.proc.kill()  # stuck before forking: in its own start-up
+            return
+        if len(self.status) > 1:
+            return  # exited and reaped already: the pid may be another process's by now
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # its session, once it has made one
+        except ProcessLookupError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self) -> int | None:
+        """Its exit status; None when the server stopped without reporting one."""
+        self.reported.join()
+        return self.status[1] if len(self.status) > 1 else None
+
+    def tail(self, rc: int | None) -> list[str]:
+        if rc is None:
+            return ["the runtime's fork server stopped", *self.server.tail()]
+        return _tail(self.output)
+
+
+def _tail(f: IO[bytes]) -> list[str]:
+    f.seek(0)
+    return f.read().decode(errors="replace").strip().splitlines()[-3:]
 
 
 def open_device(profile: DeviceProfile) -> HostDevice:

@@ -13,16 +13,21 @@ call per sample). It writes one JSON object per line on stdout, flushed at once:
 
 Running in its own process is the point: a segfault, an abort or a leak in a runtime kills only
 this worker; the parent (`host.HostDevice`) sees which method was running and records it as failed.
+
+`serve_forks` starts the same worker another way: forked from a process that has made the
+runtime's start-up imports already, each worker gets its job from that process and sends the
+same lines over a pipe, with its stdout and stderr going to a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +35,9 @@ from merino_mobile.device.base import BenchRequest, InputSpec, MethodSpec, Sampl
 from merino_mobile.errors import UserError
 
 
-def emit(**event: Any) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
+def stdout_line(line: str) -> None:
+    """The worker's channel when it is a process of its own: one line on stdout, flushed."""
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
@@ -76,12 +82,17 @@ def time_calls(calls: Sequence[Any], request: BenchRequest) -> list[float]:
 
 
 class ExecutorchRunner:
-    def __init__(self, artifact: str, threads: int) -> None:
-        import torch  # noqa: F401  (loads libtorch, which the extension links against)
-
+    @staticmethod
+    def start() -> None:
+        """Process start-up, before any load is timed: the kernels a program may use (a 4-bit
+        embedding, the LLM attention ops; no method that uses them loads without). A runner on
+        a phone has them linked in."""
         from merino_mobile.export.executorch import load_llm_kernels
 
-        load_llm_kernels()  # a 4-bit embedding, the LLM attention ops: no method loads without
+        load_llm_kernels()
+
+    def __init__(self, artifact: str, threads: int) -> None:
+        import torch  # noqa: F401  (loads libtorch, which the extension links against)
 
         # The compiled extension is the runtime `executorch.runtime` wraps; importing it directly
         # skips `executorch.exir` (the exporter), which takes most of a worker's start-up time.
@@ -203,7 +214,9 @@ class LlamaCppRunner:
 # the runtimes this worker runs, and what each imports at process start-up
 RUNNERS: dict[str, Any] = {"executorch": ExecutorchRunner, "onnxruntime": OnnxRunner,
                            "llamacpp": LlamaCppRunner}
-STARTUP_IMPORTS = {"executorch": ("torch", "executorch.extension.pybindings._C"),
+STARTUP_IMPORTS = {"executorch": ("torch", "executorch.extension.pybindings._C",
+                                   "executorch.kernels.quantized",
+                                   "merino_mobile.export.executorch"),
                    "onnxruntime": ("onnxruntime",), "llamacpp": ("llama_cpp",)}
 # Set before the runtime loads, unless the environment sets them. llama.cpp's threads meet at an
 # OpenMP barrier after every op; when the scheduler puts two of them on one core (a host with no
@@ -213,8 +226,121 @@ STARTUP_IMPORTS = {"executorch": ("torch", "executorch.extension.pybindings._C")
 STARTUP_ENV = {"llamacpp": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
-def main() -> int:
-    job = json.loads(sys.stdin.read())
+def main(argv: Sequence[str] = ()) -> int:
+    if argv[:1] == ["--forks"]:
+        return serve_forks(int(argv[1]), argv[2])
+    return run(json.loads(sys.stdin.read()), stdout_line)
+
+
+def serve_forks(sock_fd: int, runtime: str) -> int:
+    """Make `runtime`'s start-up imports once, then fork one worker per job (`python -m
+    merino_mobile.device.worker --forks FD RUNTIME`; the client is `host.ForkServer`).
+
+    Each job arrives on the SOCK_SEQPACKET socket `sock_fd` as one message with four file
+    descriptors, (job, events, output, status): `job` is a file holding the job's JSON. The
+    worker sends its lines to `events`, its stdout and stderr go to `output`, and this process
+    writes the worker's pid, then its exit status (negative: the signal that killed it) to
+    `status`, one line each. The job also carries the caller's working directory and
+    environment: this process keeps its own from when it started. It ends when the caller
+    closes its end of the socket.
+    """
+    import selectors
+    import signal
+    import socket
+
+    for module in STARTUP_IMPORTS[runtime]:
+        importlib.import_module(module)
+    getattr(RUNNERS[runtime], "start", lambda: None)()
+    sock = socket.socket(fileno=sock_fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that the wake-up fd is written
+    signal.set_wakeup_fd(wake_w)
+    status: dict[int, int] = {}  # worker pid -> its status pipe
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    while True:
+        ready = {key.fileobj for key, _ in sel.select()}
+        if wake_r in ready:
+            while True:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    break
+            while status:
+                pid, st = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                fd = status.pop(pid, None)
+                if fd is not None:
+                    _write_line(fd, str(os.waitstatus_to_exitcode(st)))
+                    os.close(fd)
+        if sock in ready:
+            msg, fds, _, _ = socket.recv_fds(sock, 64, 4)
+            if not msg:
+                return 0  # the caller is gone
+            job_fd, events, output, status_fd = fds
+            sys.stdout.flush()  # nothing of ours in the worker's output
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    for fd in (sock_fd, wake_r, wake_w, status_fd, *status.values()):
+                        os.close(fd)
+                    _forked_worker(job_fd, events, output)
+                finally:
+                    os._exit(1)  # the worker never returns into this loop
+            for fd in (job_fd, events, output):
+                os.close(fd)
+            _write_line(status_fd, str(pid))
+            status[pid] = status_fd
+
+
+def _write_line(fd: int, text: str) -> None:
+    with contextlib.suppress(OSError):  # the caller stopped waiting
+        os.write(fd, (text + "\n").encode())
+
+
+def _forked_worker(job_fd: int, events: int, output: int) -> None:
+    """The worker's life in a forked process: `run` the job, then exit with its code."""
+    import traceback
+
+    rc = 1
+    try:
+        os.setsid()  # a process group of its own, as a fresh worker has: killed as one
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.close(output)
+        with os.fdopen(job_fd, "rb") as f:
+            job = json.loads(f.read())
+        os.chdir(job["cwd"])
+        os.environ.clear()
+        os.environ.update(job["env"])
+        with os.fdopen(events, "w") as out:
+
+            def send(line: str) -> None:
+                out.write(line + "\n")
+                out.flush()
+
+            rc = run(job, send)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+
+
+def run(job: dict[str, Any], send: Callable[[str], None]) -> int:
+    """Time the job's methods, sending one JSON line per event (module docstring)."""
+
+    def emit(**event: Any) -> None:
+        send(json.dumps(event))
+
     cpus = job.get("cpus") or []
     if cpus:
         # Pin before the runtime starts its threads so they inherit the mask.
@@ -226,6 +352,7 @@ def main() -> int:
     # importing the runtime is process start-up, not model load: done before the load is timed
     for module in STARTUP_IMPORTS[request.runtime]:
         importlib.import_module(module)
+    getattr(runner_cls, "start", lambda: None)()
     t0 = time.perf_counter()
     try:
         runner = runner_cls(job["artifact"], int(job["threads"]))
@@ -275,4 +402,4 @@ def peak_rss_bytes() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
