@@ -29,6 +29,10 @@ def quiet_dependencies() -> None:
     keeps it."""
     if os.environ.get("MERINO_MOBILE_VERBOSE"):
         return
+    # torch configures its own loggers when it is imported, undoing a level set before that; its
+    # TORCH_LOGS ("-torch": errors only) holds whenever torch is imported, here or in a spawned
+    # export worker, which inherits it. A TORCH_LOGS the user set is kept.
+    os.environ.setdefault("TORCH_LOGS", "-torch")
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
     warnings.filterwarnings("ignore", message="Mutation on a buffer in the model is detected")
