@@ -48,6 +48,7 @@ from merino_mobile.design import design_card
 from merino_mobile.entropy import EntropySettings
 from merino_mobile.errors import UserError
 from merino_mobile.export.build import format_attends
+from merino_mobile.files import run_facts, write_json
 from merino_mobile.latency import predict_latency
 from merino_mobile.space import load_space
 from merino_mobile.target import resolve_target
@@ -55,6 +56,7 @@ from merino_mobile.toolchain import quiet_dependencies
 from merino_mobile.workspace import Workspace
 
 HERE = Path(__file__).resolve().parent
+COMMAND = "python benchmarks/headline.py"
 PAPER = {"speedup_vs_opt350m": 4.9, "params_ratio_vs_opt350m": 5.5, "device": "Jetson Nano"}
 PARAMS = 64e6
 DEVICE, RUNTIME, QUANT = "host", "executorch", "int8"
@@ -179,15 +181,11 @@ def main() -> None:
     print(f"paper (MeRino-64M vs OPT-350M, {PAPER['device']}): "
           f"{PAPER['speedup_vs_opt350m']}x speed, {PAPER['params_ratio_vs_opt350m']}x fewer "
           f"parameters")
-    out = HERE / "results" / "headline.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    out = write_json(HERE / "results" / "headline.json", {
         "schema_version": 3, "paper": PAPER, "latency_budget_ms": budget,
         "budget_reference": reference,
         "latency_table": lut.source, "calibration": lut.reason, "designs": designs,
-        "compare": result,
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "command": " ".join(["python benchmarks/headline.py", *sys.argv[1:]])}, indent=2) + "\n")
+        "compare": result, **run_facts(COMMAND, sys.argv[1:], t0)})
     print(f"wrote {out}")
 
 
